@@ -1,0 +1,1 @@
+"""Model backends: the local transformers model, the deterministic echo backend, and remote servers."""

@@ -1,0 +1,83 @@
+"""The seam between the engine and whatever produces text."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One earlier message of a conversation."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """What the engine asks a backend to answer: the system prompt, earlier turns (oldest first)
+    and the new user message."""
+
+    system_prompt: str
+    history: Sequence[Turn]
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingSettings:
+    """How to generate one reply. `temperature == 0` means greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPrompt:
+    """A conversation rendered for one model family and cut to fit its context window.
+
+    `history_used` counts the earlier turns that made it into the prompt (the echo backend reports
+    it); `message_cut` says the new message alone was too long and was shortened, which the engine
+    tells the user. `text` is the decoder prompt (or the encoder input for seq2seq models);
+    `token_ids` are its tokens where the backend tokenizes locally. `stop` holds stop sequences the
+    prompt format needs (e.g. "\\nUser:") on top of the configured ones.
+    """
+
+    text: str
+    history_used: int
+    message_cut: bool = False
+    token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Backend(Protocol):
+    """Something that turns a conversation into a stream of reply text.
+
+    `prepare` is cheap and synchronous-safe to call on the event loop for short prompts; heavy work
+    (the model) runs off the loop inside `generate`. `generate` yields text chunks as they are
+    produced; cancelling the iteration (or closing it) stops the generation and frees its resources.
+    """
+
+    name: str
+
+    async def start(self) -> None:
+        """Load the model / open clients. Raises `ModelLoadError` or `BackendError`."""
+        ...
+
+    async def stop(self) -> None:
+        """Release everything `start` acquired; safe to call twice or after a failed start."""
+        ...
+
+    async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
+        """Render and truncate `conversation` for this backend's model."""
+        ...
+
+    def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncIterator[str]:
+        """Stream the reply to `prompt`. Raises `BackendError` (or a subclass) on failure."""
+        ...

@@ -1,0 +1,31 @@
+"""One rooted exception tree: library errors are wrapped at the boundary into these."""
+
+from __future__ import annotations
+
+
+class ChinwagError(Exception):
+    """Root of every error Chinwag raises on purpose."""
+
+
+class ConfigError(ChinwagError):
+    """The configuration file is missing, malformed or has an invalid value.
+
+    The message is one line that names the key path and what was expected; it never contains a
+    secret's value.
+    """
+
+
+class StorageError(ChinwagError):
+    """The database could not be reached or rejected an operation."""
+
+
+class BackendError(ChinwagError):
+    """The model backend failed to load or to generate."""
+
+
+class GenerationTimeout(BackendError):
+    """Generation took longer than `model.generation_timeout_s`."""
+
+
+class ModelLoadError(BackendError):
+    """The configured model could not be found or loaded."""

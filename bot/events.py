@@ -1,0 +1,34 @@
+"""The one platform-free event that crosses the adapter boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ChatEvent:
+    """A text message addressed to the bot, already stripped of platform objects.
+
+    `channel` is the platform's own id of the conversation (a Telegram chat id, a Discord channel
+    id, "local" for the terminal); together with `platform` it names the history the reply uses.
+    `message_id` is the platform's id of this message, used to answer a redelivered message once.
+    """
+
+    platform: str
+    channel: str
+    author_id: str
+    author_name: str
+    text: str
+    is_admin: bool = False
+    is_direct: bool = False
+    message_id: str | None = None
+
+    @property
+    def channel_key(self) -> str:
+        """The engine-wide name of the conversation, e.g. `console:local` or `telegram:-100123`."""
+        return f"{self.platform}:{self.channel}"
+
+    @property
+    def user_key(self) -> str:
+        """The engine-wide name of the author, used for per-user rate limits."""
+        return f"{self.platform}:{self.author_id}"
