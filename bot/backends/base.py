@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -78,6 +78,6 @@ class Backend(Protocol):
         """Render and truncate `conversation` for this backend's model."""
         ...
 
-    def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncIterator[str]:
+    def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
         """Stream the reply to `prompt`. Raises `BackendError` (or a subclass) on failure."""
         ...

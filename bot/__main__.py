@@ -1,0 +1,67 @@
+"""Command line: `python -m bot run` (all enabled adapters) and `python -m bot chat` (terminal)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from bot.app import Application, configure_logging, serve
+from bot.config import DEFAULT_CONFIG_PATH, Settings, load_settings
+from bot.errors import ChinwagError, ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="Chinwag chat bot")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("run", "start every adapter enabled in the config, until SIGINT/SIGTERM"),
+        ("chat", "chat in the terminal (reads stdin, prints replies; Ctrl-D quits)"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument(
+            "--config", default=str(DEFAULT_CONFIG_PATH), help="path to config.yaml (default: %(default)s)"
+        )
+    return parser
+
+
+async def _chat(settings: Settings) -> None:
+    from adapters.console import ConsoleAdapter
+
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("Loading the model…", file=sys.stderr, flush=True)
+    async with Application(settings) as app:
+        console = ConsoleAdapter(
+            app.engine, stdin=sys.stdin.buffer, stdout=sys.stdout, interactive=interactive
+        )
+        await console.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as error:
+        print(f"chinwag: configuration error: {error}", file=sys.stderr)
+        return 2
+    # The terminal chat keeps stderr quiet unless something is wrong: its stdout is the conversation.
+    quiet_chat = args.command == "chat" and settings.logging.level == "INFO"
+    configure_logging("WARNING" if quiet_chat else settings.logging.level)
+    try:
+        asyncio.run(_chat(settings) if args.command == "chat" else serve(settings))
+    except KeyboardInterrupt:
+        return 0
+    except ConfigError as error:
+        print(f"chinwag: configuration error: {error}", file=sys.stderr)
+        return 2
+    except ChinwagError as error:
+        print(f"chinwag: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

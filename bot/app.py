@@ -1,0 +1,135 @@
+"""The composition root: builds storage, backend, engine and adapters, starts and stops them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+
+from adapters.base import Adapter
+from bot.backends.base import Backend
+from bot.config import ModelConfig, Settings
+from bot.engine import ChatEngine
+from bot.errors import ConfigError
+from storage.db import Database
+from storage.repository import ChatRepository
+
+logger = logging.getLogger(__name__)
+
+# Loggers that print request URLs (which contain bot tokens) at INFO.
+_CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "aiosqlite", "asyncio")
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr (stdout belongs to the terminal chat) and silence URL-logging libraries."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_backend(model: ModelConfig) -> Backend:
+    """The backend `model.backend` names. The local one is imported lazily: it pulls in torch."""
+    match model.backend:
+        case "echo":
+            from bot.backends.echo import EchoBackend
+
+            return EchoBackend()
+        case "local":
+            from bot.backends.local import LocalBackend
+
+            return LocalBackend(
+                model.path,
+                cache_dir=Path(model.cache_dir).expanduser(),
+                prompt_format=model.prompt_format,
+                context_window=model.context_window,
+                generation_timeout_s=model.generation_timeout_s,
+                threads=model.threads,
+            )
+        case other:
+            raise ConfigError(
+                f"model.backend: '{other}' is not available in this version yet (use local or echo)"
+            )
+
+
+def build_adapters(settings: Settings) -> list[Adapter]:
+    """The platform adapters enabled in `settings` that can start.
+
+    Telegram, Discord and the web server are not part of this version yet: they are reported in
+    the log so that an operator knows why nothing answers there.
+    """
+    for name in ("telegram", "discord", "web"):
+        if getattr(settings, name).enabled:
+            logger.warning("the %s adapter is enabled but not available in this version yet", name)
+    return []
+
+
+class Application:
+    """Owns every long-lived object. Use as `async with Application(settings) as app:`.
+
+    Start-up that fails halfway releases what was already started; shutdown runs in reverse order.
+    """
+
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self._backend = backend if backend is not None else build_backend(settings.model)
+        self._stack = AsyncExitStack()
+        self._engine: ChatEngine | None = None
+
+    @property
+    def engine(self) -> ChatEngine:
+        """The running engine (only inside `async with`)."""
+        if self._engine is None:
+            raise RuntimeError("the application is not started")
+        return self._engine
+
+    async def __aenter__(self) -> Application:
+        try:
+            database = Database(self.settings.storage.url.get_secret_value())
+            await database.start()
+            self._stack.push_async_callback(database.stop)
+            await self._backend.start()
+            self._stack.push_async_callback(self._backend.stop)
+            engine = ChatEngine(
+                ChatRepository(database), self._backend, self.settings.model, self.settings.chat
+            )
+            self._stack.push_async_callback(engine.close)
+            self._engine = engine
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._engine = None
+        await self._stack.aclose()
+
+
+async def serve(settings: Settings) -> None:
+    """`python -m bot run`: run every enabled adapter until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with Application(settings), AsyncExitStack() as adapters:
+        started = []
+        for adapter in build_adapters(settings):
+            await adapter.start()
+            adapters.push_async_callback(adapter.stop)
+            started.append(adapter.name)
+        if started:
+            logger.info("running adapters: %s", ", ".join(started))
+        else:
+            logger.warning("no platform adapter is running; `python -m bot chat` opens the terminal chat")
+        logger.info("Chinwag is up; press Ctrl-C to stop")
+        await stop.wait()
+        logger.info("shutting down")

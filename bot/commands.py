@@ -1,0 +1,134 @@
+"""Chat commands (`/reset`, `/help`, `/system`, `/temperature`): parsing and handling."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from bot.events import ChatEvent
+from storage.repository import Repository
+
+MAX_SYSTEM_PROMPT_CHARS = 4000
+MIN_TEMPERATURE = 0.0
+MAX_TEMPERATURE = 2.0
+# Words that put a setting back to the configured default.
+_DEFAULT_WORDS = frozenset({"default", "--default"})
+_COMMAND = re.compile(r"/(\S+)(?:\s+(.*))?", re.DOTALL)
+
+HELP_TEXT = """\
+Commands:
+/help: show this list
+/reset: forget this conversation (admins only)
+/system: show the system prompt; /system TEXT sets it for this chat, /system default restores it \
+(setting: admins only)
+/temperature: show the sampling temperature; /temperature X sets it (0 = deterministic, up to 2), \
+/temperature default restores it (setting: admins only)
+Anything else is a message to the model."""
+
+NOT_ALLOWED = "Sorry, only an admin is allowed to do that here."
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A parsed command: its lower-case name without the slash, and the rest of the line."""
+
+    name: str
+    argument: str
+
+
+def parse_command(text: str) -> Command | None:
+    """Parse `/name[@BotName] [argument]`; return None for text that is not a command.
+
+    The argument is everything after the first run of whitespace, line breaks inside it kept (a
+    multi-line `/system` prompt).
+    """
+    match = _COMMAND.match(text.strip())
+    if match is None:
+        return None
+    name = match.group(1).split("@", 1)[0].lower()
+    if not name or not name.replace("_", "").isascii() or not name.replace("_", "").isalnum():
+        return None
+    return Command(name=name, argument=(match.group(2) or "").strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """The configured values a channel falls back to."""
+
+    system_prompt: str
+    temperature: float
+
+
+class CommandHandler:
+    """Answers commands against the repository; returns the reply text."""
+
+    def __init__(self, repository: Repository, defaults: Defaults) -> None:
+        self._repository = repository
+        self._defaults = defaults
+
+    async def handle(self, command: Command, event: ChatEvent) -> str:
+        """Run `command` for `event`'s channel. Setting commands are refused for non-admins."""
+        match command.name:
+            case "help" | "start":
+                return HELP_TEXT
+            case "reset" | "clear":
+                return await self._reset(event)
+            case "system":
+                return await self._system(command.argument, event)
+            case "temperature" | "temp":
+                return await self._temperature(command.argument, event)
+            case _:
+                return f"Unknown command /{command.name}. Send /help to see what I understand."
+
+    async def _reset(self, event: ChatEvent) -> str:
+        if not event.is_admin:
+            return NOT_ALLOWED
+        deleted = await self._repository.reset_channel(event.channel_key)
+        noun = "message" if deleted == 1 else "messages"
+        return f"Conversation reset: {deleted} {noun} cleared. Let's start fresh."
+
+    async def _system(self, argument: str, event: ChatEvent) -> str:
+        if not argument:
+            current = (await self._repository.get_settings(event.channel_key)).system_prompt
+            source = "this chat's" if current is not None else "the default"
+            prompt = current if current is not None else self._defaults.system_prompt
+            return f"System prompt ({source}):\n{prompt}"
+        if not event.is_admin:
+            return NOT_ALLOWED
+        if argument.lower() in _DEFAULT_WORDS:
+            await self._repository.set_settings(event.channel_key, system_prompt=None)
+            return "System prompt restored to the default."
+        if len(argument) > MAX_SYSTEM_PROMPT_CHARS:
+            return (
+                f"That system prompt is too long ({len(argument)} characters, "
+                f"at most {MAX_SYSTEM_PROMPT_CHARS})."
+            )
+        await self._repository.set_settings(event.channel_key, system_prompt=argument)
+        return "System prompt updated for this chat."
+
+    async def _temperature(self, argument: str, event: ChatEvent) -> str:
+        if not argument:
+            current = (await self._repository.get_settings(event.channel_key)).temperature
+            value = current if current is not None else self._defaults.temperature
+            source = "this chat's" if current is not None else "the default"
+            return f"Temperature ({source}): {value:g}"
+        if not event.is_admin:
+            return NOT_ALLOWED
+        if argument.lower() in _DEFAULT_WORDS:
+            await self._repository.set_settings(event.channel_key, temperature=None)
+            return f"Temperature restored to the default ({self._defaults.temperature:g})."
+        try:
+            value = float(argument.replace(",", "."))
+        except ValueError:
+            value = math.nan
+        if not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:  # also false for NaN
+            return (
+                f"Temperature must be a number from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}, "
+                "e.g. /temperature 0.7"
+            )
+        await self._repository.set_settings(event.channel_key, temperature=value)
+        return f"Temperature set to {value:g} for this chat."
+
+
+__all__ = ["HELP_TEXT", "NOT_ALLOWED", "Command", "CommandHandler", "Defaults", "parse_command"]

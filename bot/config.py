@@ -1,0 +1,211 @@
+"""Typed configuration: `config.yaml` loaded into pydantic models.
+
+Every key has a default, so an empty file is a valid configuration. `${NAME}` inside a string value
+is replaced by the environment variable NAME (empty when unset). Any error stops start-up with one
+line that names the key path and what was expected, and never shows a secret's value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from bot.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config.yaml")
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors, values are immutable after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """`model:` — which backend answers and how it samples."""
+
+    backend: Literal["local", "echo", "openai", "tgi"] = "local"
+    path: str = "bundled:smollm2"
+    base_url: str | None = None
+    name: str | None = None
+    api_key: SecretStr | None = None
+    system_prompt: str = "You are a helpful assistant."
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+    prompt_format: Literal["auto", "chat_template", "dialogpt", "seq2seq", "plain"] = "auto"
+    stop: tuple[str, ...] = ()
+    context_window: int | None = Field(default=2048, ge=64)
+    generation_timeout_s: float = Field(default=120.0, gt=0.0)
+    cache_dir: str = "~/.cache/chinwag/models"
+    threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not stop for stop in value):
+            raise ValueError("stop sequences must not be empty strings")
+        return value
+
+
+class RateLimitConfig(_Section):
+    """`chat.rate_limit:` — at most `messages` per user in any `per_seconds` window."""
+
+    messages: int = Field(default=20, ge=1)
+    per_seconds: int = Field(default=60, ge=1)
+
+
+class ChatConfig(_Section):
+    """`chat:` — limits the engine applies to every platform."""
+
+    max_input_chars: int = Field(default=8000, ge=1)
+    history_messages: int = Field(default=50, ge=0, le=10_000)
+    history_chars: int = Field(default=60_000, ge=1)
+    rate_limit: RateLimitConfig = RateLimitConfig()
+
+
+class StorageConfig(_Section):
+    """`storage:` — the SQLAlchemy URL of the history database."""
+
+    url: SecretStr = SecretStr("sqlite+aiosqlite:///data/bot.db")
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("expected a sqlite+aiosqlite:// or postgresql+asyncpg:// URL")
+        return value
+
+
+class TelegramConfig(_Section):
+    """`telegram:` — the Telegram adapter starts when enabled and a token is set."""
+
+    enabled: bool = True
+    token: SecretStr | None = None
+    base_url: str | None = None
+    admins: tuple[int, ...] = ()
+
+
+class DiscordConfig(_Section):
+    """`discord:` — the Discord adapter starts when enabled and a token is set."""
+
+    enabled: bool = True
+    token: SecretStr | None = None
+    admins: tuple[int, ...] = ()
+    api_base: str | None = None
+    gateway_url: str | None = None
+
+
+class WebConfig(_Section):
+    """`web:` — the HTTP server with the chat page and the JSON API."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class LoggingConfig(_Section):
+    """`logging:` — the root log level (logs go to stderr)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Section):
+    """The whole `config.yaml`."""
+
+    model: ModelConfig = ModelConfig()
+    chat: ChatConfig = ChatConfig()
+    storage: StorageConfig = StorageConfig()
+    telegram: TelegramConfig = TelegramConfig()
+    discord: DiscordConfig = DiscordConfig()
+    web: WebConfig = WebConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def expand_env(value: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """Replace `${NAME}` in every string of a parsed YAML tree by the environment's value.
+
+    A value that is nothing but one reference to an unset (or empty) variable becomes `None`, so
+    `token: ${TELEGRAM_TOKEN}` means "no token" rather than an empty token.
+    """
+    env = os.environ if environ is None else environ
+    if isinstance(value, str):
+        whole = _ENV_REFERENCE.fullmatch(value.strip())
+        if whole and not env.get(whole.group(1)):
+            return None
+        return _ENV_REFERENCE.sub(lambda match: env.get(match.group(1), ""), value)
+    if isinstance(value, dict):
+        return {key: expand_env(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [expand_env(item, env) for item in value]
+    return value
+
+
+def _allowed_keys(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    """The keys a section accepts, to suggest the nearest one for a typo."""
+    current: type[BaseModel] = model
+    for part in path:
+        field = current.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        current = annotation
+    return list(current.model_fields)
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    """One line for the first validation error; input values are never echoed (they may be secrets)."""
+    first = error.errors(include_input=False, include_url=False)[0]
+    location = tuple(first["loc"])
+    key = ".".join(str(part) for part in location) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        hints = difflib.get_close_matches(str(location[-1]), _allowed_keys(Settings, location[:-1]), n=1)
+        hint = f" (did you mean '{hints[0]}'?)" if hints else ""
+        return f"{source}: unknown key '{key}'{hint}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: invalid value for '{key}': {message}"
+
+
+def parse_settings(raw: Any, source: str = "config", environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate an already-parsed YAML tree. Raises `ConfigError` with a one-line message."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return Settings.model_validate(expand_env(raw, environ))
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_settings(
+    path: Path | str = DEFAULT_CONFIG_PATH, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read and validate a config file. A missing default file means "all defaults"."""
+    config_path = Path(path)
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if config_path == DEFAULT_CONFIG_PATH:
+            return parse_settings({}, str(config_path), environ)
+        raise ConfigError(f"{config_path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{config_path}: cannot read the file ({type(error).__name__})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{config_path}: not valid YAML{where}") from None
+    return parse_settings(raw, str(config_path), environ)

@@ -1,0 +1,263 @@
+"""The chat engine: commands, gating, history, prompt, generation and per-channel ordering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+
+from bot.backends.base import Backend, Conversation, SamplingSettings, Turn
+from bot.commands import CommandHandler, Defaults, parse_command
+from bot.config import ChatConfig, ModelConfig
+from bot.errors import BackendError, ChinwagError, GenerationTimeout, StorageError
+from bot.events import ChatEvent
+from bot.ratelimit import RateLimiter, Verdict
+from bot.reply import Reply, ReplyStatus
+from bot.sanitize import clip, sanitize_text
+from storage.repository import Repository, StoredMessage
+
+logger = logging.getLogger(__name__)
+
+EMPTY_MESSAGE_REPLY = "I didn't catch that: your message was empty. Send me some text and I'll answer."
+INPUT_CUT_NOTICE = "\n\n(Your message was longer than {limit} characters; I only read the first {limit}.)"
+WINDOW_CUT_NOTICE = (
+    "\n\n(Your message was too long for my context window; I read only its beginning and its end.)"
+)
+RATE_LIMIT_REPLY = "You're sending messages faster than I can answer. Please wait {seconds} s and try again."
+GENERATION_FAILED_REPLY = (
+    "\n\nSorry, I couldn't finish that reply because of an internal error. Please try again."
+)
+GENERATION_TIMEOUT_REPLY = "\n\nSorry, that took too long and I had to stop. Please try again, maybe shorter."
+STORAGE_FAILED_REPLY = "Sorry, I can't reach my memory right now. Please try again in a moment."
+EMPTY_MODEL_REPLY = "(I have no answer to that. Could you rephrase it?)"
+
+# Platforms whose user is the local operator: no flood protection (a piped file of 100 lines is
+# legitimate there).
+UNLIMITED_PLATFORMS = frozenset({"console"})
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Counters for logs and tests."""
+
+    handled: int
+    in_flight: int
+    channels_waiting: int
+
+
+class ChatEngine:
+    """Turns `ChatEvent`s into `Reply`s.
+
+    Messages of one channel are processed strictly in the order `handle` was called; different
+    channels proceed concurrently. Each message is one short database transaction per step, never
+    held across the model call.
+    """
+
+    def __init__(
+        self,
+        repository: Repository,
+        backend: Backend,
+        model: ModelConfig,
+        chat: ChatConfig,
+    ) -> None:
+        self._repository = repository
+        self._backend = backend
+        self._model = model
+        self._chat = chat
+        self._commands = CommandHandler(repository, Defaults(model.system_prompt, model.temperature))
+        self._limiter = RateLimiter(chat.rate_limit.messages, chat.rate_limit.per_seconds)
+        self._sampling = SamplingSettings(
+            temperature=model.temperature,
+            top_p=model.top_p,
+            max_new_tokens=model.max_new_tokens,
+            repetition_penalty=model.repetition_penalty,
+            stop=model.stop,
+        )
+        # channel key -> future done when that channel's latest queued message is finished. A new
+        # message waits for it: a FIFO per channel without a long-lived task per channel.
+        self._tails: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handled = 0
+        self._closing = False
+
+    @property
+    def stats(self) -> EngineStats:
+        """A snapshot of the engine's counters."""
+        return EngineStats(self._handled, len(self._tasks), len(self._tails))
+
+    def handle(self, event: ChatEvent) -> Reply:
+        """Queue `event` and return its reply at once; read it with `async for` or `await .text()`."""
+        reply = Reply()
+        if self._closing:
+            raise ChinwagError("the engine is shutting down")
+        verdict = self._rate_verdict(event)
+        previous = self._tails.get(event.channel_key)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tails[event.channel_key] = mine
+        task = asyncio.create_task(
+            self._run_in_order(event, reply, verdict, previous, mine), name=f"chinwag:{event.channel_key}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return reply
+
+    async def ask(self, event: ChatEvent) -> str:
+        """Handle `event` and return the whole reply text."""
+        return await self.handle(event).text()
+
+    async def stream(self, event: ChatEvent) -> AsyncIterator[str]:
+        """Handle `event` and yield its reply chunks."""
+        async for chunk in self.handle(event):
+            yield chunk
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Stop accepting events; let in-flight replies finish for `grace_s`, then cancel them.
+
+        A cancelled reply stores nothing half-written: the assistant message is only written after
+        the generation completed.
+        """
+        self._closing = True
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    def _rate_verdict(self, event: ChatEvent) -> Verdict:
+        if event.platform in UNLIMITED_PLATFORMS:
+            return Verdict.ALLOW
+        return self._limiter.check(event.user_key)
+
+    async def _run_in_order(
+        self,
+        event: ChatEvent,
+        reply: Reply,
+        verdict: Verdict,
+        previous: asyncio.Future[None] | None,
+        mine: asyncio.Future[None],
+    ) -> None:
+        try:
+            if previous is not None:
+                # shield: cancelling this task must not cancel the predecessor's future.
+                await asyncio.shield(previous)
+            status = await self._process(event, reply, verdict)
+            await reply.finish(status)
+        except asyncio.CancelledError:
+            await reply.push("\n\n(Stopped: the bot is shutting down.)")
+            await reply.finish(ReplyStatus.FAILED)
+            raise
+        except Exception:
+            logger.exception("unexpected error while handling a message in %s", event.channel_key)
+            await reply.push(GENERATION_FAILED_REPLY.lstrip())
+            await reply.finish(ReplyStatus.FAILED)
+        finally:
+            self._handled += 1
+            mine.set_result(None)
+            if self._tails.get(event.channel_key) is mine:
+                del self._tails[event.channel_key]
+
+    async def _process(self, event: ChatEvent, reply: Reply, verdict: Verdict) -> ReplyStatus:
+        if verdict is Verdict.DROP:
+            return ReplyStatus.DROPPED
+        if verdict is Verdict.NOTIFY:
+            seconds = max(1, round(self._limiter.retry_after(event.user_key)))
+            await reply.push(RATE_LIMIT_REPLY.format(seconds=seconds))
+            return ReplyStatus.NOTICE
+        text = sanitize_text(event.text)
+        if not text.strip():
+            await reply.push(EMPTY_MESSAGE_REPLY)
+            return ReplyStatus.NOTICE
+        try:
+            command = parse_command(text)
+            if command is not None:
+                await reply.push(await self._commands.handle(command, replace(event, text=text)))
+                return ReplyStatus.COMMAND
+            return await self._answer(event, text, reply)
+        except StorageError as error:
+            logger.error("storage failed for %s: %s", event.channel_key, error)
+            await reply.push(STORAGE_FAILED_REPLY)
+            return ReplyStatus.FAILED
+
+    async def _answer(self, event: ChatEvent, text: str, reply: Reply) -> ReplyStatus:
+        text, input_cut = clip(text, self._chat.max_input_chars)
+        stored = await self._repository.append_message(
+            event.channel_key,
+            "user",
+            text,
+            author_id=event.author_id,
+            author_name=event.author_name,
+            platform_message_id=event.message_id,
+        )
+        if stored is None:
+            logger.info("duplicate message %s in %s ignored", event.message_id, event.channel_key)
+            return ReplyStatus.DUPLICATE
+        history = await self._history_before(event.channel_key, stored)
+        settings = await self._repository.get_settings(event.channel_key)
+        system_prompt = (
+            settings.system_prompt if settings.system_prompt is not None else self._model.system_prompt
+        )
+        sampling = self._sampling
+        if settings.temperature is not None:
+            sampling = replace(sampling, temperature=settings.temperature)
+        conversation = Conversation(system_prompt=system_prompt, history=history, message=text)
+
+        started = time.perf_counter()
+        try:
+            prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
+            answer = await self._generate(prompt_stream=self._backend.generate(prompt, sampling), reply=reply)
+        except GenerationTimeout:
+            logger.warning("generation timed out in %s", event.channel_key)
+            await reply.push(
+                GENERATION_TIMEOUT_REPLY if reply.text_so_far() else GENERATION_TIMEOUT_REPLY.lstrip()
+            )
+            return ReplyStatus.FAILED
+        except (BackendError, MemoryError) as error:
+            logger.error("generation failed in %s: %s", event.channel_key, error, exc_info=error)
+            await reply.push(
+                GENERATION_FAILED_REPLY if reply.text_so_far() else GENERATION_FAILED_REPLY.lstrip()
+            )
+            return ReplyStatus.FAILED
+
+        if not answer.strip():
+            await reply.push(EMPTY_MODEL_REPLY)
+            return ReplyStatus.NOTICE
+        await self._repository.append_message(event.channel_key, "assistant", answer)
+        if input_cut:
+            await reply.push(INPUT_CUT_NOTICE.format(limit=self._chat.max_input_chars))
+        elif prompt.message_cut:
+            await reply.push(WINDOW_CUT_NOTICE)
+        logger.debug(
+            "answered in %s: %d chars in %.3f s",
+            event.channel_key,
+            len(answer),
+            time.perf_counter() - started,
+        )
+        return ReplyStatus.ANSWERED
+
+    async def _history_before(self, channel_key: str, new_message: StoredMessage) -> list[Turn]:
+        """The channel's recent turns before `new_message`, oldest first, within the configured budget."""
+        if self._chat.history_messages == 0:
+            return []
+        recent = await self._repository.recent_messages(
+            channel_key,
+            limit=self._chat.history_messages + 1,
+            max_chars=self._chat.history_chars + len(new_message.content),
+        )
+        return [Turn(message.role, message.content) for message in recent if message.id != new_message.id]
+
+    async def _generate(self, prompt_stream: AsyncGenerator[str, None], reply: Reply) -> str:
+        """Copy the backend's stream into `reply` under the generation timeout; return the text."""
+        parts: list[str] = []
+        try:
+            async with asyncio.timeout(self._model.generation_timeout_s), aclosing(prompt_stream) as stream:
+                async for chunk in stream:
+                    parts.append(chunk)
+                    await reply.push(chunk)
+        except TimeoutError as error:
+            raise GenerationTimeout(f"no reply within {self._model.generation_timeout_s:g} s") from error
+        return "".join(parts)

@@ -1,0 +1,90 @@
+"""A reply being produced: readable as a stream of chunks or awaited as one string."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from enum import Enum
+
+
+class ReplyStatus(Enum):
+    """How the engine dealt with one event; final once the reply is done."""
+
+    PENDING = "pending"
+    ANSWERED = "answered"  # the model answered; the reply is stored in the history
+    COMMAND = "command"  # a command was handled
+    NOTICE = "notice"  # a polite notice instead of generating (empty message, rate limit, busy)
+    DUPLICATE = "duplicate"  # this platform message was seen already: send nothing
+    DROPPED = "dropped"  # rate-limited again after the notice: send nothing
+    FAILED = "failed"  # generation or storage failed; the text is an error message for the user
+
+
+# Statuses whose text must not be posted to the platform.
+SILENT_STATUSES = frozenset({ReplyStatus.DUPLICATE, ReplyStatus.DROPPED})
+
+
+class Reply:
+    """The answer to one event, filled by the engine while readers consume it.
+
+    Any number of readers may iterate it (each sees every chunk from the start) or await `text()`.
+    Readers never block the producer: chunks are kept until the reply is done.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[str] = []
+        self._changed = asyncio.Condition()
+        self._done = False
+        self.status = ReplyStatus.PENDING
+
+    @property
+    def done(self) -> bool:
+        """True once the engine has finished this reply."""
+        return self._done
+
+    @property
+    def silent(self) -> bool:
+        """True when nothing should be posted (a duplicate, or a dropped flood message)."""
+        return self.status in SILENT_STATUSES
+
+    async def push(self, chunk: str) -> None:
+        """Append a chunk (engine side)."""
+        if self._done:
+            raise RuntimeError("reply already finished")
+        if chunk:
+            async with self._changed:
+                self._chunks.append(chunk)
+                self._changed.notify_all()
+
+    async def finish(self, status: ReplyStatus) -> None:
+        """Mark the reply complete with its final status (engine side)."""
+        async with self._changed:
+            self.status = status
+            self._done = True
+            self._changed.notify_all()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        position = 0
+
+        def ready() -> bool:
+            return self._done or len(self._chunks) > position
+
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(ready)
+                fresh = self._chunks[position:]
+                finished = self._done
+            position += len(fresh)
+            for chunk in fresh:
+                yield chunk
+            if finished and position == len(self._chunks):
+                return
+
+    async def text(self) -> str:
+        """Wait for the whole reply and return it."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._done)
+        return "".join(self._chunks)
+
+    def text_so_far(self) -> str:
+        """What has been produced until now, without waiting."""
+        return "".join(self._chunks)

@@ -1,0 +1,118 @@
+"""The config loader: defaults, ${ENV} expansion, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings, load_settings, parse_settings
+from bot.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_shipped_config_is_valid_and_matches_the_defaults() -> None:
+    shipped = load_settings(REPO / "config.yaml", environ={})
+    assert shipped == Settings()
+    assert shipped.model.backend == "local" and shipped.model.path == "bundled:smollm2"
+    assert shipped.storage.url.get_secret_value() == "sqlite+aiosqlite:///data/bot.db"
+    assert shipped.web.port == 8080 and shipped.telegram.token is None
+
+
+def test_an_empty_file_means_all_defaults(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, ""), environ={}) == Settings()
+
+
+def test_env_references_are_expanded_and_unset_ones_mean_not_set(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "telegram:\n  token: ${TG}\ndiscord:\n  token: ${NOPE}\n"
+        "model:\n  system_prompt: 'Hi ${WHO}, unset ${NOPE}.'\n",
+    )
+    settings = load_settings(path, environ={"TG": "123:abc", "WHO": "Ada"})
+    assert settings.telegram.token is not None and settings.telegram.token.get_secret_value() == "123:abc"
+    assert settings.discord.token is None
+    assert settings.model.system_prompt == "Hi Ada, unset ."
+
+
+def test_an_explicit_empty_system_prompt_is_kept(tmp_path: Path) -> None:
+    assert (
+        load_settings(write(tmp_path, "model:\n  system_prompt: ''\n"), environ={}).model.system_prompt == ""
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("model:\n  temprature: 0.5\n", "unknown key 'model.temprature' (did you mean 'temperature'?)"),
+        ("modle:\n  backend: echo\n", "unknown key 'modle' (did you mean 'model'?)"),
+        ("model:\n  temperature: hot\n", "invalid value for 'model.temperature'"),
+        (
+            "model:\n  temperature: 3\n",
+            "invalid value for 'model.temperature': Input should be less than or equal to 2",
+        ),
+        ("model:\n  backend: gpt5\n", "invalid value for 'model.backend'"),
+        ("web:\n  port: 70000\n", "invalid value for 'web.port'"),
+        ("chat:\n  rate_limit:\n    messages: 0\n", "invalid value for 'chat.rate_limit.messages'"),
+        ("telegram:\n  admins: [abc]\n", "invalid value for 'telegram.admins.0'"),
+        ("storage:\n  url: mysql://x\n", "invalid value for 'storage.url': expected a sqlite+aiosqlite://"),
+        ("- just\n- a list\n", "expected a mapping of sections"),
+        ("model: [\n", "not valid YAML at line"),
+    ],
+)
+def test_mistakes_give_one_line_naming_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), environ={})
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_secrets_never_appear_in_errors(tmp_path: Path) -> None:
+    secret = "987654:SUPER-SECRET-TOKEN"
+    cases = [
+        "telegram:\n  admins: ['${TG}']\n",  # a secret put where an int belongs
+        "storage:\n  url: 'postgresql://bot:${TG}@db/chat'\n",  # wrong driver, password inside
+        "discord:\n  token: {nested: '${TG}'}\n",
+    ]
+    for text in cases:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(write(tmp_path, text), environ={"TG": secret})
+        assert secret not in str(caught.value)
+        assert "SUPER-SECRET" not in repr(caught.value)
+
+
+def test_secret_values_are_masked_in_reprs() -> None:
+    settings = parse_settings({"telegram": {"token": "123:abc"}, "model": {"api_key": "sk-xyz"}}, environ={})
+    assert "123:abc" not in repr(settings) and "sk-xyz" not in repr(settings)
+    assert "123:abc" not in str(settings.model_dump())
+
+
+def test_a_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_the_cli_reports_config_errors_in_one_line_with_exit_code_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  backend: echo\n  tempreature: 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "chat", "--config", str(path)],
+        input=b"hi\n",
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stdout == b""
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "model.tempreature" in lines[0]

@@ -1,0 +1,279 @@
+"""The engine, driven like a conversation: echo backend (or a double), real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from bot.errors import ChinwagError
+from bot.events import ChatEvent
+from bot.reply import ReplyStatus
+from storage.repository import ChatRepository
+from tests.bot.doubles import FailingBackend, RecordingBackend, SlowEchoBackend
+from tests.conftest import EngineFactory
+
+
+def user(
+    text: str, *, channel: str = "c1", author: str = "u1", admin: bool = False, mid: str | None = None
+) -> ChatEvent:
+    return ChatEvent(
+        platform="test",
+        channel=channel,
+        author_id=author,
+        author_name=f"name-{author}",
+        text=text,
+        is_admin=admin,
+        message_id=mid,
+    )
+
+
+async def history(repository: ChatRepository, channel: str = "c1") -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m in await repository.recent_messages(f"test:{channel}", limit=1000)]
+
+
+async def test_echo_contract_counts_earlier_messages(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    assert await engine.ask(user("hi")) == "echo[0]: hi"
+    assert await engine.ask(user("yo")) == "echo[2]: yo"
+    assert await engine.ask(user("third")) == "echo[4]: third"
+
+
+async def test_channels_have_separate_histories(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    engine = await make_engine()
+    assert await engine.ask(user("a1", channel="a")) == "echo[0]: a1"
+    assert await engine.ask(user("b1", channel="b")) == "echo[0]: b1"
+    assert await engine.ask(user("a2", channel="a")) == "echo[2]: a2"
+    assert await history(repository, "b") == [("user", "b1"), ("assistant", "echo[0]: b1")]
+
+
+async def test_reply_streams_in_chunks_that_join_to_the_text(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    reply = engine.handle(user("one two three"))
+    chunks = [chunk async for chunk in reply]
+    assert len(chunks) > 1
+    assert "".join(chunks) == await reply.text() == "echo[0]: one two three"
+    assert reply.status is ReplyStatus.ANSWERED
+
+
+async def test_messages_of_one_channel_are_answered_in_order_under_concurrency(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = SlowEchoBackend()
+    engine = await make_engine(backend)
+    texts = [f"m{i}" for i in range(12)]
+    replies = [engine.handle(user(text)) for text in texts]
+    # Readers finish in random order; the answers must still follow arrival order.
+    random.shuffle(order := list(range(len(replies))))
+    results = dict(zip(order, await asyncio.gather(*(replies[i].text() for i in order)), strict=True))
+    assert [results[i] for i in range(len(texts))] == [f"echo[{2 * i}]: m{i}" for i in range(len(texts))]
+    stored = await history(repository)
+    assert [content for role, content in stored if role == "user"] == texts
+    assert backend.started == texts
+
+
+async def test_a_slow_channel_does_not_hold_up_another(make_engine: EngineFactory) -> None:
+    backend = SlowEchoBackend()
+    backend.gates["blocked"] = asyncio.Event()
+    engine = await make_engine(backend)
+    slow = engine.handle(user("blocked", channel="slow"))
+    fast = await asyncio.wait_for(engine.ask(user("quick", channel="fast")), timeout=5)
+    assert fast == "echo[0]: quick"
+    assert not slow.done
+    backend.gates["blocked"].set()
+    assert await asyncio.wait_for(slow.text(), timeout=5) == "echo[0]: blocked"
+
+
+async def test_reset_by_admin_clears_only_that_channel(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    engine = await make_engine()
+    await engine.ask(user("hello"))
+    await engine.ask(user("other", channel="c2"))
+    reply = await engine.ask(user("/reset", admin=True))
+    assert "reset" in reply.lower() and "cleared" in reply.lower()
+    assert await history(repository) == []
+    assert len(await history(repository, "c2")) == 2
+    assert await engine.ask(user("again")) == "echo[0]: again"
+
+
+@pytest.mark.parametrize(
+    "command", ["/reset", "/system be a pirate", "/temperature 1.5", "/RESET@ChinwagBot"]
+)
+async def test_admin_commands_are_refused_for_non_admins_and_change_nothing(
+    make_engine: EngineFactory, repository: ChatRepository, command: str
+) -> None:
+    engine = await make_engine()
+    await engine.ask(user("keep me"))
+    reply = await engine.ask(user(command, admin=False))
+    assert "not allowed" in reply.lower() or "admin" in reply.lower()
+    assert await history(repository) == [("user", "keep me"), ("assistant", "echo[0]: keep me")]
+    settings = await repository.get_settings("test:c1")
+    assert settings.system_prompt is None and settings.temperature is None
+
+
+async def test_system_and_temperature_are_per_channel_settings(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = RecordingBackend()
+    engine = await make_engine(backend, model={"system_prompt": "Default prompt.", "temperature": 0.7})
+    assert "Default prompt." in await engine.ask(user("/system"))
+    assert "updated" in (await engine.ask(user("/system You are a pirate.", admin=True))).lower()
+    assert "0.2" in await engine.ask(user("/temperature 0.2", admin=True))
+    assert "0.2" in await engine.ask(user("/temperature"))
+    await engine.ask(user("ahoy"))
+    await engine.ask(user("hello", channel="other"))
+    assert backend.conversations[0].system_prompt == "You are a pirate."
+    assert backend.samplings[0].temperature == 0.2
+    assert backend.conversations[1].system_prompt == "Default prompt."
+    assert backend.samplings[1].temperature == 0.7
+    # Commands are not part of the conversation the model sees.
+    assert [turn.content for turn in backend.conversations[0].history] == []
+    await engine.ask(user("/system default", admin=True))
+    await engine.ask(user("/temperature default", admin=True))
+    assert await repository.get_settings("test:c1") == await repository.get_settings("test:never-seen")
+
+
+@pytest.mark.parametrize("value", ["hot", "-1", "2.5", "nan", "inf"])
+async def test_bad_temperature_is_explained_and_not_stored(
+    make_engine: EngineFactory, repository: ChatRepository, value: str
+) -> None:
+    engine = await make_engine()
+    reply = await engine.ask(user(f"/temperature {value}", admin=True))
+    assert "must be a number" in reply
+    assert (await repository.get_settings("test:c1")).temperature is None
+
+
+async def test_help_and_unknown_commands(make_engine: EngineFactory, repository: ChatRepository) -> None:
+    engine = await make_engine()
+    help_text = await engine.ask(user("/help"))
+    for command in ("/reset", "/system", "/temperature", "/help"):
+        assert command in help_text
+    assert "/help" in await engine.ask(user("/frobnicate"))
+    assert await history(repository) == []
+
+
+async def test_a_duplicate_platform_message_is_answered_once(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    engine = await make_engine()
+    first = engine.handle(user("hello", mid="42"))
+    second = engine.handle(user("hello", mid="42"))
+    assert await first.text() == "echo[0]: hello"
+    assert await second.text() == ""
+    assert second.silent and second.status is ReplyStatus.DUPLICATE
+    # The same platform id in another channel is a different message.
+    assert await engine.ask(user("hello", channel="c2", mid="42")) == "echo[0]: hello"
+    assert await history(repository) == [("user", "hello"), ("assistant", "echo[0]: hello")]
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t\n", "\x00\x01"])
+async def test_empty_messages_get_a_polite_reply_and_store_nothing(
+    make_engine: EngineFactory, repository: ChatRepository, text: str
+) -> None:
+    engine = await make_engine()
+    reply = engine.handle(user(text))
+    assert "empty" in (await reply.text()).lower()
+    assert reply.status is ReplyStatus.NOTICE
+    assert await history(repository) == []
+
+
+async def test_an_oversized_message_is_cut_with_a_notice(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    engine = await make_engine(chat={"max_input_chars": 100})
+    reply = await engine.ask(user("x" * 150))
+    assert reply.startswith("echo[0]: " + "x" * 100)
+    assert "first 100" in reply
+    assert await history(repository) == [("user", "x" * 100), ("assistant", "echo[0]: " + "x" * 100)]
+
+
+async def test_hostile_text_is_sanitized_not_fatal(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    engine = await make_engine()
+    reply = await engine.ask(user("nul\x00 bell\x07 lone\ud800 esc\x1b[2J ok\r\nnext"))
+    assert reply == "echo[0]: nul bell lone\ufffd esc[2J ok\nnext"
+    assert (await history(repository))[0] == ("user", "nul bell lone\ufffd esc[2J ok\nnext")
+
+
+async def test_a_failed_generation_keeps_the_question_but_not_the_half_reply(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = FailingBackend()
+    engine = await make_engine(backend)
+    reply = engine.handle(user("please explode"))
+    text = await reply.text()
+    assert reply.status is ReplyStatus.FAILED
+    assert "sorry" in text.lower() and "try again" in text.lower()
+    assert "fell over" not in text  # internals are logged, not posted
+    assert await history(repository) == [("user", "please explode")]
+    # The channel keeps working and the kept question is part of the next prompt.
+    assert await engine.ask(user("still there?")) == "echo[1]: still there?"
+
+
+@pytest.mark.parametrize("error", [MemoryError(), ValueError("bad json"), RuntimeError("CUDA out of memory")])
+async def test_any_backend_exception_becomes_an_error_reply(
+    make_engine: EngineFactory, repository: ChatRepository, error: BaseException
+) -> None:
+    engine = await make_engine(FailingBackend(error))
+    reply = engine.handle(user("explode now"))
+    assert "try again" in (await reply.text()).lower()
+    assert reply.status is ReplyStatus.FAILED
+    assert await engine.ask(user("fine")) == "echo[1]: fine"
+
+
+async def test_generation_timeout_stops_the_stream_and_the_channel_recovers(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = FailingBackend()
+    engine = await make_engine(backend, model={"generation_timeout_s": 0.2})
+    reply = engine.handle(user("hang on"))
+    text = await asyncio.wait_for(reply.text(), timeout=5)
+    assert reply.status is ReplyStatus.FAILED
+    assert "took too long" in text
+    assert backend.closed_streams == 1  # the backend's stream was closed, so it can free its resources
+    assert await history(repository) == [("user", "hang on")]
+    assert await engine.ask(user("quick one")) == "echo[1]: quick one"
+
+
+async def test_a_flood_gets_one_notice_and_no_generation(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = RecordingBackend()
+    engine = await make_engine(backend, rate_limit=3)
+    replies = [engine.handle(user(f"spam {i}")) for i in range(6)]
+    texts = [await reply.text() for reply in replies]
+    assert texts[:3] == ["echo[0]: spam 0", "echo[2]: spam 1", "echo[4]: spam 2"]
+    assert "wait" in texts[3].lower() and replies[3].status is ReplyStatus.NOTICE
+    assert [reply.status for reply in replies[4:]] == [ReplyStatus.DROPPED] * 2
+    assert all(reply.silent for reply in replies[4:])
+    assert len(backend.conversations) == 3
+    # Another user in the same channel is not affected.
+    assert (await engine.ask(user("hello", author="u2"))).startswith("echo[6]")
+
+
+async def test_history_budget_limits_what_the_prompt_gets(make_engine: EngineFactory) -> None:
+    backend = RecordingBackend()
+    engine = await make_engine(backend, chat={"history_messages": 4})
+    for i in range(5):
+        await engine.ask(user(f"q{i}"))
+    last = backend.conversations[-1]
+    assert [turn.content for turn in last.history] == ["q2", "echo[4]: q2", "q3", "echo[4]: q3"]
+    assert last.message == "q4"
+
+
+async def test_close_abandons_in_flight_replies_without_storing_them(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    engine = await make_engine(FailingBackend())
+    reply = engine.handle(user("hang forever"))
+    await asyncio.sleep(0.05)
+    await engine.close(grace_s=0.1)
+    assert reply.done and reply.status is ReplyStatus.FAILED
+    assert await history(repository) == [("user", "hang forever")]
+    with pytest.raises(ChinwagError):
+        engine.handle(user("too late"))

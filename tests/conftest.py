@@ -1,0 +1,61 @@
+"""Shared fixtures: a real engine over a real SQLite file, with the echo backend or a test double."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.backends.base import Backend
+from bot.backends.echo import EchoBackend
+from bot.config import ChatConfig, ModelConfig, RateLimitConfig
+from bot.engine import ChatEngine
+from storage.db import Database
+from storage.repository import ChatRepository
+
+EngineFactory = Callable[..., Awaitable[ChatEngine]]
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    """A migrated SQLite database in a temporary file (not :memory:, see platform-notes)."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    await db.start()
+    yield db
+    await db.stop()
+
+
+@pytest.fixture
+def repository(database: Database) -> ChatRepository:
+    return ChatRepository(database)
+
+
+@pytest.fixture
+async def make_engine(repository: ChatRepository) -> AsyncIterator[EngineFactory]:
+    """Build engines over the shared repository; every engine is closed at the end of the test."""
+    engines: list[ChatEngine] = []
+
+    async def factory(
+        backend: Backend | None = None,
+        *,
+        rate_limit: int = 1000,
+        model: dict[str, Any] | None = None,
+        chat: dict[str, Any] | None = None,
+    ) -> ChatEngine:
+        chat_settings = ChatConfig(
+            rate_limit=RateLimitConfig(messages=rate_limit, per_seconds=60), **(chat or {})
+        )
+        engine = ChatEngine(
+            repository,
+            backend or EchoBackend(),
+            ModelConfig(backend="echo", **(model or {})),
+            chat_settings,
+        )
+        engines.append(engine)
+        return engine
+
+    yield factory
+    for engine in engines:
+        await engine.close(grace_s=1.0)
