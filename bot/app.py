@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import sys
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -59,16 +61,40 @@ def build_backend(model: ModelConfig) -> Backend:
             )
 
 
-def build_adapters(settings: Settings) -> list[Adapter]:
-    """The platform adapters enabled in `settings` that can start.
+# Platform adapter modules, in start-up order. Each exposes
+# `create(settings: Settings, services: Services) -> Adapter | None` (None: not configured, e.g. no
+# token) and is imported only when enabled, so a missing platform library never stops the others.
+ADAPTER_MODULES: tuple[str, ...] = ("web", "telegram", "discord")
 
-    Telegram, Discord and the web server are not part of this version yet: they are reported in
-    the log so that an operator knows why nothing answers there.
-    """
-    for name in ("telegram", "discord", "web"):
-        if getattr(settings, name).enabled:
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What an adapter may use: the engine, and the storage seams adapters are allowed to touch
+    (none of the message history: that belongs to the engine)."""
+
+    engine: ChatEngine
+    database: Database
+
+
+def build_adapters(settings: Settings, services: Services) -> list[Adapter]:
+    """The platform adapters enabled in `settings` that are configured to start."""
+    adapters: list[Adapter] = []
+    for name in ADAPTER_MODULES:
+        if not getattr(settings, name).enabled:
+            continue
+        try:
+            module = importlib.import_module(f"adapters.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"adapters.{name}":
+                raise
             logger.warning("the %s adapter is enabled but not available in this version yet", name)
-    return []
+            continue
+        adapter = module.create(settings, services)
+        if adapter is None:
+            logger.info("the %s adapter is enabled but not configured (no token): not started", name)
+        else:
+            adapters.append(adapter)
+    return adapters
 
 
 class Application:
@@ -82,6 +108,7 @@ class Application:
         self._backend = backend if backend is not None else build_backend(settings.model)
         self._stack = AsyncExitStack()
         self._engine: ChatEngine | None = None
+        self._services: Services | None = None
 
     @property
     def engine(self) -> ChatEngine:
@@ -89,6 +116,13 @@ class Application:
         if self._engine is None:
             raise RuntimeError("the application is not started")
         return self._engine
+
+    @property
+    def services(self) -> Services:
+        """What adapters get (only inside `async with`)."""
+        if self._services is None:
+            raise RuntimeError("the application is not started")
+        return self._services
 
     async def __aenter__(self) -> Application:
         try:
@@ -102,6 +136,7 @@ class Application:
             )
             self._stack.push_async_callback(engine.close)
             self._engine = engine
+            self._services = Services(engine=engine, database=database)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -111,6 +146,7 @@ class Application:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._engine = None
+        self._services = None
         await self._stack.aclose()
 
 
@@ -120,9 +156,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with Application(settings), AsyncExitStack() as adapters:
+    async with Application(settings) as app, AsyncExitStack() as adapters:
         started = []
-        for adapter in build_adapters(settings):
+        for adapter in build_adapters(settings, app.services):
             await adapter.start()
             adapters.push_async_callback(adapter.stop)
             started.append(adapter.name)

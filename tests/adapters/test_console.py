@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sqlite3
 import subprocess
@@ -115,3 +116,41 @@ def test_the_bundled_model_answers_two_questions_through_a_pipe(tmp_path: Path) 
     answers = [content for role, content in stored if role == "assistant"]
     assert all(answer.strip() for answer in answers)
     assert result.stdout.decode() == "".join(f"{answer}\n" for answer in answers)
+
+
+def test_interactive_terminal_shows_prompts_and_ends_on_ctrl_d(tmp_path: Path) -> None:
+    """A real pseudo-terminal: the chat prompts, answers, and Ctrl-D ends it with exit code 0."""
+    path = config(tmp_path)
+    controller, terminal = os.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "chat", "--config", str(path)],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        env=env,
+    )
+    os.close(terminal)
+
+    def read_until(marker: bytes, timeout: float = 60) -> bytes:
+        seen = b""
+        deadline = time.monotonic() + timeout
+        while marker not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if ready:
+                seen += os.read(controller, 4096)
+        assert marker in seen, seen.decode(errors="replace")
+        return seen
+
+    try:
+        read_until(b"you> ")
+        os.write(controller, b"hello there\n")
+        answer = read_until(b"you> ")
+        assert b"bot> echo[0]: hello there" in answer
+        os.write(controller, b"\x04")  # Ctrl-D on an empty line: end of input
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()
+        os.close(controller)
