@@ -1,0 +1,270 @@
+"""The database: async engine, short sessions and schema migrations (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from bot.errors import StorageError
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+_log = logging.getLogger(__name__)
+
+_MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Any fixed 64-bit number works; every Chinwag process must use the same one ("Chinwag" in ASCII).
+_MIGRATION_LOCK_KEY = 0x43_68_69_6E_77_61_67
+
+# Execution option that marks the write engine; the SQLite "begin" hook reads it.
+_BEGIN_IMMEDIATE = "chinwag_begin_immediate"
+
+_SQLITE_BUSY_TIMEOUT_MS = 5000
+# asyncpg waits 60 s by default for an unreachable host; a bot should report it sooner.
+_PG_CONNECT_TIMEOUT_S = 10
+_MAX_ERROR_TEXT = 300
+
+
+class Database:
+    """Owns the async engine. SQLite (`sqlite+aiosqlite://`) by default, PostgreSQL (`postgresql+asyncpg://`).
+
+    `start()` connects and migrates the schema to the newest revision; `stop()` releases every
+    connection. Sessions are short units of work: `read_session()` for reads, `write_session()` for
+    anything that writes (it commits on success, rolls back on error). Database failures inside
+    either session surface as `StorageError` with a one-line message free of passwords.
+    """
+
+    def __init__(
+        self, url: str, *, echo_sql: bool = False, connect_args: dict[str, Any] | None = None
+    ) -> None:
+        """Check `url` (raises `StorageError` if unusable); connects nothing yet.
+
+        `sqlite://` and `postgresql://` (or `postgres://`) are accepted and get the async driver.
+        `connect_args` go to the driver (e.g. asyncpg `server_settings`).
+        """
+        self._url = _async_url(url)
+        self._echo_sql = echo_sql
+        self._connect_args = dict(connect_args or {})
+        self._engine: AsyncEngine | None = None
+        self._write_engine: AsyncEngine | None = None
+        self._read_sessions: async_sessionmaker[AsyncSession] | None = None
+        self._write_sessions: async_sessionmaker[AsyncSession] | None = None
+        self._write_lock: asyncio.Lock | None = None
+
+    @property
+    def dialect_name(self) -> str:
+        """`"sqlite"` or `"postgresql"`."""
+        return self._url.get_backend_name()
+
+    async def start(self) -> None:
+        """Connect and apply the migrations up to head.
+
+        Safe when several processes start at once on one database (SQLite: the upgrade runs in a
+        BEGIN IMMEDIATE transaction; PostgreSQL: under an advisory lock). Raises `StorageError` if
+        the database cannot be reached or migrated; nothing stays open then.
+        """
+        if self._engine is not None:
+            raise RuntimeError("Database.start() called twice")
+        started = False
+        try:
+            await self._start()
+            started = True
+        except Exception as exc:
+            # Whatever stops the start (driver, network, file system, a bad URL option, an unknown
+            # schema revision) means the database cannot be used; the cause stays chained for the log.
+            raise StorageError(
+                f"cannot open the database {self._url.render_as_string()}: {self._describe(exc)}"
+            ) from exc
+        finally:
+            if not started:
+                await self.stop()
+
+    async def _start(self) -> None:
+        connect_args = dict(self._connect_args)
+        if self.dialect_name == "sqlite":
+            await asyncio.to_thread(_create_parent_dir, self._url)
+            # SQLite takes one writer at a time. Queueing this process's writers here keeps them
+            # from polling the file lock against each other (busy_timeout covers other processes).
+            self._write_lock = asyncio.Lock()
+        else:
+            connect_args.setdefault("timeout", _PG_CONNECT_TIMEOUT_S)
+        self._engine = create_async_engine(
+            self._url,
+            echo=self._echo_sql,
+            connect_args=connect_args,
+            # A restarted PostgreSQL server would otherwise cost one failed request per pooled connection.
+            pool_pre_ping=self.dialect_name == "postgresql",
+        )
+        if self.dialect_name == "sqlite":
+            event.listen(self._engine.sync_engine, "connect", _on_sqlite_connect)
+            event.listen(self._engine.sync_engine, "begin", _on_sqlite_begin)
+            await _enable_wal(self._engine)
+        # Shares the pool and the hooks; only the begin statement differs.
+        self._write_engine = self._engine.execution_options(**{_BEGIN_IMMEDIATE: True})
+
+        async with self._write_engine.begin() as connection:
+            if self.dialect_name == "postgresql":
+                # Released at commit: other processes starting now wait, then find the schema at head.
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                )
+            await connection.run_sync(_upgrade_to_head)
+
+        self._read_sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
+
+    async def stop(self) -> None:
+        """Close every pooled connection. Safe to call twice or after a failed `start()`."""
+        engine = self._engine
+        self._engine = self._write_engine = None
+        self._read_sessions = self._write_sessions = None
+        self._write_lock = None
+        if engine is not None:
+            await engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads only; its transaction is rolled back at the end."""
+        if self._read_sessions is None:
+            raise RuntimeError("Database.start() has not been called")
+        async with self._storage_errors(), self._read_sessions() as session:
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def write_session(self) -> AsyncIterator[AsyncSession]:
+        """A session in a write transaction: commits when the block ends, rolls back on error.
+
+        On SQLite the transaction starts with BEGIN IMMEDIATE, so a read followed by a write cannot
+        fail with SQLITE_BUSY halfway. Keep it short: it holds the database's write lock.
+        """
+        if self._write_sessions is None:
+            raise RuntimeError("Database.start() has not been called")
+        lock: contextlib.AbstractAsyncContextManager[Any] = self._write_lock or contextlib.nullcontext()
+        async with lock, self._storage_errors(), self._write_sessions() as session, session.begin():
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def _storage_errors(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(f"database error: {self._describe(exc)}") from exc
+
+    def _describe(self, exc: BaseException) -> str:
+        """One line naming the driver's error, without the URL's password or SQLAlchemy's SQL dump."""
+        cause: BaseException = exc
+        if isinstance(exc, DBAPIError) and exc.orig is not None:
+            cause = exc.orig
+            # asyncpg errors arrive re-wrapped in an adapter class; the original reads better.
+            if cause.__cause__ is not None:
+                cause = cause.__cause__
+            detail = str(cause)
+        elif isinstance(exc, SQLAlchemyError) and exc.args:
+            detail = str(exc.args[0])  # str(exc) would append a documentation link
+        else:
+            detail = str(exc)
+        first_line = detail.strip().splitlines()[0] if detail.strip() else ""
+        if self._url.password:
+            first_line = first_line.replace(str(self._url.password), "***")
+        if len(first_line) > _MAX_ERROR_TEXT:
+            first_line = first_line[:_MAX_ERROR_TEXT] + "…"
+        name = type(cause).__name__
+        return f"{name}: {first_line}" if first_line else name
+
+
+def _async_url(raw: str) -> URL:
+    """Parse `raw` and pick the async driver; `StorageError` for anything else."""
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
+        # The exception text would repeat the URL, password included.
+        raise StorageError("the database URL is not valid (expected sqlite+aiosqlite:///PATH)") from None
+    if url.drivername == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    elif url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+asyncpg")
+    if url.drivername == "sqlite+aiosqlite":
+        if url.database in (None, "", ":memory:"):
+            # One shared connection: a rollback in one task would discard another task's writes.
+            raise StorageError("an in-memory SQLite database is not supported: give a file path")
+    elif url.drivername != "postgresql+asyncpg":
+        raise StorageError(
+            f"unsupported database driver {url.drivername!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://"
+        )
+    return url
+
+
+def _create_parent_dir(url: URL) -> None:
+    if url.database and url.query.get("uri") != "true":
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _connection_record: Any) -> None:
+    # Take BEGIN away from the sqlite3 module: it skips BEGIN before SELECT and DDL (so reads and
+    # migrations would not be transactional) and cannot say BEGIN IMMEDIATE. `_on_sqlite_begin`
+    # emits it instead.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in (
+            f"busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}",
+            "synchronous = FULL",  # a commit survives power loss (platform updates are acked after it)
+            "foreign_keys = ON",  # off by default in SQLite; ON DELETE CASCADE needs it
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
+
+
+async def _enable_wal(engine: AsyncEngine) -> None:
+    """Put the SQLite file in WAL mode (readers then never block the writer, nor it them).
+
+    The mode is stored in the file, so once per start is enough. Switching a new file to WAL needs
+    an exclusive lock, and SQLite refuses it at once, without waiting for the busy timeout, while
+    another process starting at the same moment holds a lock: so retry for a while.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    async with engine.connect() as connection:
+        # The raw driver connection: a PRAGMA that changes the journal mode must run outside a
+        # transaction, and SQLAlchemy would begin one.
+        raw = cast("aiosqlite.Connection", (await connection.get_raw_connection()).driver_connection)
+        while True:
+            try:
+                ((mode,),) = await raw.execute_fetchall("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.02)
+    if str(mode).lower() != "wal":  # e.g. a file system without shared memory
+        _log.warning("SQLite refused WAL mode (journal_mode is %s): readers will block writers", mode)
+
+
+def _on_sqlite_begin(connection: Connection) -> None:
+    # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY when another
+    # connection wrote meanwhile, whatever the busy timeout: writers take the write lock up front.
+    immediate = connection.get_execution_options().get(_BEGIN_IMMEDIATE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    """Run Alembic on `connection` (already in a transaction, which the caller commits)."""
+    config = Config()
+    # Config values go through configparser interpolation.
+    config.set_main_option("script_location", str(_MIGRATIONS_DIR).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

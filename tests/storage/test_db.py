@@ -1,0 +1,228 @@
+"""Database lifecycle, migrations, SQLite settings and error reporting."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect, text
+
+import storage.db
+from bot.errors import StorageError
+from storage.db import Database
+from storage.models import load_metadata
+from storage.repository import ChatRepository
+
+from .conftest import Target
+
+
+def head_revision() -> str | None:
+    config = Config()
+    config.set_main_option("script_location", str(Path(storage.db.__file__).parent / "migrations"))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+async def alembic_versions(database: Database) -> list[str]:
+    async with database.read_session() as session:
+        return list((await session.scalars(text("SELECT version_num FROM alembic_version"))).all())
+
+
+async def test_migrated_schema_matches_the_models(database: Database) -> None:
+    def check(connection: Connection) -> None:
+        # Autogenerate compares tables, columns, types, nullability, indexes, unique constraints, FKs.
+        assert compare_metadata(MigrationContext.configure(connection), load_metadata()) == []
+        inspector = inspect(connection)
+        checks = {c["name"] for c in inspector.get_check_constraints("messages")}
+        assert checks == {"ck_messages_role"}
+        index = {i["name"]: i["column_names"] for i in inspector.get_indexes("messages")}
+        assert index["ix_messages_channel_id_id"] == ["channel_id", "id"]
+        (fk,) = inspector.get_foreign_keys("messages")
+        assert fk["options"].get("ondelete") == "CASCADE"
+
+    async with database.read_session() as session:
+        connection = await session.connection()
+        await connection.run_sync(check)
+    assert await alembic_versions(database) == [head_revision()]
+
+
+async def test_restart_keeps_data_and_migrates_nothing(target: Target) -> None:
+    first = target.new_database()
+    await first.start()
+    await ChatRepository(first).append_message("web:a", "user", "kept")
+    await first.stop()
+
+    second = target.new_database()
+    await second.start()
+    try:
+        assert [m.content for m in await ChatRepository(second).recent_messages("web:a", limit=5)] == ["kept"]
+        assert await alembic_versions(second) == [head_revision()]
+    finally:
+        await second.stop()
+
+
+async def test_several_clients_starting_at_once_on_a_new_database(target: Target) -> None:
+    databases = [target.new_database() for _ in range(4)]
+    try:
+        await asyncio.gather(*(db.start() for db in databases))
+        for i, db in enumerate(databases):
+            await ChatRepository(db).append_message("web:a", "user", f"from {i}")
+        assert await ChatRepository(databases[0]).message_count("web:a") == 4
+        assert await alembic_versions(databases[0]) == [head_revision()]
+    finally:
+        for db in databases:
+            await db.stop()
+
+
+async def test_lifecycle_is_explicit_and_stop_is_idempotent(target: Target) -> None:
+    db = target.new_database()
+    await db.stop()  # before start: nothing to do
+    with pytest.raises(RuntimeError):
+        async with db.read_session():
+            pass
+    await db.start()
+    with pytest.raises(RuntimeError):
+        await db.start()
+    await db.stop()
+    await db.stop()
+    with pytest.raises(RuntimeError):
+        async with db.write_session():
+            pass
+    await db.start()  # a stopped database can start again
+    assert await ChatRepository(db).message_count("web:a") == 0
+    await db.stop()
+    assert db.dialect_name == target.dialect
+
+
+async def test_unknown_schema_revision_is_a_storage_error(target: Target, database: Database) -> None:
+    async with database.write_session() as session:
+        await session.execute(text("UPDATE alembic_version SET version_num = 'from_the_future'"))
+
+    newer = target.new_database()
+    with pytest.raises(StorageError, match="from_the_future"):
+        await newer.start()
+    await newer.stop()
+
+
+async def test_unreachable_postgres_is_a_clean_storage_error() -> None:
+    db = Database("postgresql+asyncpg://chinwag:hunter2-secret@127.0.0.1:1/chinwag")
+    started = time.monotonic()
+    with pytest.raises(StorageError) as caught:
+        await db.start()
+    message = str(caught.value)
+    assert "hunter2-secret" not in message
+    assert "\n" not in message
+    assert "127.0.0.1" in message
+    assert time.monotonic() - started < 10
+    await db.stop()  # safe after a failed start
+
+
+async def test_a_bad_driver_option_is_a_storage_error() -> None:
+    db = Database("postgresql+asyncpg://chinwag:hunter2-secret@127.0.0.1:1/chinwag?sslmode=bogus")
+    with pytest.raises(StorageError) as caught:
+        await db.start()
+    assert "hunter2-secret" not in str(caught.value)
+    await db.stop()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql+aiomysql://chinwag:hunter2-secret@localhost/chinwag",
+        "postgresql+psycopg://chinwag:hunter2-secret@localhost/chinwag",
+        "postgresql+asyncpg://chinwag:hunter2-secret@localhost:port/chinwag",
+        "not a url hunter2-secret",
+        "sqlite+aiosqlite://",
+        "sqlite+aiosqlite:///:memory:",
+    ],
+)
+def test_unusable_urls_are_refused_without_echoing_secrets(url: str) -> None:
+    with pytest.raises(StorageError) as caught:
+        Database(url)
+    assert "hunter2-secret" not in str(caught.value)
+
+
+def test_sync_urls_get_the_async_driver() -> None:
+    assert Database("sqlite:///data/bot.db").dialect_name == "sqlite"
+    assert Database("postgres://u@h/db").dialect_name == "postgresql"
+
+
+async def test_sqlite_file_that_cannot_be_created_is_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    db = Database(f"sqlite+aiosqlite:///{blocker}/bot.db")
+    with pytest.raises(StorageError):
+        await db.start()
+    await db.stop()
+
+
+async def test_sqlite_file_that_is_not_a_database_is_a_storage_error(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    path.write_bytes(b"this is not a database file, just some text that is long enough" * 20)
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    with pytest.raises(StorageError, match="not a database"):
+        await db.start()
+    await db.stop()
+
+
+async def test_sqlite_connection_settings(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "bot.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await db.start()
+    try:
+        assert path.is_file()
+        async with db.read_session() as session:
+            pragmas = {
+                name: (await session.execute(text(f"PRAGMA {name}"))).scalar()
+                for name in ["journal_mode", "synchronous", "foreign_keys", "busy_timeout"]
+            }
+        assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000}
+    finally:
+        await db.stop()
+
+
+def _try_to_take_the_write_lock(path: Path) -> bool:
+    """Whether another connection could start writing right now (no waiting)."""
+    connection = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as exc:
+        assert "locked" in str(exc)
+        return False
+    finally:
+        connection.close()
+
+
+async def test_sqlite_writers_take_the_write_lock_up_front_and_readers_do_not(tmp_path: Path) -> None:
+    # A deferred transaction that reads first and writes later fails with SQLITE_BUSY, whatever the
+    # busy timeout, when another connection wrote in between; BEGIN IMMEDIATE cannot be caught so.
+    path = tmp_path / "bot.db"
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await db.start()
+    try:
+        async with db.write_session() as session:
+            await session.execute(text("SELECT 1"))  # only a read so far
+            assert not await asyncio.to_thread(_try_to_take_the_write_lock, path)
+        async with db.read_session() as session:
+            await session.execute(text("SELECT count(*) FROM messages"))
+            assert await asyncio.to_thread(_try_to_take_the_write_lock, path)
+    finally:
+        await db.stop()
+
+
+async def test_deleting_a_channel_deletes_its_messages(database: Database) -> None:
+    # ON DELETE CASCADE needs foreign_keys=ON on SQLite.
+    repo = ChatRepository(database)
+    await repo.append_message("web:gone", "user", "bye")
+    async with database.write_session() as session:
+        await session.execute(text("DELETE FROM channels"))
+    async with database.read_session() as session:
+        assert (await session.execute(text("SELECT count(*) FROM messages"))).scalar() == 0

@@ -1,0 +1,77 @@
+"""`recent_messages` reads the (channel_id, id) index backwards: no table scan, no sort."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select, text
+
+from storage.db import Database
+from storage.models import Channel, Message
+from storage.repository import ChatRepository, recent_messages_statement
+
+INDEX = "ix_messages_channel_id_id"
+
+
+async def fill(database: Database) -> dict[str, int]:
+    """4,000 messages: one big channel that then went quiet, and 30 small ones talking since.
+
+    The quiet big channel is the trap: a plan that walks the primary key backwards and filters on
+    channel_id looks cheap for it (half the table is its), but must step over every newer row.
+    """
+    repo = ChatRepository(database)
+    keys = ["web:big", *(f"web:small{i}" for i in range(30))]
+    for key in keys:
+        await repo.set_settings(key, temperature=0.5)  # creates the channel
+    async with database.read_session() as session:
+        ids = {
+            external_id: id_
+            for external_id, id_ in await session.execute(select(Channel.external_id, Channel.id))
+        }
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "channel_id": ids["big"] if i < 2000 else ids[f"small{i % 30}"],
+            "role": "user",
+            "content": f"message {i}",
+            "created_at": now,
+        }
+        for i in range(4000)
+    ]
+    async with database.write_session() as session:
+        await session.execute(insert(Message), rows)
+    # Fresh statistics, as a long-running database has them; no planner switches are touched.
+    async with database.write_session() as session:
+        await session.execute(text("ANALYZE"))
+    return ids
+
+
+async def explain(database: Database, channel_id: int, limit: int) -> str:
+    async with database.read_session() as session:
+        statement = recent_messages_statement(channel_id, limit).compile(
+            dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True}
+        )
+        if database.dialect_name == "sqlite":
+            rows = (await session.execute(text(f"EXPLAIN QUERY PLAN {statement}"))).all()
+            return "\n".join(str(row[-1]) for row in rows)
+        rows = (await session.execute(text(f"EXPLAIN {statement}"))).all()
+        return "\n".join(str(row[0]) for row in rows)
+
+
+async def test_recent_messages_is_an_index_range_scan(database: Database) -> None:
+    ids = await fill(database)
+
+    for channel in ["big", "small7"]:
+        plan = await explain(database, ids[channel], 20)
+        if database.dialect_name == "sqlite":
+            assert f"SEARCH messages USING INDEX {INDEX} (channel_id" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
+        else:
+            assert f"Index Scan Backward using {INDEX} on messages" in plan, plan
+            assert "Seq Scan" not in plan, plan
+            assert "Sort" not in plan, plan
+
+    # And the statement gives what recent_messages promises.
+    repo = ChatRepository(database)
+    history = await repo.recent_messages("web:big", limit=3)
+    assert [m.content for m in history] == ["message 1997", "message 1998", "message 1999"]
