@@ -113,6 +113,18 @@ class WebConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    cors_origins: tuple[str, ...] = ()
+    admin_api_key: SecretStr | None = None
+    api_keys: tuple[SecretStr, ...] = ()
+    max_body_bytes: int = Field(default=65536, ge=1024)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _drop_unset_keys(cls, value: Any) -> Any:
+        # `api_keys: [${KEY_A}, ${KEY_B}]` with KEY_B unset expands to [..., None]: not a key.
+        if isinstance(value, list):
+            return [item for item in value if item not in (None, "")]
+        return value
 
 
 class LoggingConfig(_Section):

@@ -9,10 +9,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
-from bot.backends.base import Backend, Conversation, SamplingSettings, Turn
+from bot.backends.base import Backend, Conversation, PreparedPrompt, SamplingOverrides, SamplingSettings, Turn
 from bot.commands import CommandHandler, Defaults, parse_command
 from bot.config import ChatConfig, ModelConfig
-from bot.errors import BackendError, ChinwagError, GenerationTimeout, StorageError
+from bot.errors import BackendError, ChinwagError, GenerationTimeout, RateLimited, StorageError
 from bot.events import ChatEvent
 from bot.ratelimit import RateLimiter, Verdict
 from bot.reply import Reply, ReplyStatus
@@ -37,6 +37,15 @@ EMPTY_MODEL_REPLY = "(I have no answer to that. Could you rephrase it?)"
 # Platforms whose user is the local operator: no flood protection (a piped file of 100 lines is
 # legitimate there).
 UNLIMITED_PLATFORMS = frozenset({"console"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """A finished generation: its text and prompt, or the status it failed with."""
+
+    text: str = ""
+    prompt: PreparedPrompt | None = None
+    failed: ReplyStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +106,11 @@ class ChatEngine:
         previous = self._tails.get(event.channel_key)
         mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tails[event.channel_key] = mine
-        task = asyncio.create_task(
-            self._run_in_order(event, reply, verdict, previous, mine), name=f"chinwag:{event.channel_key}"
+        self._track(
+            asyncio.create_task(
+                self._run_in_order(event, reply, verdict, previous, mine), name=f"chinwag:{event.channel_key}"
+            )
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
         return reply
 
     async def ask(self, event: ChatEvent) -> str:
@@ -112,6 +121,44 @@ class ChatEngine:
         """Handle `event` and yield its reply chunks."""
         async for chunk in self.handle(event):
             yield chunk
+
+    def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
+        """Answer a stateless conversation (OpenAI-style: the caller sends the whole history).
+
+        Nothing is read from or written to a channel's history. The new message is sanitized and
+        clipped like any other, the rate limit, sampling limits and timeout apply. Raises
+        `RateLimited` at once when `user_key` is over the limit, `ChinwagError` when closing.
+        """
+        if self._closing:
+            raise ChinwagError("the engine is shutting down")
+        if self._limiter.check(user_key) is not Verdict.ALLOW:
+            raise RateLimited(self._limiter.retry_after(user_key))
+        message, input_cut = clip(sanitize_text(conversation.message), self._chat.max_input_chars)
+        conversation = replace(conversation, message=message)
+        sampling = overrides.apply(self._sampling)
+        reply = Reply()
+
+        async def run() -> None:
+            try:
+                outcome = await self._run_generation(conversation, sampling, reply, user_key)
+                if outcome.failed is None:
+                    await self._push_cut_notice(reply, input_cut, outcome.prompt)
+                await reply.finish(outcome.failed or ReplyStatus.ANSWERED)
+            except asyncio.CancelledError:
+                await reply.finish(ReplyStatus.FAILED)
+                raise
+            except Exception:
+                logger.exception("unexpected error in a stateless completion")
+                await reply.push(GENERATION_FAILED_REPLY.lstrip())
+                await reply.finish(ReplyStatus.FAILED)
+
+        self._track(asyncio.create_task(run(), name="chinwag:completion"))
+        return reply
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep a reference (tasks are weakly held by the loop) so `close` can wait for it."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self, grace_s: float = 10.0) -> None:
         """Stop accepting events; let in-flight replies finish for `grace_s`, then cancel them.
@@ -207,30 +254,15 @@ class ChatEngine:
         conversation = Conversation(system_prompt=system_prompt, history=history, message=text)
 
         started = time.perf_counter()
-        try:
-            prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
-            answer = await self._generate(prompt_stream=self._backend.generate(prompt, sampling), reply=reply)
-        except GenerationTimeout:
-            logger.warning("generation timed out in %s", event.channel_key)
-            await reply.push(
-                GENERATION_TIMEOUT_REPLY if reply.text_so_far() else GENERATION_TIMEOUT_REPLY.lstrip()
-            )
-            return ReplyStatus.FAILED
-        except (BackendError, MemoryError) as error:
-            logger.error("generation failed in %s: %s", event.channel_key, error, exc_info=error)
-            await reply.push(
-                GENERATION_FAILED_REPLY if reply.text_so_far() else GENERATION_FAILED_REPLY.lstrip()
-            )
-            return ReplyStatus.FAILED
-
+        outcome = await self._run_generation(conversation, sampling, reply, event.channel_key)
+        if outcome.failed is not None:
+            return outcome.failed
+        answer, prompt = outcome.text, outcome.prompt
         if not answer.strip():
             await reply.push(EMPTY_MODEL_REPLY)
             return ReplyStatus.NOTICE
         await self._repository.append_message(event.channel_key, "assistant", answer)
-        if input_cut:
-            await reply.push(INPUT_CUT_NOTICE.format(limit=self._chat.max_input_chars))
-        elif prompt.message_cut:
-            await reply.push(WINDOW_CUT_NOTICE)
+        await self._push_cut_notice(reply, input_cut, prompt)
         logger.debug(
             "answered in %s: %d chars in %.3f s",
             event.channel_key,
@@ -238,6 +270,34 @@ class ChatEngine:
             time.perf_counter() - started,
         )
         return ReplyStatus.ANSWERED
+
+    async def _push_cut_notice(self, reply: Reply, input_cut: bool, prompt: PreparedPrompt | None) -> None:
+        if input_cut:
+            await reply.push(INPUT_CUT_NOTICE.format(limit=self._chat.max_input_chars))
+        elif prompt is not None and prompt.message_cut:
+            await reply.push(WINDOW_CUT_NOTICE)
+
+    async def _run_generation(
+        self, conversation: Conversation, sampling: SamplingSettings, reply: Reply, where: str
+    ) -> _Outcome:
+        """Prepare and stream one generation into `reply`, turning backend failures into a polite
+        error text in the reply (the half-written text is never returned for storing)."""
+        try:
+            prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
+            text = await self._generate(self._backend.generate(prompt, sampling), reply)
+        except GenerationTimeout:
+            logger.warning("generation timed out in %s", where)
+            await reply.push(
+                GENERATION_TIMEOUT_REPLY if reply.text_so_far() else GENERATION_TIMEOUT_REPLY.lstrip()
+            )
+            return _Outcome(failed=ReplyStatus.FAILED)
+        except (BackendError, MemoryError) as error:
+            logger.error("generation failed in %s: %s", where, error, exc_info=error)
+            await reply.push(
+                GENERATION_FAILED_REPLY if reply.text_so_far() else GENERATION_FAILED_REPLY.lstrip()
+            )
+            return _Outcome(failed=ReplyStatus.FAILED)
+        return _Outcome(text=text, prompt=prompt)
 
     async def _history_before(self, channel_key: str, new_message: StoredMessage) -> list[Turn]:
         """The channel's recent turns before `new_message`, oldest first, within the configured budget."""

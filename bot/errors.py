@@ -29,3 +29,11 @@ class GenerationTimeout(BackendError):
 
 class ModelLoadError(BackendError):
     """The configured model could not be found or loaded."""
+
+
+class RateLimited(ChinwagError):
+    """The user is over the rate limit; they may retry after `retry_after_s` seconds."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"rate limited; retry after {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s

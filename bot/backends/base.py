@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 Role = Literal["user", "assistant"]
@@ -36,6 +36,30 @@ class SamplingSettings:
     max_new_tokens: int = 256
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOverrides:
+    """Per-request sampling values (e.g. from an OpenAI-style request); None keeps the configured one."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def apply(self, base: SamplingSettings) -> SamplingSettings:
+        """`base` with these overrides; `max_new_tokens` never above the configured maximum, and
+        stop sequences added to the configured ones."""
+        settings = base
+        if self.temperature is not None:
+            settings = replace(settings, temperature=self.temperature)
+        if self.top_p is not None:
+            settings = replace(settings, top_p=self.top_p)
+        if self.max_new_tokens is not None:
+            settings = replace(settings, max_new_tokens=min(self.max_new_tokens, base.max_new_tokens))
+        if self.stop:
+            settings = replace(settings, stop=(*base.stop, *self.stop))
+        return settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,240 @@
+// Chinwag chat page. Plain script, no build step, nothing fetched from elsewhere.
+//
+// The conversation's id lives in localStorage: a "p-" id made of 192 random bits. It names this
+// browser's own (private) channel and is its credential: whoever holds it may read, clear and
+// configure that channel, and no other. Model output is only ever written with textContent.
+"use strict";
+
+(() => {
+  const STORAGE_KEY = "chinwag.channel";
+  const OPTIONS_KEY = "chinwag.options";
+  const PRIVATE_ID = /^p-[A-Za-z0-9_-]{22,126}$/;
+
+  const log = document.getElementById("log");
+  const empty = document.getElementById("empty");
+  const form = document.getElementById("composer");
+  const input = document.getElementById("input");
+  const send = document.getElementById("send");
+  const clear = document.getElementById("clear");
+  const optionsForm = document.getElementById("options");
+  const system = document.getElementById("system");
+  const temperature = document.getElementById("temperature");
+  const temperatureValue = document.getElementById("temperature-value");
+  const temperatureDefault = document.getElementById("temperature-default");
+  const optionsStatus = document.getElementById("options-status");
+
+  function randomId(bytes) {
+    const raw = new Uint8Array(bytes);
+    crypto.getRandomValues(raw); // available on plain http too, unlike crypto.randomUUID
+    let text = "";
+    for (const byte of raw) text += String.fromCharCode(byte);
+    return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function channelId() {
+    let id = localStorage.getItem(STORAGE_KEY);
+    if (!id || !PRIVATE_ID.test(id)) {
+      id = "p-" + randomId(24);
+      localStorage.setItem(STORAGE_KEY, id);
+    }
+    return id;
+  }
+
+  const channel = channelId();
+  const base = `/api/channels/${encodeURIComponent(channel)}`;
+
+  function scrollDown() {
+    log.scrollTop = log.scrollHeight;
+  }
+
+  function addMessage(role, text, extraClass) {
+    empty.hidden = true;
+    const bubble = document.createElement("div");
+    bubble.className = `message ${role}` + (extraClass ? ` ${extraClass}` : "");
+    bubble.dataset.role = role;
+    bubble.textContent = text; // never innerHTML: the text is untrusted model output
+    log.appendChild(bubble);
+    scrollDown();
+    return bubble;
+  }
+
+  function addNotice(text) {
+    return addMessage("notice", text);
+  }
+
+  async function errorText(response) {
+    try {
+      const body = await response.json();
+      if (typeof body.error === "string") return body.error;
+    } catch (_) {
+      // not JSON: fall through
+    }
+    return `HTTP ${response.status}`;
+  }
+
+  // Reads a Server-Sent Events body: calls onEvent(name, data) per event as it arrives.
+  async function readEvents(response, onEvent) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) !== -1) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let name = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) name = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (data.length) onEvent(name, JSON.parse(data.join("\n")));
+      }
+    }
+  }
+
+  async function loadHistory() {
+    try {
+      const response = await fetch(`${base}/messages?limit=200`);
+      if (!response.ok) throw new Error(await errorText(response));
+      const body = await response.json();
+      for (const item of body.messages) addMessage(item.role, item.content);
+    } catch (error) {
+      addNotice(`Could not load the conversation: ${error.message}`);
+    }
+  }
+
+  async function sendText(text) {
+    addMessage("user", text);
+    const bubble = addMessage("assistant", "", "pending");
+    let status = null;
+    try {
+      const response = await fetch(`${base}/messages`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        // The message id makes a resend after a network error count once.
+        body: JSON.stringify({ text, message_id: randomId(12) }),
+      });
+      if (!response.ok) throw new Error(await errorText(response));
+      bubble.classList.replace("pending", "streaming");
+      await readEvents(response, (name, data) => {
+        if (name === "done") {
+          status = data.status;
+        } else if (typeof data.delta === "string") {
+          bubble.textContent += data.delta;
+          scrollDown();
+        }
+      });
+      if (status === "duplicate" || status === "dropped") bubble.remove();
+      else if (status === "failed") bubble.classList.add("error");
+      else if (status === null) throw new Error("the reply was cut off");
+    } catch (error) {
+      bubble.classList.add("error");
+      bubble.textContent += (bubble.textContent ? "\n\n" : "") + `(${error.message})`;
+    } finally {
+      bubble.classList.remove("pending", "streaming");
+      bubble.dataset.status = status || "error";
+    }
+  }
+
+  async function command(text) {
+    const response = await fetch(`${base}/messages`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ text }),
+    });
+    if (!response.ok) throw new Error(await errorText(response));
+    return (await response.json()).reply || "";
+  }
+
+  // Busy until the history is on screen, so a new message cannot land above the old ones.
+  let busy = true;
+  send.disabled = true;
+  async function submit() {
+    const text = input.value.trim();
+    if (!text || busy) return;
+    busy = true;
+    send.disabled = true;
+    input.value = "";
+    try {
+      await sendText(text);
+    } finally {
+      busy = false;
+      send.disabled = false;
+      input.focus();
+    }
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      submit();
+    }
+  });
+
+  clear.addEventListener("click", async () => {
+    clear.disabled = true;
+    try {
+      const response = await fetch(`${base}/reset`, { method: "POST" });
+      if (!response.ok) throw new Error(await errorText(response));
+      for (const bubble of log.querySelectorAll(".message")) bubble.remove();
+      empty.hidden = false;
+    } catch (error) {
+      addNotice(`Could not clear the conversation: ${error.message}`);
+    } finally {
+      clear.disabled = false;
+    }
+  });
+
+  // Advanced options: the page's own channel settings, applied through the /system and
+  // /temperature commands (so they take their turn in the channel's order of messages).
+  function showTemperature() {
+    temperature.disabled = temperatureDefault.checked;
+    temperatureValue.textContent = temperatureDefault.checked ? "(default)" : temperature.value;
+  }
+  function loadOptions() {
+    try {
+      const saved = JSON.parse(localStorage.getItem(OPTIONS_KEY) || "{}");
+      system.value = typeof saved.system === "string" ? saved.system : "";
+      if (typeof saved.temperature === "number") {
+        temperature.value = String(saved.temperature);
+        temperatureDefault.checked = false;
+      }
+    } catch (_) {
+      localStorage.removeItem(OPTIONS_KEY);
+    }
+    showTemperature();
+  }
+  temperature.addEventListener("input", showTemperature);
+  temperatureDefault.addEventListener("change", showTemperature);
+  optionsForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    optionsStatus.textContent = "Applying…";
+    const prompt = system.value.trim();
+    const temp = temperatureDefault.checked ? null : Number(temperature.value);
+    try {
+      const replies = [
+        await command(prompt ? `/system ${prompt}` : "/system default"),
+        await command(temp === null ? "/temperature default" : `/temperature ${temp}`),
+      ];
+      localStorage.setItem(OPTIONS_KEY, JSON.stringify({ system: prompt, temperature: temp }));
+      optionsStatus.textContent = replies.join(" ");
+    } catch (error) {
+      optionsStatus.textContent = `Not applied: ${error.message}`;
+    }
+  });
+
+  loadOptions();
+  loadHistory().finally(() => {
+    busy = false;
+    send.disabled = false;
+    input.focus();
+  });
+})();

@@ -1,0 +1,214 @@
+"""`/v1/chat/completions` and `/v1/models`: an OpenAI-compatible face of the bot's backend.
+
+The request's `messages` are the whole conversation (system messages become the system prompt,
+earlier user/assistant turns the history, the last user message the new message): nothing is read
+from or written to a channel's stored history. Answers come from a `Completer`, which is meant to
+`ChatEngine.complete` (it applies the backend, limits, timeout and logging).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from bot.backends.base import Conversation, SamplingOverrides, Turn
+from bot.errors import ChinwagError, RateLimited
+from bot.reply import Reply, ReplyStatus
+from bot.sanitize import sanitize_text
+
+MAX_STOP_SEQUENCES = 4
+
+
+# Answers a stateless conversation: returns at once, the reply fills in the background. Raises
+# `RateLimited` at once when `user_key` is over the limit, `ChinwagError` when shutting down.
+Completer = Callable[[Conversation, SamplingOverrides, str], Reply]
+
+
+# ---------------------------------------------------------------------------------------------
+# Request model (the subset of OpenAI's that a text backend can honour; other fields are ignored)
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content; only `{"type": "text"}` parts are understood."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    """One message of the request's conversation."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """The body of `POST /v1/chat/completions`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    n: int | None = Field(default=None, ge=1, le=1)
+
+    def overrides(self) -> SamplingOverrides:
+        """The sampling values this request sets."""
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stop) > MAX_STOP_SEQUENCES or any(not item for item in stop):
+            raise HTTPException(400, f"stop: at most {MAX_STOP_SEQUENCES} non-empty sequences")
+        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        return SamplingOverrides(
+            temperature=self.temperature, top_p=self.top_p, max_new_tokens=limit, stop=tuple(stop)
+        )
+
+
+def _text_of(message: ChatMessage, index: int) -> str:
+    if message.content is None:
+        return ""
+    if isinstance(message.content, str):
+        return sanitize_text(message.content)
+    parts: list[str] = []
+    for part in message.content:
+        if part.type != "text" or part.text is None:
+            raise HTTPException(400, f"messages[{index}]: only text content is supported")
+        parts.append(part.text)
+    return sanitize_text("\n".join(parts))
+
+
+def to_conversation(request: ChatCompletionRequest, default_system_prompt: str) -> Conversation:
+    """System/developer messages → the system prompt (the configured one if there is none),
+    user/assistant turns before the last message → history, the last message (a user's) → the
+    new message. Raises `HTTPException(400)` for a conversation a chat model cannot continue."""
+    system: list[str] = []
+    turns: list[Turn] = []
+    for index, message in enumerate(request.messages):
+        text = _text_of(message, index)
+        if message.role in {"system", "developer"}:
+            system.append(text)
+        elif message.role == "user":
+            turns.append(Turn("user", text))
+        else:
+            turns.append(Turn("assistant", text))
+    if not turns or turns[-1].role != "user":
+        raise HTTPException(400, "messages: the last non-system message must be the user's")
+    if not turns[-1].content.strip():
+        raise HTTPException(400, "messages: the last user message is empty")
+    system_prompt = "\n\n".join(part for part in system if part) if system else default_system_prompt
+    return Conversation(system_prompt=system_prompt, history=tuple(turns[:-1]), message=turns[-1].content)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses in OpenAI's exact shapes
+
+
+def _chunk(completion_id: str, created: int, model: str, delta: dict[str, str], finish: str | None) -> bytes:
+    body = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
+
+
+async def _stream(reply: Reply, completion_id: str, created: int, model: str) -> AsyncIterator[bytes]:
+    yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""}, None)
+    async for text in reply:
+        yield _chunk(completion_id, created, model, {"content": text}, None)
+    yield _chunk(completion_id, created, model, {}, "stop")
+    yield b"data: [DONE]\n\n"
+
+
+def _completion(completion_id: str, created: int, model: str, text: str) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        # Token counts are the backend's business and it does not report them yet.
+        "usage": None,
+    }
+
+
+def build_openai_router(
+    complete: Completer,
+    *,
+    authorized: Callable[[Request], bool],
+    user_key: Callable[[Request], str],
+    model_name: str,
+    default_system_prompt: str,
+) -> APIRouter:
+    """The `/v1/` routes. `authorized(request)` decides access (API keys, or loopback);
+    `user_key(request)` names the client for the rate limit (shared with the chat API)."""
+    router = APIRouter(prefix="/v1")
+
+    def check(request: Request) -> None:
+        if not authorized(request):
+            raise HTTPException(401, "invalid or missing API key", headers={"WWW-Authenticate": "Bearer"})
+
+    @router.get("/models")
+    async def models(request: Request) -> dict[str, Any]:
+        """The one model this server answers with."""
+        check(request)
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "chinwag"}],
+        }
+
+    @router.post("/chat/completions", response_model=None)
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        """OpenAI's chat completion: `chat.completion`, or `chat.completion.chunk` events ending
+        with `data: [DONE]` when `stream` is true."""
+        check(request)
+        conversation = to_conversation(body, default_system_prompt)
+        try:
+            reply = complete(conversation, body.overrides(), user_key(request))
+        except RateLimited as error:
+            seconds = max(1, math.ceil(error.retry_after_s))
+            raise HTTPException(429, str(error), headers={"Retry-After": str(seconds)}) from error
+        except ChinwagError as error:
+            raise HTTPException(503, "the bot is shutting down") from error
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        model = body.model or model_name
+        if body.stream:
+            return StreamingResponse(
+                _stream(reply, completion_id, created, model),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        text = await reply.text()
+        if reply.status is ReplyStatus.FAILED:
+            raise HTTPException(502, text)
+        return JSONResponse(_completion(completion_id, created, model, text))
+
+    return router
