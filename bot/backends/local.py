@@ -1,0 +1,273 @@
+"""The local transformers model as a `Backend`: one worker thread owns the model.
+
+Concurrent `generate` calls on one model are unsafe, so every torch call (loading too) runs on a
+single dedicated thread; generations queue there in call order. The event loop only moves text:
+the worker hands decoded chunks over with `loop.call_soon_threadsafe`. Prompt rendering and
+tokenisation run on the default thread pool instead, so they never wait behind a generation.
+
+This module does not import torch: `bot.backends.local_worker` (which does) is imported on the
+worker thread when the backend starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+from collections.abc import AsyncGenerator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bot.backends.base import Backend, Conversation, PreparedPrompt, SamplingSettings
+from bot.backends.model_loading import ModelSource, load_model, resolve_model_source
+from bot.errors import BackendError, ConfigError, GenerationTimeout, ModelLoadError
+from bot.prompts import FORMAT_NAMES, PromptFormat, resolve_format, unknown_format
+
+if TYPE_CHECKING:
+    from bot.backends.local_worker import ModelWorker
+
+logger = logging.getLogger("bot.backends.local")
+
+_UNBOUNDED = 1_000_000  # tokenizers report "no limit" as a huge model_max_length
+
+
+@dataclass(slots=True)
+class _Running:
+    """What `start` built; dropped by `stop`."""
+
+    executor: ThreadPoolExecutor
+    worker: ModelWorker
+    prompt_format: PromptFormat  # with its own tokenizer copy: tokenizers are not thread-safe
+    context_window: int  # decoder-only: prompt + reply; seq2seq: the encoder input
+    is_encoder_decoder: bool
+
+
+class LocalBackend:
+    """A transformers model in this process (see the module docstring).
+
+    `path`: `bundled:smollm2`, a Hugging Face model directory, or a `.gguf` file (converted once
+    and cached under `cache_dir`). `prompt_format`: one of `bot.prompts.FORMAT_NAMES`.
+    `context_window` caps the model's own maximum positions. `generation_timeout_s` bounds one
+    `generate` call from its first chunk request to its end, including time spent queued behind
+    other generations. `threads` sets torch's (process-wide) intra-op thread count.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        cache_dir: Path,
+        prompt_format: str = "auto",
+        context_window: int | None = None,
+        generation_timeout_s: float = 120.0,
+        threads: int | None = None,
+    ) -> None:
+        if prompt_format not in FORMAT_NAMES:
+            raise unknown_format(prompt_format)
+        if context_window is not None and context_window < 16:
+            raise ConfigError(f"model.context_window: must be at least 16 tokens, got {context_window}")
+        if generation_timeout_s <= 0:
+            raise ConfigError(f"model.generation_timeout_s: must be positive, got {generation_timeout_s}")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"model.threads: must be at least 1, got {threads}")
+        self._path = path
+        self._cache_dir = Path(cache_dir)
+        self._format_name = prompt_format
+        self._context_window = context_window
+        self._timeout = generation_timeout_s
+        self._threads = threads
+        self._running: _Running | None = None
+        self._prepare_lock = threading.Lock()
+        self._active: set[threading.Event] = set()
+        self.load_origin: str | None = None
+        """After `start`: "directory", "gguf-cache" or "gguf-converted"."""
+        self.load_seconds: float | None = None
+        """After `start`: how long loading the model took."""
+
+    @property
+    def prompt_format(self) -> str:
+        """The prompt format in use (resolved from "auto" once started)."""
+        return self._running.prompt_format.name if self._running else self._format_name
+
+    @property
+    def context_window(self) -> int | None:
+        """Tokens the prompt and reply share (encoder input for seq2seq); None before `start`."""
+        return self._running.context_window if self._running else None
+
+    async def start(self) -> None:
+        """Load the model on the worker thread. Raises `ModelLoadError`; a no-op when started."""
+        if self._running is not None:
+            return
+        source = resolve_model_source(self._path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-model")
+        try:
+            self._running = await asyncio.wrap_future(executor.submit(self._load_on_worker, source, executor))
+        except BaseException:
+            # Failed or cancelled: a load still running finishes on its own thread and is dropped.
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+
+    def _load_on_worker(self, source: ModelSource, executor: ThreadPoolExecutor) -> _Running:
+        try:
+            return self._load(source, executor)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"could not prepare model {self._path!r}: {exc!r}") from exc
+
+    def _load(self, source: ModelSource, executor: ThreadPoolExecutor) -> _Running:
+        """Runs on the worker thread."""
+        try:
+            import torch
+
+            from bot.backends.local_worker import ModelWorker, end_of_turn_ids
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"the local backend needs torch and transformers ({exc}); install chinwag[local]"
+            ) from exc
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+        loaded = load_model(source, self._cache_dir)
+        config = loaded.model.config
+        try:
+            # The prompt side gets its own tokenizer: the worker decodes while prompts are tokenised.
+            prompt_format = resolve_format(
+                self._format_name,
+                copy.deepcopy(loaded.tokenizer),
+                loaded.is_encoder_decoder,
+                model_name=f"{self._path} {getattr(config, 'name_or_path', '')}",
+            )
+        except ConfigError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        positions = _max_positions(config, loaded.tokenizer)
+        limits = [n for n in (self._context_window, positions) if n]
+        window = min(limits) if limits else 2048  # a model that states no limit: a safe guess
+        extra_eos = (
+            end_of_turn_ids(loaded.tokenizer, getattr(loaded.tokenizer, "chat_template", None))
+            if prompt_format.name == "chat_template"
+            else []
+        )
+        worker = ModelWorker(
+            loaded,
+            context_window=window,
+            decoder_positions=positions if loaded.is_encoder_decoder else None,
+            extra_eos_ids=extra_eos,
+        )
+        self.load_origin, self.load_seconds = loaded.origin, loaded.seconds
+        logger.info(
+            "model ready: %s prompt format, %d-token %s, eos ids %s",
+            prompt_format.name,
+            window,
+            "encoder window" if loaded.is_encoder_decoder else "context window",
+            worker.eos_ids,
+        )
+        return _Running(executor, worker, prompt_format, window, loaded.is_encoder_decoder)
+
+    async def stop(self) -> None:
+        """Cancel running generations, shut the worker down and drop the model. Idempotent."""
+        running, self._running = self._running, None
+        if running is None:
+            return
+        for cancel in list(self._active):
+            cancel.set()
+        # Waits for the current generation to notice the cancel (one token step).
+        await asyncio.to_thread(running.executor.shutdown, wait=True, cancel_futures=True)
+
+    def _require_running(self) -> _Running:
+        if self._running is None:
+            raise BackendError("the local model is not started")
+        return self._running
+
+    async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
+        """Render `conversation` with the model's prompt format, fitting the context window.
+
+        Decoder-only models: the prompt gets `context_window - max_new_tokens` tokens, but never
+        less than half the window (the reply is then capped by the room left instead).
+        Seq2seq models: the encoder input gets the encoder's window; the reply is separate.
+        """
+        running = self._require_running()
+        if running.is_encoder_decoder:
+            budget = running.context_window
+        else:
+            budget = running.context_window - min(max(0, max_new_tokens), running.context_window // 2)
+        return await asyncio.to_thread(self._render, running.prompt_format, conversation, budget)
+
+    def _render(self, prompt_format: PromptFormat, conversation: Conversation, budget: int) -> PreparedPrompt:
+        with self._prepare_lock:
+            return prompt_format.render(conversation, budget)
+
+    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+        """Stream the reply to `prompt` as decoded text chunks.
+
+        Stops at EOS (and the chat template's end-of-turn token), `max_new_tokens` (capped by the
+        context window) or the first stop string (`settings.stop` + `prompt.stop`, never
+        emitted). Closing the iterator or cancelling its task stops the model within one token.
+        Raises `GenerationTimeout` after `generation_timeout_s`, `BackendError` on model errors;
+        the backend stays usable either way.
+        """
+        running = self._require_running()
+        from bot.backends.local_worker import GenerationJob  # already imported by start()
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        queue: asyncio.Queue[str | Future[None]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def push(item: str | Future[None]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                cancel.set()
+
+        job = GenerationJob(prompt=prompt, settings=settings, cancel=cancel, emit=push)
+        self._active.add(cancel)
+        try:
+            try:
+                future = running.executor.submit(running.worker.generate, job)
+            except RuntimeError as exc:  # shut down by a concurrent stop()
+                raise BackendError("the local model is stopped") from exc
+            # Runs after the last emit (same thread, same FIFO), also when cancelled while queued.
+            future.add_done_callback(push)
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        item = await queue.get()
+                except TimeoutError:
+                    raise GenerationTimeout(f"generation took longer than {self._timeout:g} s") from None
+                if isinstance(item, str):
+                    yield item
+                    continue
+                if item.cancelled():
+                    raise BackendError("the local model was stopped during generation")
+                error = item.exception()
+                if error is None:
+                    return
+                if isinstance(error, BackendError):
+                    raise error
+                raise BackendError(f"local generation failed: {error!r}") from error
+        finally:
+            cancel.set()  # the worker stops at its next token; a queued job never starts
+            self._active.discard(cancel)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(backend: LocalBackend) -> Backend:
+        return backend  # mypy checks LocalBackend against the Backend protocol here
+
+
+def _max_positions(config: Any, tokenizer: Any) -> int | None:
+    """The model's own maximum sequence length, from its config (or its tokenizer)."""
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _UNBOUNDED:
+        return limit
+    return None

