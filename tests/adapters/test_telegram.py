@@ -1,0 +1,374 @@
+"""The real adapter (real python-telegram-bot) against the fake Bot API, with the real engine.
+
+Conversations: the fake receives what users type, the bot answers through the same HTTP API a real
+Telegram would see; assertions are on what the fake received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from adapters.telegram import TelegramAdapter, create
+from bot.backends.base import PreparedPrompt, SamplingSettings
+from bot.backends.echo import EchoBackend
+from bot.config import Settings, TelegramConfig
+from bot.engine import ChatEngine
+from bot.errors import ChinwagError
+from storage.db import Database
+from storage.inbox import UpdateInbox
+from tests.conftest import EngineFactory
+from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
+
+TOKEN = "123456:TEST-token-never-logged"
+ADMIN_IN_CONFIG = 5150
+GROUP = -1001000000001
+
+StartAdapter = Callable[..., Awaitable[TelegramAdapter]]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram(token=TOKEN, max_long_poll_s=0.5) as server:
+        yield server
+
+
+@pytest.fixture
+async def start_adapter(
+    fake: FakeTelegram, database: Database, make_engine: EngineFactory
+) -> AsyncIterator[StartAdapter]:
+    """Start adapters on the shared database (each with its own engine unless one is given)."""
+    adapters: list[TelegramAdapter] = []
+
+    async def start(engine: ChatEngine | None = None, **options: Any) -> TelegramAdapter:
+        config = TelegramConfig(token=SecretStr(TOKEN), base_url=fake.base_url, admins=(ADMIN_IN_CONFIG,))
+        options.setdefault("poll_timeout_s", 1)
+        options.setdefault("edit_interval_s", 0.2)
+        adapter = TelegramAdapter(config, engine or await make_engine(), database, **options)
+        adapters.append(adapter)
+        await adapter.start()
+        return adapter
+
+    yield start
+    for adapter in adapters:
+        await adapter.stop()
+
+
+async def replies(fake: FakeTelegram, chat_id: int, count: int, within: float = 10.0) -> list[str]:
+    """Wait until the bot sent `count` messages to `chat_id` and their texts settled."""
+    await fake.wait_for(lambda: len(fake.texts(chat_id)) >= count, within)
+    await asyncio.sleep(0.05)  # a final edit may follow the send
+    return fake.texts(chat_id)
+
+
+async def test_private_message_is_answered(fake: FakeTelegram, start_adapter: StartAdapter) -> None:
+    await start_adapter()
+    fake.push_message(111, "hi")
+    assert await replies(fake, 111, 1) == ["echo[0]: hi"]
+    fake.push_message(111, "yo")
+    assert await replies(fake, 111, 2) == ["echo[0]: hi", "echo[2]: yo"]
+    # Start-up published the command menu; private replies do not quote the user's message.
+    assert [c["command"] for c in fake.commands] == ["help", "reset", "system", "temperature"]
+    assert all(message.reply_to is None for message in fake.sent)
+
+
+async def test_group_answers_only_mentions_replies_and_commands(
+    fake: FakeTelegram, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    fake.push_message(GROUP, "just chatting")
+    fake.push_message(GROUP, "/help@SomeOtherBot")
+    asked = fake.push_message(GROUP, f"@{BOT_USERNAME} what is tea?")
+    first = (await replies(fake, GROUP, 1))[0]
+    assert first == "echo[0]: what is tea?"
+    assert fake.sent[0].reply_to == asked["message"]["message_id"]  # groups: the reply quotes the question
+
+    fake.push_message(GROUP, "ignored again")
+    fake.push_message(GROUP, "tell me more", reply_to=fake.sent[0])
+    fake.push_message(GROUP, f"/help@{BOT_USERNAME}")
+    texts = await replies(fake, GROUP, 3)
+    assert texts[1] == "echo[2]: tell me more"
+    assert "/reset" in texts[2]
+    assert len(fake.texts(GROUP)) == 3
+
+
+async def test_reset_by_group_admin_clears_and_by_others_is_refused(
+    fake: FakeTelegram, start_adapter: StartAdapter
+) -> None:
+    fake.admins[GROUP] = {7}
+    await start_adapter()
+    fake.push_message(GROUP, f"@{BOT_USERNAME} remember me", user_id=42)
+    await replies(fake, GROUP, 1)
+
+    fake.push_message(GROUP, f"/reset@{BOT_USERNAME}", user_id=42)  # not an admin
+    refused = (await replies(fake, GROUP, 2))[1]
+    assert "not allowed" in refused or "admin" in refused
+    fake.push_message(GROUP, f"@{BOT_USERNAME} still there?", user_id=42)
+    assert (await replies(fake, GROUP, 3))[2] == "echo[2]: still there?"  # nothing was cleared
+
+    fake.push_message(GROUP, f"/reset@{BOT_USERNAME}", user_id=7)  # a chat administrator
+    assert "reset" in (await replies(fake, GROUP, 4))[3].lower()
+    fake.push_message(GROUP, f"@{BOT_USERNAME} /reset", user_id=ADMIN_IN_CONFIG)  # leading mention
+    assert "cleared" in (await replies(fake, GROUP, 5))[4].lower()
+    fake.push_message(GROUP, f"@{BOT_USERNAME} fresh start", user_id=42)
+    assert (await replies(fake, GROUP, 6))[5] == "echo[0]: fresh start"
+    assert len(fake.calls_to("getChatAdministrators")) == 1  # cached
+
+
+async def test_anonymous_group_admin_may_reset(fake: FakeTelegram, start_adapter: StartAdapter) -> None:
+    await start_adapter()
+    fake.push_message(GROUP, "/reset", user_id=1087968824, first_name="Group", sender_chat_id=GROUP)
+    assert "reset" in (await replies(fake, GROUP, 1))[0].lower()
+
+
+async def test_two_chats_keep_separate_histories(fake: FakeTelegram, start_adapter: StartAdapter) -> None:
+    await start_adapter()
+    fake.push_message(1, "a1")
+    fake.push_message(2, "b1")
+    fake.push_message(1, "a2")
+    assert await replies(fake, 1, 2) == ["echo[0]: a1", "echo[2]: a2"]
+    assert await replies(fake, 2, 1) == ["echo[0]: b1"]
+
+
+async def test_forum_topics_keep_separate_histories(fake: FakeTelegram, start_adapter: StartAdapter) -> None:
+    await start_adapter()
+    fake.push_message(GROUP, f"@{BOT_USERNAME} in topic 3", thread_id=3)
+    await replies(fake, GROUP, 1)
+    fake.push_message(GROUP, f"@{BOT_USERNAME} in topic 4", thread_id=4)
+    texts = await replies(fake, GROUP, 2)
+    assert texts == ["echo[0]: in topic 3", "echo[0]: in topic 4"]
+    assert [message.thread_id for message in fake.sent] == [3, 4]
+
+
+class LongBackend(EchoBackend):
+    """Answers with a fixed long text, streamed in small chunks."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+        for start in range(0, len(self.text), 500):
+            yield self.text[start : start + 500]
+
+
+async def test_a_long_reply_arrives_as_several_exact_messages(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    text = "\n\n".join(f"Paragraph {i}. " + "blah " * 90 for i in range(22))[:10_000]
+    assert len(text) == 10_000
+    await start_adapter(await make_engine(LongBackend(text), model={"max_new_tokens": 8192}))
+    fake.push_message(111, "tell me everything")
+    await fake.wait_for(lambda: "".join(fake.texts(111)) == text, timeout=10)
+    assert len(fake.texts(111)) >= 3
+    assert all(len(piece) <= 4096 for piece in fake.texts(111))
+
+
+class SlowBackend(EchoBackend):
+    """Echo that takes `delay_s` per word, so replies stream over a few seconds."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+        async for chunk in super().generate(prompt, settings):
+            await asyncio.sleep(self.delay_s)
+            yield chunk
+
+
+async def test_a_slow_reply_streams_as_throttled_edits_with_typing(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    await start_adapter(await make_engine(SlowBackend(0.25)), edit_interval_s=1.0, typing_interval_s=0.5)
+    words = " ".join(f"w{i}" for i in range(10))
+    fake.push_message(111, words)
+    await fake.wait_for(lambda: fake.texts(111) == [f"echo[0]: {words}"], timeout=10)
+    (message,) = fake.sent
+    assert len(message.versions) >= 2  # sent early, then edited as it grew
+    edits = [call.at for call in fake.calls_to("editMessageText")]
+    sends = [call.at for call in fake.calls_to("sendMessage")]
+    times = sends + edits
+    assert all(later - earlier >= 0.9 for earlier, later in itertools.pairwise(times))
+    assert len(fake.calls_to("sendChatAction")) >= 2
+
+
+async def test_messages_of_one_chat_stay_in_order_while_30_chats_talk(
+    fake: FakeTelegram, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    for round_ in range(4):
+        for chat in range(1000, 1030):
+            fake.push_message(chat, f"c{chat} m{round_}")
+    await fake.wait_for(lambda: all(len(fake.texts(chat)) == 4 for chat in range(1000, 1030)), timeout=30)
+    for chat in range(1000, 1030):
+        assert fake.texts(chat) == [f"echo[{2 * i}]: c{chat} m{i}" for i in range(4)]
+
+
+async def test_rate_limits_are_waited_out(fake: FakeTelegram, start_adapter: StartAdapter) -> None:
+    await start_adapter()
+    fake.fail_next("sendMessage", times=2, retry_after=1)
+    fake.fail_next("getUpdates", times=1, retry_after=1)
+    fake.push_message(111, "hi")
+    assert await replies(fake, 111, 1, within=15) == ["echo[0]: hi"]
+    sends = fake.calls_to("sendMessage")
+    assert len(sends) == 3 and sends[-1].at - sends[0].at >= 1.9
+
+
+async def test_server_errors_are_retried(fake: FakeTelegram, start_adapter: StartAdapter) -> None:
+    await start_adapter()
+    fake.fail_next("sendMessage", times=1, status=500)
+    fake.push_message(111, "hi")
+    assert await replies(fake, 111, 1, within=15) == ["echo[0]: hi"]
+
+
+async def test_restart_on_the_same_database_keeps_history(
+    fake: FakeTelegram, start_adapter: StartAdapter
+) -> None:
+    first = await start_adapter()
+    fake.push_message(111, "hi")
+    await replies(fake, 111, 1)
+    await first.stop()
+    await start_adapter()
+    fake.push_message(111, "again")
+    assert await replies(fake, 111, 2) == ["echo[0]: hi", "echo[2]: again"]
+    assert fake.unconfirmed == []
+
+
+async def test_a_migrated_group_is_followed(fake: FakeTelegram, start_adapter: StartAdapter) -> None:
+    old, new = -4001, -1004001
+    await start_adapter()
+    fake.push_message(old, f"@{BOT_USERNAME} one")
+    assert await replies(fake, old, 1) == ["echo[0]: one"]
+    fake.migrate(old, new)
+    fake.push_message(old, f"@{BOT_USERNAME} two")  # sent just before the upgrade
+    # "two" was read in the old chat (its history, N=2); its reply followed the group to the new id.
+    assert await replies(fake, new, 1) == ["echo[2]: two"]
+    fake.push_message(new, f"@{BOT_USERNAME} three")
+    # From now on the history is keyed by the new id; moving the old history there needs a
+    # repository method (see the report), so the supergroup starts afresh.
+    assert await replies(fake, new, 2) == ["echo[2]: two", "echo[0]: three"]
+
+
+async def test_updates_are_committed_before_they_are_confirmed(
+    fake: FakeTelegram, start_adapter: StartAdapter, database: Database
+) -> None:
+    inbox = UpdateInbox(database, "telegram")
+    seen_at_confirmation: list[Any] = []
+
+    def check(call: Any) -> None:
+        offset = call.params.get("offset")
+        if (
+            call.method == "getUpdates"
+            and offset
+            and offset > pushed["update_id"]
+            and not seen_at_confirmation
+        ):
+            seen_at_confirmation.append(offset)
+            # The confirming call may only come after the update is stored.
+            asyncio.get_running_loop().create_task(record_state())
+
+    async def record_state() -> None:
+        seen_at_confirmation.append(await inbox.state(pushed["update_id"]))
+
+    await start_adapter()
+    fake.on_call = check
+    pushed = fake.push_message(111, "hi")
+    await replies(fake, 111, 1)
+    await fake.wait_for(lambda: len(seen_at_confirmation) == 2)
+    assert seen_at_confirmation[1] in ("pending", "done")
+    await fake.wait_for(lambda: fake.unconfirmed == [], timeout=5)
+    assert await inbox.state(pushed["update_id"]) == "done"
+
+
+async def test_the_token_never_reaches_the_logs(
+    fake: FakeTelegram, start_adapter: StartAdapter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await start_adapter()
+    fake.fail_next("sendMessage", times=1, retry_after=1)
+    fake.push_message(111, "hi")
+    await replies(fake, 111, 1, within=15)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "rate limited" in logged
+    assert "TEST-token" not in logged and "TEST-token" not in caplog.text
+
+
+async def test_a_refused_token_fails_start_cleanly(
+    fake: FakeTelegram, database: Database, make_engine: EngineFactory
+) -> None:
+    config = TelegramConfig(token=SecretStr("999:wrong-token"), base_url=fake.base_url)
+    adapter = TelegramAdapter(config, await make_engine(), database)
+    with pytest.raises(ChinwagError, match="token was refused") as caught:
+        await adapter.start()
+    assert "wrong-token" not in str(caught.value)
+    await adapter.stop()  # safe after a failed start, and twice
+    await adapter.stop()
+
+
+async def test_an_unreachable_api_fails_start_cleanly(database: Database, make_engine: EngineFactory) -> None:
+    config = TelegramConfig(token=SecretStr(TOKEN), base_url="http://127.0.0.1:9/bot")
+    adapter = TelegramAdapter(config, await make_engine(), database)
+    with pytest.raises(ChinwagError, match="cannot reach"):
+        await adapter.start()
+    await adapter.stop()
+
+
+def test_create_needs_a_token() -> None:
+    services = SimpleNamespace(engine=None, database=None)
+    assert create(Settings(), services) is None  # type: ignore[arg-type]
+    with_token = Settings(telegram=TelegramConfig(token=SecretStr(TOKEN)))
+    assert isinstance(create(with_token, services), TelegramAdapter)  # type: ignore[arg-type]
+
+
+async def test_edits_stickers_and_strange_updates_are_skipped_without_harm(
+    fake: FakeTelegram, start_adapter: StartAdapter, database: Database
+) -> None:
+    fake.admins[GROUP] = {42}
+    await start_adapter()
+    fake.push_message(111, "hi")
+    await replies(fake, 111, 1)
+    fake.push_message(GROUP, "/reset", user_id=42, edited=True)  # an edited command must not run again
+    sticker = {"file_id": "s", "file_unique_id": "u", "width": 1, "height": 1, "is_animated": False}
+    fake.push_update(
+        {
+            "message": {
+                "message_id": 900,
+                "date": 1,
+                "chat": {"id": 111, "type": "private"},
+                "sticker": sticker,
+            }
+        }
+    )
+    fake.push_update({"poll": {"id": "p", "question": "?", "options": []}})  # malformed: must not crash
+    fake.push_message(111, "still here")
+    assert await replies(fake, 111, 2) == ["echo[0]: hi", "echo[2]: still here"]
+    assert fake.texts(GROUP) == []
+    await fake.wait_for(lambda: fake.unconfirmed == [], timeout=5)
+    assert await UpdateInbox(database, "telegram").pending() == []
+
+
+async def test_a_long_emoji_reply_fits_telegrams_utf16_limit(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    text = "🙂" * 5000  # 5000 characters, 10 000 UTF-16 units, no break anywhere
+    await start_adapter(await make_engine(LongBackend(text), model={"max_new_tokens": 8192}))
+    fake.push_message(111, "smile")
+    await fake.wait_for(lambda: "".join(fake.texts(111)) == text, timeout=10)
+    assert all(len(piece.encode("utf-16-le")) // 2 <= 4096 for piece in fake.texts(111))
+
+
+async def test_a_streamed_message_deleted_midway_gets_the_reply_posted_anew(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    await start_adapter(await make_engine(SlowBackend(0.1)), edit_interval_s=0.3)
+    words = " ".join(f"w{i}" for i in range(12))
+    fake.push_message(111, words)
+    await fake.wait_for(lambda: len(fake.sent) == 1)
+    fake.delete(fake.sent[0])
+    await fake.wait_for(lambda: fake.texts(111) == [f"echo[0]: {words}"], timeout=10)

@@ -1,0 +1,431 @@
+"""A fake Telegram Bot API server (aiohttp on 127.0.0.1) for running the real python-telegram-bot.
+
+It answers what the library calls (getMe, deleteWebhook, getUpdates, sendMessage, editMessageText,
+sendChatAction, getChatAdministrators, setMyCommands) with objects carrying every field the library
+requires, keeps updates until they are confirmed (real offset semantics, bounded long polling),
+records every call, and injects faults on demand (429 with retry_after, 500, a migrated group).
+Tests push user messages with `push_message`, which adds the entities the real server would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+BOT_ID = 7_000_001
+BOT_USERNAME = "ChinwagTestBot"
+ANONYMOUS_ADMIN_ID = 1087968824
+
+# Form fields the library JSON-encodes (every non-string value); strings arrive as they are.
+_JSON_FIELDS = frozenset(
+    {
+        "chat_id",
+        "message_id",
+        "offset",
+        "limit",
+        "timeout",
+        "allowed_updates",
+        "reply_parameters",
+        "commands",
+        "message_thread_id",
+        "drop_pending_updates",
+        "disable_notification",
+        "link_preview_options",
+        "entities",
+    }
+)
+_MENTION = re.compile(r"@[A-Za-z0-9_]{3,}")
+
+
+@dataclass
+class SentMessage:
+    """A message the bot sent, with its current text (after edits) and every version of it."""
+
+    chat_id: int
+    message_id: int
+    text: str
+    reply_to: int | None
+    thread_id: int | None
+    parse_mode: str | None
+    versions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Call:
+    """One request the bot made: the method name, its decoded parameters and when it came."""
+
+    method: str
+    params: dict[str, Any]
+    at: float
+
+
+@dataclass
+class _Fault:
+    status: int
+    description: str
+    parameters: dict[str, Any] | None
+    remaining: int
+
+
+class FakeTelegram:
+    """The fake server. Use `async with FakeTelegram() as fake:` and `fake.base_url`."""
+
+    def __init__(self, *, token: str = "123456:TEST-token", max_long_poll_s: float = 1.0) -> None:
+        self.token = token
+        self.max_long_poll_s = max_long_poll_s
+        self.calls: list[Call] = []
+        self.sent: list[SentMessage] = []
+        self.commands: list[dict[str, Any]] = []
+        self.admins: dict[int, set[int]] = {}
+        self.migrated: dict[int, int] = {}
+        self.confirmed_up_to = 0  # the highest offset a getUpdates call confirmed with
+        self.handed_out: list[int] = []  # update ids, every time getUpdates returned them
+        self.get_updates_calls = 0
+        self._updates: list[dict[str, Any]] = []
+        self._next_update_id = 100
+        self._next_message_id: dict[int, int] = {}
+        self._faults: dict[str, list[_Fault]] = {}
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.on_get_updates: Callable[[list[int]], None] | None = None
+        # Called with every request before it is answered (e.g. to kill the bot at a chosen moment).
+        self.on_call: Callable[[Call], None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeTelegram:
+        app = web.Application()
+        app.router.add_post("/{bot_token}/{method}", self._dispatch)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def base_url(self) -> str:
+        """What `ApplicationBuilder.base_url` takes (the token is appended without a slash)."""
+        return f"http://127.0.0.1:{self.port}/bot"
+
+    # --- driving it from a test ------------------------------------------------------------
+
+    def push_message(
+        self,
+        chat_id: int,
+        text: str,
+        *,
+        user_id: int | None = None,
+        first_name: str = "Alice",
+        chat_type: str | None = None,
+        reply_to: SentMessage | None = None,
+        thread_id: int | None = None,
+        sender_chat_id: int | None = None,
+        edited: bool = False,
+    ) -> dict[str, Any]:
+        """Queue an update with a user's text message, entities included; returns the update.
+
+        A positive `chat_id` is a private chat with that user; a negative one a group
+        (`-100…`: a supergroup; `thread_id` makes it a forum topic message).
+        """
+        if chat_type is None:
+            chat_type = (
+                "private" if chat_id > 0 else "supergroup" if str(chat_id).startswith("-100") else "group"
+            )
+        user_id = user_id if user_id is not None else (chat_id if chat_id > 0 else 42)
+        chat: dict[str, Any] = {"id": chat_id, "type": chat_type}
+        if chat_type == "private":
+            chat["first_name"] = first_name
+        else:
+            chat["title"] = f"Group {chat_id}"
+            if thread_id is not None:
+                chat["is_forum"] = True
+        message: dict[str, Any] = {
+            "message_id": self._new_message_id(chat_id),
+            "date": int(time.time()),
+            "chat": chat,
+            "from": {"id": user_id, "is_bot": user_id == ANONYMOUS_ADMIN_ID, "first_name": first_name},
+            "text": text,
+        }
+        entities = _entities(text)
+        if entities:
+            message["entities"] = entities
+        if reply_to is not None:
+            message["reply_to_message"] = {
+                "message_id": reply_to.message_id,
+                "date": int(time.time()),
+                "chat": chat,
+                "from": {"id": BOT_ID, "is_bot": True, "first_name": "Chinwag", "username": BOT_USERNAME},
+                "text": reply_to.text,
+            }
+        if thread_id is not None:
+            message["message_thread_id"] = thread_id
+            message["is_topic_message"] = True
+        if sender_chat_id is not None:
+            message["sender_chat"] = {"id": sender_chat_id, "type": chat_type, "title": chat.get("title", "")}
+        return self.push_update({"edited_message" if edited else "message": message})
+
+    def push_update(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Queue a raw update (the update_id is added)."""
+        update = {"update_id": self._next_update_id, **body}
+        self._next_update_id += 1
+        self._updates.append(update)
+        asyncio.get_running_loop().create_task(self._notify())
+        return update
+
+    def fail_next(
+        self, method: str, times: int = 1, *, status: int = 429, retry_after: int = 1, description: str = ""
+    ) -> None:
+        """Answer the next `times` calls of `method` with an error (429 carries `retry_after`)."""
+        parameters = {"retry_after": retry_after} if status == 429 else None
+        text = description or (
+            f"Too Many Requests: retry after {retry_after}" if status == 429 else "Internal"
+        )
+        self._faults.setdefault(method, []).append(_Fault(status, text, parameters, times))
+
+    def migrate(self, old_chat_id: int, new_chat_id: int) -> None:
+        """From now on, sending to `old_chat_id` fails with migrate_to_chat_id = `new_chat_id`."""
+        self.migrated[old_chat_id] = new_chat_id
+
+    def delete(self, message: SentMessage) -> None:
+        """A user (or admin) deletes one of the bot's messages: editing it fails from now on."""
+        self.sent.remove(message)
+
+    def texts(self, chat_id: int) -> list[str]:
+        """The current texts of the bot's messages in a chat, in the order they were sent."""
+        return [message.text for message in self.sent if message.chat_id == chat_id]
+
+    def calls_to(self, method: str) -> list[Call]:
+        """The recorded calls of one method."""
+        return [call for call in self.calls if call.method == method]
+
+    @property
+    def unconfirmed(self) -> list[int]:
+        """Ids of updates the bot has not confirmed yet."""
+        return [update["update_id"] for update in self._updates]
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait until `condition()` holds (checked after each call the bot makes); TimeoutError else."""
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                await self._changed.wait_for(condition)
+
+    # --- the API -------------------------------------------------------------------------
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _new_message_id(self, chat_id: int) -> int:
+        self._next_message_id[chat_id] = self._next_message_id.get(chat_id, 0) + 1
+        return self._next_message_id[chat_id]
+
+    async def _dispatch(self, request: web.Request) -> web.Response:
+        if request.match_info["bot_token"] != f"bot{self.token}":
+            return _error(401, "Unauthorized")
+        method = request.match_info["method"]
+        form = await request.post()
+        params: dict[str, Any] = {}
+        for key, value in form.items():
+            text = value if isinstance(value, str) else ""
+            params[key] = json.loads(text) if key in _JSON_FIELDS else text
+        call = Call(method, params, time.monotonic())
+        self.calls.append(call)
+        if self.on_call is not None:
+            self.on_call(call)
+        try:
+            return await self._answer(method, params)
+        finally:
+            await self._notify()
+
+    async def _answer(self, method: str, params: dict[str, Any]) -> web.Response:
+        faults = self._faults.get(method)
+        if faults:
+            fault = faults[0]
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                faults.pop(0)
+            return _error(fault.status, fault.description, fault.parameters)
+        chat_id = params.get("chat_id")
+        if isinstance(chat_id, int) and chat_id in self.migrated:
+            return _error(
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                {"migrate_to_chat_id": self.migrated[chat_id]},
+            )
+        match method:
+            case "getMe":
+                return _ok(
+                    {
+                        "id": BOT_ID,
+                        "is_bot": True,
+                        "first_name": "Chinwag",
+                        "username": BOT_USERNAME,
+                        "can_join_groups": True,
+                        "can_read_all_group_messages": False,
+                        "supports_inline_queries": False,
+                    }
+                )
+            case "deleteWebhook" | "sendChatAction":
+                return _ok(True)
+            case "setMyCommands":
+                self.commands = list(params.get("commands", []))
+                return _ok(True)
+            case "getUpdates":
+                return _ok(await self._get_updates(params))
+            case "sendMessage":
+                return self._send_message(params)
+            case "editMessageText":
+                return self._edit_message(params)
+            case "getChatAdministrators":
+                return _ok(
+                    [_administrator(user_id) for user_id in sorted(self.admins.get(chat_id or 0, set()))]
+                )
+            case _:
+                return _error(404, "Not Found: method not found")
+
+    async def _get_updates(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        self.get_updates_calls += 1
+        offset = params.get("offset")
+        if isinstance(offset, int) and offset > 0:
+            # Calling with an offset confirms every update below it.
+            self._updates = [u for u in self._updates if u["update_id"] >= offset]
+            self.confirmed_up_to = max(self.confirmed_up_to, offset)
+        limit = int(params.get("limit") or 100)
+        wait = min(float(params.get("timeout") or 0), self.max_long_poll_s)
+        if not self._updates and wait > 0:
+            try:
+                async with asyncio.timeout(wait), self._changed:
+                    await self._changed.wait_for(lambda: bool(self._updates))
+            except TimeoutError:
+                pass
+        batch = self._updates[:limit]
+        ids = [u["update_id"] for u in batch]
+        self.handed_out.extend(ids)
+        if ids and self.on_get_updates is not None:
+            self.on_get_updates(ids)
+        return batch
+
+    def _send_message(self, params: dict[str, Any]) -> web.Response:
+        text = str(params.get("text", ""))
+        if not text.strip():
+            return _error(400, "Bad Request: message text is empty")
+        if len(text.encode("utf-16-le")) // 2 > 4096:  # Telegram counts UTF-16 code units
+            return _error(400, "Bad Request: message is too long")
+        if params.get("parse_mode") == "HTML" and not _balanced_html(text):
+            return _error(400, "Bad Request: can't parse entities: unsupported start tag")
+        chat_id = int(params["chat_id"])
+        reply = params.get("reply_parameters") or {}
+        message = SentMessage(
+            chat_id=chat_id,
+            message_id=self._new_message_id(chat_id),
+            text=text,
+            reply_to=reply.get("message_id"),
+            thread_id=params.get("message_thread_id"),
+            parse_mode=params.get("parse_mode"),
+            versions=[text],
+        )
+        self.sent.append(message)
+        return _ok(_message_json(message))
+
+    def _edit_message(self, params: dict[str, Any]) -> web.Response:
+        chat_id = int(params["chat_id"])
+        message_id = int(params["message_id"])
+        text = str(params.get("text", ""))
+        for message in self.sent:
+            if message.chat_id == chat_id and message.message_id == message_id:
+                if not text.strip():
+                    return _error(400, "Bad Request: message text is empty")
+                if len(text.encode("utf-16-le")) // 2 > 4096:
+                    return _error(400, "Bad Request: MESSAGE_TOO_LONG")
+                if text == message.text:
+                    return _error(400, "Bad Request: message is not modified")
+                message.text = text
+                message.versions.append(text)
+                return _ok(_message_json(message))
+        return _error(400, "Bad Request: message to edit not found")
+
+
+def _entities(text: str) -> list[dict[str, Any]]:
+    """The entities Telegram adds: a bot_command at offset 0, mentions anywhere (UTF-16 offsets)."""
+    entities: list[dict[str, Any]] = []
+    command = re.match(r"/[A-Za-z0-9_]+(@[A-Za-z0-9_]+)?", text)
+    if command:
+        entities.append({"type": "bot_command", "offset": 0, "length": len(command.group(0))})
+    for mention in _MENTION.finditer(text):
+        if command and mention.start() < command.end():
+            continue
+        offset = len(text[: mention.start()].encode("utf-16-le")) // 2
+        entities.append({"type": "mention", "offset": offset, "length": len(mention.group(0))})
+    return entities
+
+
+def _balanced_html(text: str) -> bool:
+    tags = re.findall(r"<(/?)([a-zA-Z]+)[^>]*>", text)
+    depth = 0
+    for closing, _ in tags:
+        depth += -1 if closing else 1
+        if depth < 0:
+            return False
+    return depth == 0 and "<" not in re.sub(r"</?[a-zA-Z]+[^>]*>", "", text)
+
+
+def _message_json(message: SentMessage) -> dict[str, Any]:
+    chat: dict[str, Any] = {"id": message.chat_id, "type": "private" if message.chat_id > 0 else "supergroup"}
+    if message.chat_id < 0:
+        chat["title"] = f"Group {message.chat_id}"
+    body: dict[str, Any] = {
+        "message_id": message.message_id,
+        "date": int(time.time()),
+        "chat": chat,
+        "from": {"id": BOT_ID, "is_bot": True, "first_name": "Chinwag", "username": BOT_USERNAME},
+        "text": message.text,
+    }
+    if message.thread_id is not None:
+        body["message_thread_id"] = message.thread_id
+    return body
+
+
+def _administrator(user_id: int) -> dict[str, Any]:
+    return {
+        "status": "administrator",
+        "user": {"id": user_id, "is_bot": False, "first_name": f"Admin {user_id}"},
+        "can_be_edited": False,
+        "is_anonymous": False,
+        "can_manage_chat": True,
+        "can_delete_messages": True,
+        "can_manage_video_chats": True,
+        "can_restrict_members": True,
+        "can_promote_members": False,
+        "can_change_info": True,
+        "can_invite_users": True,
+        "can_post_stories": False,
+        "can_edit_stories": False,
+        "can_delete_stories": False,
+    }
+
+
+def _ok(result: Any) -> web.Response:
+    return web.json_response({"ok": True, "result": result})
+
+
+def _error(status: int, description: str, parameters: dict[str, Any] | None = None) -> web.Response:
+    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+    if parameters:
+        body["parameters"] = parameters
+    return web.json_response(body, status=status)
