@@ -112,9 +112,18 @@ def _bundled_file(package: str, filename: str) -> Path:
     )
 
 
+def _quiet_progress_bars() -> None:
+    """transformers draws tqdm bars on stderr while loading and saving weights: noise in the
+    terminal chat and in service logs. The log line after loading says what happened."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def load_model(source: ModelSource, cache_dir: Path) -> LoadedModel:
     """Load `source` (blocking; run it on the model worker thread). Raises `ModelLoadError`."""
     started = time.perf_counter()
+    _quiet_progress_bars()
     try:
         if source.kind == "directory":
             model, tokenizer = _load_directory(source.path)
