@@ -117,7 +117,7 @@ def _quiet_progress_bars() -> None:
     terminal chat and in service logs. The log line after loading says what happened."""
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def load_model(source: ModelSource, cache_dir: Path) -> LoadedModel:
