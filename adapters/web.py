@@ -407,8 +407,7 @@ def build_app(
 ) -> FastAPI:
     """The ASGI app: chat page at `/`, chat API under `/api/`, OpenAI-compatible under `/v1/`.
 
-    `completer` answers `/v1/chat/completions`; until the engine has `complete`, a stand-in
-    built on the engine's backend is used.
+    `completer` answers `/v1/chat/completions`: `engine.complete` unless a test passes another.
     """
     app = FastAPI(title="Chinwag", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
 
