@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
-from sqlalchemy import CursorResult, Select, delete, func, select, update
+from sqlalchemy import CursorResult, Row, Select, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from bot.backends.base import Role
 from storage.db import Database
@@ -72,10 +73,29 @@ class Repository(Protocol):
         ...
 
     async def recent_messages(
-        self, channel_key: str, *, limit: int, max_chars: int | None = None
+        self, channel_key: str, *, limit: int, max_chars: int | None = None, max_id: int | None = None
     ) -> list[StoredMessage]:
         """The newest `limit` messages, oldest first. With `max_chars`, the oldest are dropped until
-        the contents total at most `max_chars` characters, but the newest one is always kept."""
+        the contents total at most `max_chars` characters, but the newest one is always kept. With
+        `max_id`, only messages whose id is at most `max_id` count (the history as it stood when
+        that message was stored)."""
+        ...
+
+    async def answer_to(
+        self, channel_key: str, platform_message_id: str
+    ) -> tuple[StoredMessage, StoredMessage | None] | None:
+        """The stored message with `platform_message_id` and the assistant message answering it
+        (the channel's next message, when that is the assistant's; else None). None when no such
+        message is stored."""
+        ...
+
+    async def move_channel(self, old_key: str, new_key: str) -> None:
+        """Move `old_key`'s messages and settings to `new_key` in one transaction (e.g. a group
+        that got a new id). An existing `new_key` is merged: every message keeps its id, so the
+        histories interleave in the order they were written; the new channel's settings win, the
+        old ones fill those it has unset. An old message whose platform id the new channel already
+        holds is kept without that id. The old channel is left empty with default settings.
+        Nothing happens when `old_key` was never seen or equals `new_key`."""
         ...
 
     async def reset_channel(self, channel_key: str) -> int:
@@ -111,24 +131,44 @@ def split_channel_key(channel_key: str) -> tuple[str, str]:
     return platform, external_id
 
 
+_MessageRow = Row[int, str, str, str | None, str | None, str | None, datetime]
+
+
+def _message_columns() -> Select[int, str, str, str | None, str | None, str | None, datetime]:
+    return select(
+        Message.id,
+        Message.role,
+        Message.content,
+        Message.author_id,
+        Message.author_name,
+        Message.platform_message_id,
+        Message.created_at,
+    )
+
+
+def _stored(row: _MessageRow) -> StoredMessage:
+    return StoredMessage(
+        id=row.id,
+        role=cast(Role, row.role),  # the CHECK constraint admits nothing else
+        content=row.content,
+        author_id=row.author_id,
+        author_name=row.author_name,
+        platform_message_id=row.platform_message_id,
+        created_at=row.created_at,
+    )
+
+
 def recent_messages_statement(
-    channel_id: int, limit: int
+    channel_id: int, limit: int, max_id: int | None = None
 ) -> Select[int, str, str, str | None, str | None, str | None, datetime]:
-    """The query behind `recent_messages`: the channel's newest `limit` rows, newest first.
+    """The query behind `recent_messages`: the channel's newest `limit` rows (with ids at most
+    `max_id`, when given), newest first.
 
     It reads the (channel_id, id) index backwards and stops after `limit` rows, so its cost does
     not grow with the table or the channel.
     """
-    return (
-        select(
-            Message.id,
-            Message.role,
-            Message.content,
-            Message.author_id,
-            Message.author_name,
-            Message.platform_message_id,
-            Message.created_at,
-        )
+    statement = (
+        _message_columns()
         # Written as a range on purpose. With `channel_id = X`, PostgreSQL treats channel_id as a
         # constant, so a backward scan of the primary key also yields "id DESC": for a channel
         # holding many rows it may prefer that scan and filter out every newer row of the other
@@ -138,6 +178,26 @@ def recent_messages_statement(
         .where(Message.channel_id.between(channel_id, channel_id))
         .order_by(Message.channel_id.desc(), Message.id.desc())
         .limit(limit)
+    )
+    if max_id is not None:
+        statement = statement.where(Message.id <= max_id)  # still one range of the same index
+    return statement
+
+
+def next_message_statement(
+    channel_id: int, after_id: int
+) -> Select[int, str, str, str | None, str | None, str | None, datetime]:
+    """The channel's first message after id `after_id` (no row when there is none).
+
+    One step forward in the (channel_id, id) index. Written as a range for the reason given in
+    `recent_messages_statement`: a primary-key scan from `after_id` would step over every newer
+    row of the other channels when this one has none.
+    """
+    return (
+        _message_columns()
+        .where(Message.channel_id.between(channel_id, channel_id), Message.id > after_id)
+        .order_by(Message.channel_id, Message.id)
+        .limit(1)
     )
 
 
@@ -224,7 +284,7 @@ class ChatRepository:
         )
 
     async def recent_messages(
-        self, channel_key: str, *, limit: int, max_chars: int | None = None
+        self, channel_key: str, *, limit: int, max_chars: int | None = None, max_id: int | None = None
     ) -> list[StoredMessage]:
         """See `Repository.recent_messages`."""
         if limit < 0:
@@ -238,7 +298,7 @@ class ChatRepository:
             channel_id = await session.scalar(_channel_id_query(platform, external_id))
             if channel_id is None:
                 return []
-            rows = (await session.execute(recent_messages_statement(channel_id, limit))).all()
+            rows = (await session.execute(recent_messages_statement(channel_id, limit, max_id))).all()
 
         kept: list[StoredMessage] = []
         total = 0
@@ -246,19 +306,87 @@ class ChatRepository:
             total += len(row.content)
             if kept and max_chars is not None and total > max_chars:
                 break
-            kept.append(
-                StoredMessage(
-                    id=row.id,
-                    role=cast(Role, row.role),  # the CHECK constraint admits nothing else
-                    content=row.content,
-                    author_id=row.author_id,
-                    author_name=row.author_name,
-                    platform_message_id=row.platform_message_id,
-                    created_at=row.created_at,
-                )
-            )
+            kept.append(_stored(row))
         kept.reverse()
         return kept
+
+    async def answer_to(
+        self, channel_key: str, platform_message_id: str
+    ) -> tuple[StoredMessage, StoredMessage | None] | None:
+        """See `Repository.answer_to`."""
+        platform, external_id = split_channel_key(channel_key)
+        async with self._database.read_session() as session:
+            channel_id = await session.scalar(_channel_id_query(platform, external_id))
+            if channel_id is None:
+                return None
+            # The UNIQUE (channel_id, platform_message_id) index finds the question...
+            question = (
+                await session.execute(
+                    _message_columns().where(
+                        Message.channel_id == channel_id, Message.platform_message_id == platform_message_id
+                    )
+                )
+            ).one_or_none()
+            if question is None:
+                return None
+            # ...and the (channel_id, id) index the next row. Two statements: the engine's
+            # per-channel order keeps writers of this channel out in between.
+            following = (await session.execute(next_message_statement(channel_id, question.id))).one_or_none()
+        answer = _stored(following) if following is not None and following.role == "assistant" else None
+        return _stored(question), answer
+
+    async def move_channel(self, old_key: str, new_key: str) -> None:
+        """See `Repository.move_channel`."""
+        old_platform, old_external_id = split_channel_key(old_key)
+        new_platform, new_external_id = split_channel_key(new_key)
+        async with self._database.write_session() as session:
+            old = (
+                await session.execute(
+                    select(Channel.id, Channel.system_prompt, Channel.temperature).where(
+                        Channel.platform == old_platform, Channel.external_id == old_external_id
+                    )
+                )
+            ).one_or_none()
+            if old is None:
+                return
+            new_id = await self._ensure_channel(session, new_platform, new_external_id)
+            if new_id == old.id:
+                return
+            # Platform ids already taken in the new channel would break its UNIQUE constraint:
+            # those old messages stay in the history without the id (an alias, because a subquery
+            # on the updated table would otherwise be correlated to the row being updated).
+            taken = aliased(Message)
+            await session.execute(
+                update(Message)
+                .where(
+                    Message.channel_id == old.id,
+                    Message.platform_message_id.in_(
+                        select(taken.platform_message_id).where(
+                            taken.channel_id == new_id, taken.platform_message_id.is_not(None)
+                        )
+                    ),
+                )
+                .values(platform_message_id=None),
+                execution_options={"synchronize_session": False},
+            )
+            await session.execute(
+                update(Message).where(Message.channel_id == old.id).values(channel_id=new_id),
+                execution_options={"synchronize_session": False},
+            )
+            await session.execute(
+                update(Channel)
+                .where(Channel.id == new_id)
+                .values(
+                    system_prompt=func.coalesce(Channel.system_prompt, old.system_prompt),
+                    temperature=func.coalesce(Channel.temperature, old.temperature),
+                ),
+                execution_options={"synchronize_session": False},
+            )
+            # The old row stays (channels are never deleted: `_ensure_channel` relies on it).
+            await session.execute(
+                update(Channel).where(Channel.id == old.id).values(system_prompt=None, temperature=None),
+                execution_options={"synchronize_session": False},
+            )
 
     async def reset_channel(self, channel_key: str) -> int:
         """See `Repository.reset_channel`."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, select, text
 
 from storage.db import Database
 from storage.models import Channel, Message
-from storage.repository import ChatRepository, recent_messages_statement
+from storage.repository import ChatRepository, next_message_statement, recent_messages_statement
 
 INDEX = "ix_messages_channel_id_id"
 
@@ -46,9 +47,11 @@ async def fill(database: Database) -> dict[str, int]:
     return ids
 
 
-async def explain(database: Database, channel_id: int, limit: int) -> str:
+async def explain(database: Database, channel_id: int, limit: int, statement: Any = None) -> str:
     async with database.read_session() as session:
-        statement = recent_messages_statement(channel_id, limit).compile(
+        if statement is None:
+            statement = recent_messages_statement(channel_id, limit)
+        statement = statement.compile(
             dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True}
         )
         if database.dialect_name == "sqlite":
@@ -75,3 +78,19 @@ async def test_recent_messages_is_an_index_range_scan(database: Database) -> Non
     repo = ChatRepository(database)
     history = await repo.recent_messages("web:big", limit=3)
     assert [m.content for m in history] == ["message 1997", "message 1998", "message 1999"]
+
+
+async def test_the_message_after_a_question_is_one_index_step(database: Database) -> None:
+    ids = await fill(database)
+    async with database.read_session() as session:
+        last_big = await session.scalar(select(func.max(Message.id)).where(Message.channel_id == ids["big"]))
+    assert last_big is not None
+    # The trap again: the big channel has no row after its last one, and 2,000 newer rows of others.
+    for channel, after in [("big", last_big), ("small7", 0)]:
+        plan = await explain(database, ids[channel], 1, next_message_statement(ids[channel], after))
+        if database.dialect_name == "sqlite":
+            assert f"SEARCH messages USING INDEX {INDEX} (channel_id" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
+        else:
+            assert f"Index Scan using {INDEX} on messages" in plan, plan
+            assert "Seq Scan" not in plan and "Sort" not in plan, plan

@@ -283,3 +283,75 @@ async def test_database_errors_become_storage_errors(database: Database) -> None
     assert "no_such_table" in message
     assert "\n" not in message
     assert isinstance(caught.value.__cause__, Exception)  # the original stays for the log
+
+
+async def test_recent_messages_up_to_an_id(repo: ChatRepository) -> None:
+    stored = [await repo.append_message("web:m", "user", f"m{i}") for i in range(5)]
+    assert stored[2] is not None
+    history = await repo.recent_messages("web:m", limit=2, max_id=stored[2].id)
+    assert [m.content for m in history] == ["m1", "m2"]
+
+
+async def test_answer_to_finds_the_question_and_the_assistant_message_after_it(repo: ChatRepository) -> None:
+    question = await repo.append_message("telegram:5", "user", "q1", platform_message_id="10")
+    await repo.append_message("telegram:6", "assistant", "another channel's answer")
+    answer = await repo.append_message("telegram:5", "assistant", "a1")
+    unanswered = await repo.append_message("telegram:5", "user", "q2", platform_message_id="11")
+    await repo.append_message("telegram:5", "user", "q3", platform_message_id="12")
+    last = await repo.append_message("telegram:5", "user", "q4", platform_message_id="13")
+
+    assert await repo.answer_to("telegram:5", "10") == (question, answer)
+    # Followed by another user message, or by nothing at all: no stored answer.
+    assert await repo.answer_to("telegram:5", "11") == (unanswered, None)
+    assert await repo.answer_to("telegram:5", "13") == (last, None)
+    assert await repo.answer_to("telegram:5", "99") is None
+    assert await repo.answer_to("telegram:never", "10") is None
+
+
+async def test_move_channel_to_a_new_key_carries_messages_and_settings(repo: ChatRepository) -> None:
+    await repo.set_settings("telegram:-1", system_prompt="Be brief.", temperature=0.4)
+    first = await repo.append_message("telegram:-1", "user", "one", platform_message_id="1")
+    second = await repo.append_message("telegram:-1", "assistant", "echo one")
+
+    await repo.move_channel("telegram:-1", "telegram:-100")
+
+    assert await repo.recent_messages("telegram:-100", limit=10) == [first, second]
+    assert await repo.get_settings("telegram:-100") == ChannelSettings("Be brief.", 0.4)
+    assert await repo.recent_messages("telegram:-1", limit=10) == []
+    assert await repo.get_settings("telegram:-1") == ChannelSettings()
+    # The platform id moved along: a redelivery in the new channel is a duplicate.
+    assert await repo.append_message("telegram:-100", "user", "one", platform_message_id="1") is None
+    assert await repo.append_message("telegram:-1", "user", "one", platform_message_id="1") is not None
+
+
+async def test_move_channel_merges_into_an_existing_channel(repo: ChatRepository) -> None:
+    await repo.set_settings("web:old", system_prompt="old prompt", temperature=0.1)
+    await repo.set_settings("web:new", temperature=1.2)
+    await repo.append_message("web:old", "user", "o1", platform_message_id="1")
+    await repo.append_message("web:new", "user", "n1", platform_message_id="1")  # the same platform id
+    await repo.append_message("web:old", "user", "o2", platform_message_id="2")
+    await repo.append_message("web:new", "user", "n2")
+    await repo.append_message("web:old", "assistant", "o3")
+
+    await repo.move_channel("web:old", "web:new")
+
+    merged = await repo.recent_messages("web:new", limit=10)
+    assert [m.content for m in merged] == ["o1", "n1", "o2", "n2", "o3"]  # write order kept
+    assert [m.platform_message_id for m in merged] == [None, "1", "2", None, None]
+    assert await repo.message_count("web:old") == 0
+    # The new channel's own settings win; the old ones fill the gaps.
+    assert await repo.get_settings("web:new") == ChannelSettings("old prompt", 1.2)
+    assert await repo.get_settings("web:old") == ChannelSettings()
+    assert await repo.answer_to("web:new", "2") is not None
+
+
+async def test_move_channel_of_an_unknown_or_the_same_channel_changes_nothing(
+    repo: ChatRepository, database: Database
+) -> None:
+    await repo.move_channel("web:never", "web:target")
+    assert await channel_rows(database) == 0
+    await repo.append_message("web:same", "user", "stay")
+    await repo.move_channel("web:same", "web:same")
+    assert await contents(repo, "web:same") == ["stay"]
+    with pytest.raises(ValueError):
+        await repo.move_channel("no-colon", "web:same")
