@@ -113,6 +113,39 @@ class ChatEngine:
         )
         return reply
 
+    def move_channel(self, old_key: str, new_key: str) -> asyncio.Task[None]:
+        """Queue moving `old_key`'s history and settings to `new_key` (merging into an existing
+        one), e.g. for a group that got a new id; await the returned task for the outcome.
+
+        Like `handle`, the move takes its place in both channels' queues when called: it runs
+        after every message already queued for either channel, and messages handled after this
+        call wait for it. The task raises `StorageError` when the database fails; the call raises
+        `ChinwagError` at once when the engine is closing.
+        """
+        if self._closing:
+            raise ChinwagError("the engine is shutting down")
+        previous = [tail for tail in {self._tails.get(old_key), self._tails.get(new_key)} if tail is not None]
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tails[old_key] = self._tails[new_key] = mine
+
+        async def run() -> None:
+            try:
+                for tail in previous:
+                    # shield: cancelling the move must not cancel a queued message's future.
+                    await asyncio.shield(tail)
+                if old_key != new_key:
+                    await self._repository.move_channel(old_key, new_key)
+                    logger.info("history of %s moved to %s", old_key, new_key)
+            finally:
+                mine.set_result(None)
+                for key in (old_key, new_key):
+                    if self._tails.get(key) is mine:
+                        del self._tails[key]
+
+        task = asyncio.create_task(run(), name=f"chinwag:move:{old_key}")
+        self._track(task)
+        return task
+
     async def ask(self, event: ChatEvent) -> str:
         """Handle `event` and return the whole reply text."""
         return await self.handle(event).text()
@@ -241,8 +274,25 @@ class ChatEngine:
             platform_message_id=event.message_id,
         )
         if stored is None:
-            logger.info("duplicate message %s in %s ignored", event.message_id, event.channel_key)
-            return ReplyStatus.DUPLICATE
+            if not event.redelivered or event.message_id is None:
+                logger.info("duplicate message %s in %s ignored", event.message_id, event.channel_key)
+                return ReplyStatus.DUPLICATE
+            found = await self._repository.answer_to(event.channel_key, event.message_id)
+            if found is None:  # cleared (a reset elsewhere) since the insert found it: nothing to answer
+                logger.info("redelivered message %s in %s is gone", event.message_id, event.channel_key)
+                return ReplyStatus.DUPLICATE
+            stored, stored_answer = found
+            if stored_answer is not None:
+                # The answer was written before the crash but perhaps never delivered: give the
+                # same one again rather than a second, different one the history doesn't know.
+                logger.info(
+                    "redelivered message %s in %s: stored answer resent", event.message_id, event.channel_key
+                )
+                await reply.push(stored_answer.content)
+                await self._push_cut_notice(reply, input_cut, None)
+                return ReplyStatus.ANSWERED
+            logger.info("redelivered message %s in %s: answering it now", event.message_id, event.channel_key)
+            text = stored.content
         history = await self._history_before(event.channel_key, stored)
         settings = await self._repository.get_settings(event.channel_key)
         system_prompt = (
@@ -300,13 +350,15 @@ class ChatEngine:
         return _Outcome(text=text, prompt=prompt)
 
     async def _history_before(self, channel_key: str, new_message: StoredMessage) -> list[Turn]:
-        """The channel's recent turns before `new_message`, oldest first, within the configured budget."""
+        """The channel's recent turns before `new_message` (lower ids only, also when it was
+        stored long ago), oldest first, within the configured budget."""
         if self._chat.history_messages == 0:
             return []
         recent = await self._repository.recent_messages(
             channel_key,
             limit=self._chat.history_messages + 1,
             max_chars=self._chat.history_chars + len(new_message.content),
+            max_id=new_message.id,
         )
         return [Turn(message.role, message.content) for message in recent if message.id != new_message.id]
 

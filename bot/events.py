@@ -12,6 +12,9 @@ class ChatEvent:
     `channel` is the platform's own id of the conversation (a Telegram chat id, a Discord channel
     id, "local" for the terminal); together with `platform` it names the history the reply uses.
     `message_id` is the platform's id of this message, used to answer a redelivered message once.
+    `redelivered` means the adapter is re-processing a message it may have handled before a crash:
+    if it was stored already, its stored answer is given again (or generated now if it has none)
+    instead of the silent duplicate an ordinary repeat gets.
     """
 
     platform: str
@@ -22,6 +25,7 @@ class ChatEvent:
     is_admin: bool = False
     is_direct: bool = False
     message_id: str | None = None
+    redelivered: bool = False
 
     @property
     def channel_key(self) -> str:

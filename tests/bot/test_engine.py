@@ -16,7 +16,13 @@ from tests.conftest import EngineFactory
 
 
 def user(
-    text: str, *, channel: str = "c1", author: str = "u1", admin: bool = False, mid: str | None = None
+    text: str,
+    *,
+    channel: str = "c1",
+    author: str = "u1",
+    admin: bool = False,
+    mid: str | None = None,
+    redelivered: bool = False,
 ) -> ChatEvent:
     return ChatEvent(
         platform="test",
@@ -26,6 +32,7 @@ def user(
         text=text,
         is_admin=admin,
         message_id=mid,
+        redelivered=redelivered,
     )
 
 
@@ -168,6 +175,112 @@ async def test_a_duplicate_platform_message_is_answered_once(
     # The same platform id in another channel is a different message.
     assert await engine.ask(user("hello", channel="c2", mid="42")) == "echo[0]: hello"
     assert await history(repository) == [("user", "hello"), ("assistant", "echo[0]: hello")]
+
+
+async def test_a_redelivered_message_gets_its_stored_answer_again_without_generating(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = RecordingBackend()
+    engine = await make_engine(backend)
+    assert await engine.ask(user("hello", mid="42")) == "echo[0]: hello"
+    assert await engine.ask(user("next", mid="43")) == "echo[2]: next"
+    # A crash after "hello" was answered and stored, before the reply reached the user.
+    again = engine.handle(user("hello", mid="42", redelivered=True))
+    assert await again.text() == "echo[0]: hello"
+    assert again.status is ReplyStatus.ANSWERED and not again.silent
+    assert len(backend.conversations) == 2
+    # An ordinary repeat stays silent.
+    repeat = engine.handle(user("hello", mid="42"))
+    assert await repeat.text() == "" and repeat.status is ReplyStatus.DUPLICATE
+    assert await history(repository) == [
+        ("user", "hello"),
+        ("assistant", "echo[0]: hello"),
+        ("user", "next"),
+        ("assistant", "echo[2]: next"),
+    ]
+
+
+async def test_a_redelivered_message_without_a_stored_answer_is_answered_from_the_history_before_it(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = RecordingBackend()
+    engine = await make_engine(backend)
+    await engine.ask(user("first", mid="1"))
+    # A crash after the question was stored, before its answer was.
+    await repository.append_message("test:c1", "user", "second", author_id="u1", platform_message_id="2")
+    reply = engine.handle(user("second", mid="2", redelivered=True))
+    assert await reply.text() == "echo[2]: second"
+    assert reply.status is ReplyStatus.ANSWERED
+    assert [turn.content for turn in backend.conversations[-1].history] == ["first", "echo[0]: first"]
+    assert await history(repository) == [
+        ("user", "first"),
+        ("assistant", "echo[0]: first"),
+        ("user", "second"),
+        ("assistant", "echo[2]: second"),
+    ]
+    # Now answered: a second redelivery resends that answer.
+    assert await engine.ask(user("second", mid="2", redelivered=True)) == "echo[2]: second"
+    assert len(backend.conversations) == 2
+    assert await repository.message_count("test:c1") == 4
+
+
+async def test_a_redelivered_question_whose_answer_failed_is_answered_now(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    engine = await make_engine(FailingBackend())
+    failed = engine.handle(user("please explode", mid="9"))
+    await failed.text()
+    assert failed.status is ReplyStatus.FAILED
+    await engine.ask(user("later", mid="10"))
+    # The failure stored no answer; "later" follows the question, so it has none either.
+    found = await repository.answer_to("test:c1", "9")
+    assert found is not None and found[0].content == "please explode" and found[1] is None
+    redelivered = engine.handle(user("please explode", mid="9", redelivered=True))
+    assert "try again" in (await redelivered.text()).lower()
+    assert redelivered.status is ReplyStatus.FAILED
+
+
+async def test_a_redelivered_message_never_stored_is_answered_normally(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    engine = await make_engine()
+    assert await engine.ask(user("new", mid="5", redelivered=True)) == "echo[0]: new"
+    assert await history(repository) == [("user", "new"), ("assistant", "echo[0]: new")]
+
+
+async def test_move_channel_carries_history_and_settings_and_keeps_order(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = SlowEchoBackend()
+    engine = await make_engine(backend)
+    await engine.ask(user("/temperature 0.3", admin=True, channel="old"))
+    await engine.ask(user("one", channel="old"))
+    # Queued before the move: answered in the old channel first, then moved with it.
+    pending = engine.handle(user("two", channel="old"))
+    await engine.move_channel("test:old", "test:new")
+    assert pending.done and await pending.text() == "echo[2]: two"
+    assert await engine.ask(user("three", channel="new")) == "echo[4]: three"
+    assert await history(repository, "old") == []
+    assert [content for _, content in await history(repository, "new")] == [
+        "one",
+        "echo[0]: one",
+        "two",
+        "echo[2]: two",
+        "three",
+        "echo[4]: three",
+    ]
+    assert (await repository.get_settings("test:new")).temperature == 0.3
+    # Messages handled after the call wait for the move, in either channel.
+    gate = backend.gates["blocked"] = asyncio.Event()
+    slow = engine.handle(user("blocked", channel="new"))
+    move = engine.move_channel("test:new", "test:newer")
+    after = engine.handle(user("after", channel="newer"))
+    await asyncio.sleep(0.05)
+    assert not move.done() and not after.done
+    gate.set()
+    await move
+    assert await after.text() == "echo[8]: after"
+    assert await slow.text() == "echo[6]: blocked"
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t\n", "\x00\x01"])
