@@ -22,8 +22,10 @@ from storage.repository import ChatRepository
 
 logger = logging.getLogger(__name__)
 
-# Loggers that print request URLs (which contain bot tokens) at INFO.
-_CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "aiosqlite", "asyncio")
+# Loggers that print request URLs (which contain bot tokens) at INFO, or chatter: kept at WARNING.
+# python-telegram-bot logs its API URL, token included, at DEBUG; at INFO it only says "Application
+# started/stopping" (our adapter logs that itself), and its warnings and errors still show.
+_CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "aiosqlite", "asyncio", "telegram")
 
 
 def configure_logging(level: str) -> None:

@@ -95,6 +95,12 @@ class TelegramConfig(_Section):
     token: SecretStr | None = None
     base_url: str | None = None
     admins: tuple[int, ...] = ()
+    # Telegram holds a long poll for at most 50 s.
+    poll_timeout_s: int = Field(default=30, ge=1, le=50)
+    edit_interval_s: float = Field(default=1.0, gt=0.0)
+    typing_interval_s: float = Field(default=4.0, gt=0.0)
+    admin_cache_s: float = Field(default=300.0, ge=0.0)
+    drain_s: float = Field(default=10.0, ge=0.0)
 
 
 class DiscordConfig(_Section):

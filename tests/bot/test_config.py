@@ -28,6 +28,17 @@ def test_the_shipped_config_is_valid_and_matches_the_defaults() -> None:
     assert shipped.web.port == 8080 and shipped.telegram.token is None
 
 
+def test_telegram_timings_are_read_and_zero_caching_is_allowed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "telegram:\n  poll_timeout_s: 50\n  edit_interval_s: 0.5\n  typing_interval_s: 2\n"
+        "  admin_cache_s: 0\n  drain_s: 0\n",
+    )
+    telegram = load_settings(path, environ={}).telegram
+    assert (telegram.poll_timeout_s, telegram.edit_interval_s, telegram.typing_interval_s) == (50, 0.5, 2.0)
+    assert telegram.admin_cache_s == 0.0 and telegram.drain_s == 0.0
+
+
 def test_an_empty_file_means_all_defaults(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, ""), environ={}) == Settings()
 
@@ -64,6 +75,12 @@ def test_an_explicit_empty_system_prompt_is_kept(tmp_path: Path) -> None:
         ("web:\n  port: 70000\n", "invalid value for 'web.port'"),
         ("chat:\n  rate_limit:\n    messages: 0\n", "invalid value for 'chat.rate_limit.messages'"),
         ("telegram:\n  admins: [abc]\n", "invalid value for 'telegram.admins.0'"),
+        ("telegram:\n  poll_timeout_s: 0\n", "invalid value for 'telegram.poll_timeout_s'"),
+        ("telegram:\n  poll_timeout_s: 51\n", "invalid value for 'telegram.poll_timeout_s'"),
+        ("telegram:\n  edit_interval_s: 0\n", "invalid value for 'telegram.edit_interval_s'"),
+        ("telegram:\n  typing_interval_s: -1\n", "invalid value for 'telegram.typing_interval_s'"),
+        ("telegram:\n  admin_cache_s: -0.5\n", "invalid value for 'telegram.admin_cache_s'"),
+        ("telegram:\n  drain_s: -1\n", "invalid value for 'telegram.drain_s'"),
         ("storage:\n  url: mysql://x\n", "invalid value for 'storage.url': expected a sqlite+aiosqlite://"),
         ("- just\n- a list\n", "expected a mapping of sections"),
         ("model: [\n", "not valid YAML at line"),
