@@ -3,13 +3,15 @@
 Receiving: `_poll` calls `getUpdates`, commits every update to the inbox (`storage/inbox.py`) and
 only then advances the offset, which confirms the batch to Telegram at the next call. A consumer
 task per chat feeds the pending rows to the engine in order and marks each done once its reply was
-sent; rows left pending by a crash are handled first at the next start. So a `kill -9` loses no
-message, and answers one twice only if it strikes between sending a reply and marking it done.
+sent; rows left pending by a crash are handled first at the next start, as redelivered events (the
+engine resends an answer it stored already). So a `kill -9` loses no message, and sends one answer
+twice only if it strikes between sending a reply and marking it done.
 
 Sending: typing actions while the reply is generated, the first chunk sent then edited at most once
 per second, the final text split into messages of at most 4096 characters; plain text only (no
 parse_mode: a model's Markdown cannot break a reply). 429s are waited out and retried, a group
-upgraded to a supergroup (`ChatMigrated`) is followed to its new id.
+upgraded to a supergroup (`ChatMigrated`, or the migrate_to/from service messages) is followed to
+its new id, and its history moves along.
 
 The bot token is part of every request URL: the httpx loggers are kept at WARNING and no log line
 names the bot object, a URL or a library error's text that could contain them.
@@ -48,7 +50,7 @@ from bot.config import TelegramConfig
 from bot.engine import ChatEngine
 from bot.errors import ChinwagError, StorageError
 from bot.events import ChatEvent
-from bot.reply import Reply, ReplyStatus
+from bot.reply import Reply
 from storage.db import Database
 from storage.inbox import InboxItem, UpdateInbox
 
@@ -470,7 +472,9 @@ class TelegramAdapter:
             update = Update.de_json(item.payload, self._bot)
             message = update.message
             if message is not None and message.migrate_to_chat_id is not None:
-                self._note_migration(message.chat.id, message.migrate_to_chat_id)
+                await self._follow_migration(message.chat.id, message.migrate_to_chat_id)
+            if message is not None and message.migrate_from_chat_id is not None:
+                await self._follow_migration(message.migrate_from_chat_id, message.chat.id)
             event = await self._event_for(update)
             if event is not None and message is not None:
                 await self._answer(message, event, recovered)
@@ -528,15 +532,11 @@ class TelegramAdapter:
             thread_id=message.message_thread_id if message.is_topic_message else None,
             reply_to=None if event.is_direct or chat_id != message.chat.id else message.message_id,
         )
-        reply = self._engine.handle(event)
-        await self._deliver(target, reply)
-        if recovered and reply.status is ReplyStatus.DUPLICATE:
-            # The previous run stored this message but died before its reply was sent (the engine
-            # refuses to answer a stored message twice). Answer it again without the dedup key:
-            # its history then holds the message twice, but the user gets the one reply they
-            # were owed. Only the moment between sending and marking done can answer twice.
-            logger.info("telegram: answering recovered message %s again", event.message_id)
-            await self._deliver(target, self._engine.handle(replace(event, message_id=None)))
+        if recovered:
+            # The previous run may have stored this message (and its answer) and died before the
+            # reply was sent: the engine then gives the stored answer again instead of silence.
+            event = replace(event, redelivered=True)
+        await self._deliver(target, self._engine.handle(event))
 
     async def _deliver(self, target: _Target, reply: Reply) -> None:
         """Render `reply` into `target`: typing, a streamed first message, then the split final text."""
@@ -665,7 +665,7 @@ class TelegramAdapter:
             except ChatMigrated as error:
                 if target is None or last:
                     raise
-                self._note_migration(target.chat_id, error.new_chat_id)
+                await self._follow_migration(target.chat_id, error.new_chat_id)
                 target.chat_id = error.new_chat_id
                 target.reply_to = None  # the user's message stayed in the old chat
             except (BadRequest, TimedOut):
@@ -680,10 +680,25 @@ class TelegramAdapter:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _note_migration(self, old_chat_id: int, new_chat_id: int) -> None:
-        if self._migrated.get(old_chat_id) != new_chat_id:
-            logger.info("telegram: group %d became supergroup %d", old_chat_id, new_chat_id)
-            self._migrated[old_chat_id] = new_chat_id
+    async def _follow_migration(self, old_chat_id: int, new_chat_id: int) -> None:
+        """Send the group's later messages and replies to `new_chat_id` and move its history there.
+
+        The move is queued in the engine behind the replies already under way in either chat,
+        and before any message handled after this call. Basic groups have no forum topics, so only
+        the chat's own channel moves. A failed move is logged and the reply still goes out (the
+        next start moves it again when Telegram reports the migration again). Raises
+        `ChinwagError` when the engine is closing.
+        """
+        if self._migrated.get(old_chat_id) == new_chat_id:
+            return
+        logger.info("telegram: group %d became supergroup %d", old_chat_id, new_chat_id)
+        self._migrated[old_chat_id] = new_chat_id
+        try:
+            await self._engine.move_channel(f"{PLATFORM}:{old_chat_id}", f"{PLATFORM}:{new_chat_id}")
+        except StorageError as error:
+            logger.error(
+                "telegram: could not move the history of %d to %d: %s", old_chat_id, new_chat_id, error
+            )
 
 
 def create(settings: Settings, services: Services) -> TelegramAdapter | None:
@@ -691,4 +706,13 @@ def create(settings: Settings, services: Services) -> TelegramAdapter | None:
     config = settings.telegram
     if config.token is None or not config.token.get_secret_value().strip():
         return None
-    return TelegramAdapter(config, services.engine, services.database)
+    return TelegramAdapter(
+        config,
+        services.engine,
+        services.database,
+        poll_timeout_s=config.poll_timeout_s,
+        edit_interval_s=config.edit_interval_s,
+        typing_interval_s=config.typing_interval_s,
+        admin_cache_s=config.admin_cache_s,
+        drain_s=config.drain_s,
+    )

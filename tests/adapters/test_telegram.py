@@ -24,6 +24,7 @@ from bot.engine import ChatEngine
 from bot.errors import ChinwagError
 from storage.db import Database
 from storage.inbox import UpdateInbox
+from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
 
@@ -240,7 +241,9 @@ async def test_restart_on_the_same_database_keeps_history(
     assert fake.unconfirmed == []
 
 
-async def test_a_migrated_group_is_followed(fake: FakeTelegram, start_adapter: StartAdapter) -> None:
+async def test_a_migrated_group_is_followed_with_its_history(
+    fake: FakeTelegram, start_adapter: StartAdapter, database: Database
+) -> None:
     old, new = -4001, -1004001
     await start_adapter()
     fake.push_message(old, f"@{BOT_USERNAME} one")
@@ -250,9 +253,40 @@ async def test_a_migrated_group_is_followed(fake: FakeTelegram, start_adapter: S
     # "two" was read in the old chat (its history, N=2); its reply followed the group to the new id.
     assert await replies(fake, new, 1) == ["echo[2]: two"]
     fake.push_message(new, f"@{BOT_USERNAME} three")
-    # From now on the history is keyed by the new id; moving the old history there needs a
-    # repository method (see the report), so the supergroup starts afresh.
-    assert await replies(fake, new, 2) == ["echo[2]: two", "echo[0]: three"]
+    # The history followed the group: "three" sees one, its answer, two and its answer.
+    assert await replies(fake, new, 2) == ["echo[2]: two", "echo[4]: three"]
+    repository = ChatRepository(database)
+    assert await repository.message_count(f"telegram:{old}") == 0
+    moved = await repository.recent_messages(f"telegram:{new}", limit=10)
+    assert [m.content for m in moved if m.role == "user"] == ["one", "two", "three"]
+
+
+async def test_a_migration_service_message_moves_history_and_settings(
+    fake: FakeTelegram, start_adapter: StartAdapter, database: Database
+) -> None:
+    old, new = -4002, -1004002
+    fake.admins[old] = {42}
+    await start_adapter()
+    fake.push_message(old, "/temperature 0.4", user_id=42)
+    fake.push_message(old, f"@{BOT_USERNAME} one")
+    assert (await replies(fake, old, 2))[1] == "echo[0]: one"
+    # Telegram announces the upgrade in the old group; later messages arrive from the new id.
+    fake.push_update(
+        {
+            "message": {
+                "message_id": 9000,
+                "date": 1,
+                "chat": {"id": old, "type": "group", "title": "Group"},
+                "from": {"id": 42, "is_bot": False, "first_name": "Alice"},
+                "migrate_to_chat_id": new,
+            }
+        }
+    )
+    fake.push_message(new, f"@{BOT_USERNAME} two")
+    assert await replies(fake, new, 1) == ["echo[2]: two"]
+    repository = ChatRepository(database)
+    assert (await repository.get_settings(f"telegram:{new}")).temperature == 0.4
+    assert await repository.message_count(f"telegram:{old}") == 0
 
 
 async def test_updates_are_committed_before_they_are_confirmed(
@@ -324,6 +358,22 @@ def test_create_needs_a_token() -> None:
     assert create(Settings(), services) is None  # type: ignore[arg-type]
     with_token = Settings(telegram=TelegramConfig(token=SecretStr(TOKEN)))
     assert isinstance(create(with_token, services), TelegramAdapter)  # type: ignore[arg-type]
+
+
+def test_create_passes_the_configured_timings() -> None:
+    services = SimpleNamespace(engine=None, database=None)
+    config = TelegramConfig(
+        token=SecretStr(TOKEN),
+        poll_timeout_s=7,
+        edit_interval_s=0.5,
+        typing_interval_s=2.0,
+        admin_cache_s=0.0,
+        drain_s=3.0,
+    )
+    adapter = create(Settings(telegram=config), services)  # type: ignore[arg-type]
+    assert adapter is not None
+    assert (adapter._poll_timeout_s, adapter._edit_interval_s, adapter._typing_interval_s) == (7, 0.5, 2.0)
+    assert (adapter._chat_admins._ttl_s, adapter._drain_s) == (0.0, 3.0)
 
 
 async def test_edits_stickers_and_strange_updates_are_skipped_without_harm(
