@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from playwright.async_api import async_playwright, expect
@@ -12,7 +13,7 @@ from tests.conftest import EngineFactory
 from tests.fakes.web_harness import running_web
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot-chat.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot-chat.png"
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -30,7 +31,15 @@ def chromium_missing() -> str | None:
     return None
 
 
-async def test_chat_in_a_real_browser(make_engine: EngineFactory, repository: ChatRepository) -> None:
+def screenshot_path(tmp_path: Path) -> Path:
+    """docs/screenshot-chat.png when CHINWAG_UPDATE_SCREENSHOT=1 (to refresh the README's picture);
+    otherwise a temporary file, so that running the tests never changes the checkout."""
+    return DOCS_SCREENSHOT if os.environ.get("CHINWAG_UPDATE_SCREENSHOT") == "1" else tmp_path / "chat.png"
+
+
+async def test_chat_in_a_real_browser(
+    make_engine: EngineFactory, repository: ChatRepository, tmp_path: Path
+) -> None:
     # A failure, not a skip: this test is the only proof that the page works.
     missing = chromium_missing()
     assert missing is None, missing
@@ -72,8 +81,9 @@ async def test_chat_in_a_real_browser(make_engine: EngineFactory, repository: Ch
             )
             await page.click("#advanced summary")
             await page.fill("#system", "You are a pirate.")
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            await page.screenshot(path=str(SCREENSHOT))
+            screenshot = screenshot_path(tmp_path)
+            await page.screenshot(path=str(screenshot))
+            assert screenshot.stat().st_size > 10_000  # a rendered page, not an empty image
 
             await page.click("#apply")
             await expect(page.locator("#options-status")).to_contain_text("System prompt updated")
