@@ -274,34 +274,11 @@ class ChatEngine:
             platform_message_id=event.message_id,
         )
         if stored is None:
-            if not event.redelivered or event.message_id is None:
-                logger.info("duplicate message %s in %s ignored", event.message_id, event.channel_key)
-                return ReplyStatus.DUPLICATE
-            found = await self._repository.answer_to(event.channel_key, event.message_id)
-            if found is None:  # cleared (a reset elsewhere) since the insert found it: nothing to answer
-                logger.info("redelivered message %s in %s is gone", event.message_id, event.channel_key)
-                return ReplyStatus.DUPLICATE
-            stored, stored_answer = found
-            if stored_answer is not None:
-                # The answer was written before the crash but perhaps never delivered: give the
-                # same one again rather than a second, different one the history doesn't know.
-                logger.info(
-                    "redelivered message %s in %s: stored answer resent", event.message_id, event.channel_key
-                )
-                await reply.push(stored_answer.content)
-                await self._push_cut_notice(reply, input_cut, None)
-                return ReplyStatus.ANSWERED
-            logger.info("redelivered message %s in %s: answering it now", event.message_id, event.channel_key)
-            text = stored.content
-        history = await self._history_before(event.channel_key, stored)
-        settings = await self._repository.get_settings(event.channel_key)
-        system_prompt = (
-            settings.system_prompt if settings.system_prompt is not None else self._model.system_prompt
-        )
-        sampling = self._sampling
-        if settings.temperature is not None:
-            sampling = replace(sampling, temperature=settings.temperature)
-        conversation = Conversation(system_prompt=system_prompt, history=history, message=text)
+            resolved = await self._resolve_duplicate(event, reply, input_cut)
+            if isinstance(resolved, ReplyStatus):
+                return resolved
+            stored = resolved
+        conversation, sampling = await self._conversation_for(event.channel_key, stored)
 
         started = time.perf_counter()
         outcome = await self._run_generation(conversation, sampling, reply, event.channel_key)
@@ -320,6 +297,44 @@ class ChatEngine:
             time.perf_counter() - started,
         )
         return ReplyStatus.ANSWERED
+
+    async def _resolve_duplicate(
+        self, event: ChatEvent, reply: Reply, input_cut: bool
+    ) -> StoredMessage | ReplyStatus:
+        """A message whose platform id is already stored. An ordinary duplicate stays silent; a
+        redelivered one (an adapter recovering after a crash) gets its stored answer again, or,
+        when none was stored, the stored question is returned to be answered now."""
+        if not event.redelivered or event.message_id is None:
+            logger.info("duplicate message %s in %s ignored", event.message_id, event.channel_key)
+            return ReplyStatus.DUPLICATE
+        found = await self._repository.answer_to(event.channel_key, event.message_id)
+        if found is None:  # cleared (a reset elsewhere) since the insert found it: nothing to answer
+            logger.info("redelivered message %s in %s is gone", event.message_id, event.channel_key)
+            return ReplyStatus.DUPLICATE
+        question, stored_answer = found
+        if stored_answer is None:
+            logger.info("redelivered message %s in %s: answering it now", event.message_id, event.channel_key)
+            return question
+        # The answer was written before the crash but perhaps never delivered: give the same one
+        # again rather than a second, different one the history doesn't know.
+        logger.info("redelivered message %s in %s: stored answer resent", event.message_id, event.channel_key)
+        await reply.push(stored_answer.content)
+        await self._push_cut_notice(reply, input_cut, None)
+        return ReplyStatus.ANSWERED
+
+    async def _conversation_for(
+        self, channel_key: str, question: StoredMessage
+    ) -> tuple[Conversation, SamplingSettings]:
+        """The prompt input for `question`: its history and the channel's settings over the defaults."""
+        history = await self._history_before(channel_key, question)
+        settings = await self._repository.get_settings(channel_key)
+        system_prompt = (
+            settings.system_prompt if settings.system_prompt is not None else self._model.system_prompt
+        )
+        sampling = self._sampling
+        if settings.temperature is not None:
+            sampling = replace(sampling, temperature=settings.temperature)
+        return Conversation(system_prompt=system_prompt, history=history, message=question.content), sampling
 
     async def _push_cut_notice(self, reply: Reply, input_cut: bool, prompt: PreparedPrompt | None) -> None:
         if input_cut:
