@@ -146,6 +146,13 @@ class ChatEngine:
         self._track(task)
         return task
 
+    async def last_platform_message_ids(self, platform: str) -> dict[str, str]:
+        """Channel id -> platform id of the newest stored user message, for `platform`'s channels.
+
+        Adapters that can fetch missed messages (Discord's channel history) start from these.
+        """
+        return await self._repository.last_platform_message_ids(platform)
+
     async def ask(self, event: ChatEvent) -> str:
         """Handle `event` and return the whole reply text."""
         return await self.handle(event).text()

@@ -122,6 +122,11 @@ class Repository(Protocol):
         """How many messages the channel has stored."""
         ...
 
+    async def last_platform_message_ids(self, platform: str) -> dict[str, str]:
+        """For every channel of `platform`: external id -> the platform id of the newest stored user
+        message that has one. Adapters use it to fetch what arrived while the bot was away."""
+        ...
+
 
 def split_channel_key(channel_key: str) -> tuple[str, str]:
     """`"web:abc:def"` -> `("web", "abc:def")`: the platform ends at the first colon."""
@@ -451,6 +456,30 @@ class ChatRepository:
         )
         async with self._database.read_session() as session:
             return (await session.scalar(query)) or 0
+
+    async def last_platform_message_ids(self, platform: str) -> dict[str, str]:
+        """See `Repository.last_platform_message_ids`."""
+        # Newest per channel by our own id (write order). Runs once per adapter start; it reads the
+        # platform's user messages that carry an id (a scan, acceptable at start-up, not per message).
+        platform_channels = select(Channel.id).where(Channel.platform == platform)
+        newest = (
+            select(func.max(Message.id))
+            .where(
+                Message.channel_id.in_(platform_channels),
+                Message.role == "user",
+                Message.platform_message_id.is_not(None),
+            )
+            .group_by(Message.channel_id)
+            .scalar_subquery()
+        )
+        query = (
+            select(Channel.external_id, Message.platform_message_id)
+            .join(Message, Message.channel_id == Channel.id)
+            .where(Channel.platform == platform, Message.id.in_(newest))
+        )
+        async with self._database.read_session() as session:
+            rows = (await session.execute(query)).all()
+        return {external_id: message_id for external_id, message_id in rows if message_id is not None}
 
 
 if TYPE_CHECKING:

@@ -355,3 +355,17 @@ async def test_move_channel_of_an_unknown_or_the_same_channel_changes_nothing(
     assert await contents(repo, "web:same") == ["stay"]
     with pytest.raises(ValueError):
         await repo.move_channel("no-colon", "web:same")
+
+
+async def test_last_platform_message_ids_name_where_each_channel_stopped(repo: ChatRepository) -> None:
+    await repo.append_message("discord:1", "user", "a", platform_message_id="900")
+    await repo.append_message("discord:1", "assistant", "reply")
+    await repo.append_message("discord:1", "user", "b", platform_message_id="1000")
+    await repo.append_message("discord:1", "user", "no platform id")
+    await repo.append_message("discord:2", "user", "c", platform_message_id="5")
+    await repo.append_message("telegram:1", "user", "d", platform_message_id="77")
+    await repo.append_message("discord:3", "assistant", "only the bot spoke here")
+
+    assert await repo.last_platform_message_ids("discord") == {"1": "1000", "2": "5"}
+    assert await repo.last_platform_message_ids("telegram") == {"1": "77"}
+    assert await repo.last_platform_message_ids("web") == {}
