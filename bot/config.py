@@ -111,6 +111,14 @@ class DiscordConfig(_Section):
     admins: tuple[int, ...] = ()
     api_base: str | None = None
     gateway_url: str | None = None
+    channels: tuple[int, ...] = ()
+    edit_interval_s: float = Field(default=1.5, gt=0)
+    first_post_delay_s: float = Field(default=0.5, ge=0)
+    typing_interval_s: float = Field(default=8.0, gt=0)
+    ready_timeout_s: float = Field(default=30.0, gt=0)
+    drain_s: float = Field(default=10.0, ge=0)
+    slash_commands: bool = True
+    backfill_max_age_s: float = Field(default=3600.0, ge=0)
 
 
 class WebConfig(_Section):

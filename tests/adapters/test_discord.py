@@ -1,0 +1,384 @@
+"""The real adapter (real discord.py) against the fake REST API and gateway, with the real engine.
+
+Conversations: the fake delivers what users type over the gateway, the bot answers through the same
+REST API Discord would see; assertions are on what the fake received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from adapters.discord import MESSAGE_LIMIT, DiscordAdapter, create, discord_pieces
+from bot.app import Services
+from bot.backends.base import PreparedPrompt, SamplingSettings
+from bot.backends.echo import EchoBackend
+from bot.config import DiscordConfig, Settings
+from bot.engine import ChatEngine
+from bot.errors import ChinwagError
+from storage.db import Database
+from tests.adapters.test_discord_events import LONG_TEXT, undo_fences
+from tests.conftest import EngineFactory
+from tests.fakes.discord_server import (
+    ADMIN_ROLE,
+    BOT_ID,
+    MANAGE_GUILD,
+    MANAGER_ROLE,
+    FakeDiscord,
+)
+
+TOKEN = "MTIz.TEST-discord-token-never-logged"
+ADMIN_IN_CONFIG = 5150
+GENERAL = 700_000_000_000_000_001
+OTHER = 700_000_000_000_000_002
+DM = 600_000_000_000_000_001
+
+StartAdapter = Callable[..., Awaitable[DiscordAdapter]]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord(token=TOKEN, channel_ids=(GENERAL, OTHER)) as server:
+        yield server
+
+
+@pytest.fixture
+async def start_adapter(fake: FakeDiscord, make_engine: EngineFactory) -> AsyncIterator[StartAdapter]:
+    """Start adapters against the fake (each with its own engine unless one is given)."""
+    adapters: list[DiscordAdapter] = []
+
+    async def start(engine: ChatEngine | None = None, **options: Any) -> DiscordAdapter:
+        config = DiscordConfig(
+            token=SecretStr(TOKEN),
+            admins=(ADMIN_IN_CONFIG,),
+            api_base=fake.api_base,
+            gateway_url=fake.gateway_url,
+        )
+        options.setdefault("edit_interval_s", 0.2)
+        options.setdefault("guild_ready_timeout_s", 0.05)
+        options.setdefault("ready_timeout_s", 10.0)
+        adapter = DiscordAdapter(config, engine or await make_engine(), **options)
+        adapters.append(adapter)
+        await adapter.start()
+        return adapter
+
+    yield start
+    for adapter in adapters:
+        await adapter.stop()
+
+
+async def replies(fake: FakeDiscord, channel_id: int, count: int, within: float = 10.0) -> list[str]:
+    """Wait until the bot posted `count` messages in `channel_id` and their texts settled."""
+    await fake.wait_for(lambda: len(fake.texts(channel_id)) >= count, within)
+    await asyncio.sleep(0.05)  # a final edit may follow the send
+    return fake.texts(channel_id)
+
+
+def mention(text: str) -> str:
+    return f"<@{BOT_ID}> {text}"
+
+
+# --- conversations -----------------------------------------------------------------------------
+
+
+async def test_a_dm_is_answered(fake: FakeDiscord, start_adapter: StartAdapter) -> None:
+    adapter = await start_adapter()
+    await adapter.start()  # already started: nothing happens
+    assert fake.identifies == 1
+    fake.push_message(DM, "hi")
+    assert await replies(fake, DM, 1) == ["echo[0]: hi"]
+    sent = fake.sent[0]
+    assert len(sent.versions) == 1  # a quick reply is posted once, complete, not edited
+    assert sent.reference is None  # a DM needs no quote
+    assert sent.allowed_mentions == {"parse": [], "replied_user": False}
+
+
+async def test_guild_answers_only_mentions_replies_and_commands(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    fake.push_message(GENERAL, "just chatting", guild=True)
+    question = fake.push_message(GENERAL, mention("hello"), guild=True)
+    [first] = await replies(fake, GENERAL, 1)
+    assert first == "echo[0]: hello"
+    assert fake.sent[0].reference == int(question["id"])  # quotes the user's message
+    fake.push_message(GENERAL, "and you?", guild=True, reply_to=fake.sent[0])
+    fake.push_message(GENERAL, "/help", guild=True)
+    fake.push_message(GENERAL, "/play some music", guild=True)  # another bot's command
+    fake.push_message(GENERAL, mention("loop?"), guild=True, user_id=77, bot=True)
+    texts = await replies(fake, GENERAL, 3)
+    assert texts[1] == "echo[2]: and you?"
+    assert texts[2].startswith("Commands:")
+    await asyncio.sleep(0.3)
+    assert len(fake.texts(GENERAL)) == 3
+
+
+async def test_reset_by_a_manager_clears_and_by_a_member_is_refused(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    fake.push_message(GENERAL, mention("one"), guild=True)
+    await replies(fake, GENERAL, 1)
+    fake.push_message(GENERAL, "/reset", guild=True, user_id=43)
+    refused = (await replies(fake, GENERAL, 2))[1]
+    assert "not allowed" in refused or "admin" in refused
+    fake.push_message(GENERAL, mention("two"), guild=True)
+    assert (await replies(fake, GENERAL, 3))[2] == "echo[2]: two"  # nothing was cleared
+    fake.push_message(GENERAL, mention("/reset"), guild=True, user_id=44, roles=(MANAGER_ROLE,))
+    confirmed = (await replies(fake, GENERAL, 4))[3].lower()
+    assert "reset" in confirmed or "cleared" in confirmed
+    fake.push_message(GENERAL, mention("three"), guild=True)
+    assert (await replies(fake, GENERAL, 5))[4] == "echo[0]: three"
+    for user_id, roles in ((45, (ADMIN_ROLE,)), (ADMIN_IN_CONFIG, ())):
+        fake.push_message(OTHER, "/reset", guild=True, user_id=user_id, roles=roles)
+    assert all("reset" in text.lower() or "cleared" in text.lower() for text in await replies(fake, OTHER, 2))
+
+
+async def test_two_channels_keep_separate_histories(fake: FakeDiscord, start_adapter: StartAdapter) -> None:
+    await start_adapter()
+    fake.push_message(GENERAL, mention("a"), guild=True)
+    await replies(fake, GENERAL, 1)
+    fake.push_message(OTHER, mention("b"), guild=True)
+    fake.push_message(GENERAL, mention("c"), guild=True)
+    assert await replies(fake, OTHER, 1) == ["echo[0]: b"]
+    assert (await replies(fake, GENERAL, 2))[1] == "echo[2]: c"
+
+
+class FixedBackend(EchoBackend):
+    """Answers every message with the same text, streamed in chunks of 500 characters."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+        for start in range(0, len(self._text), 500):
+            yield self._text[start : start + 500]
+
+
+async def test_a_long_reply_arrives_as_several_balanced_messages(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    await start_adapter(await make_engine(FixedBackend(LONG_TEXT), model={"max_new_tokens": 8192}))
+    fake.push_message(DM, "tell me everything")
+    expected = discord_pieces(LONG_TEXT)
+    texts = await replies(fake, DM, len(expected))
+    await fake.wait_for(lambda: fake.texts(DM) == expected, 5)
+    assert all(len(text) <= MESSAGE_LIMIT for text in texts)
+    assert undo_fences(fake.texts(DM)) == LONG_TEXT
+
+
+class SlowBackend(EchoBackend):
+    """Echo that takes `delay_s` per chunk, so a reply streams over a few seconds."""
+
+    def __init__(self, delay_s: float) -> None:
+        self._delay_s = delay_s
+
+    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+        async for chunk in super().generate(prompt, settings):
+            await asyncio.sleep(self._delay_s)
+            yield chunk
+
+
+async def test_a_slow_reply_streams_as_throttled_edits_with_typing(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    await start_adapter(await make_engine(SlowBackend(0.1)), edit_interval_s=0.4, typing_interval_s=0.3)
+    words = " ".join(f"w{n}" for n in range(20))
+    fake.push_message(GENERAL, mention(words), guild=True)
+    await fake.wait_for(lambda: fake.texts(GENERAL) == [f"echo[0]: {words}"], 10)
+    versions = fake.sent[0].versions
+    assert len(versions) >= 3  # posted early, then edited
+    gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(versions)]
+    assert min(gaps) >= 0.35
+    assert len(fake.typing) >= 2
+    assert {channel for channel, _ in fake.typing} == {GENERAL}
+
+
+async def test_one_channel_stays_in_order_while_30_channels_talk(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    others = [DM + 100 + n for n in range(30)]
+    for n in range(5):
+        fake.push_message(DM, f"m{n}")
+        for channel in others:
+            fake.push_message(channel, f"c{n}", user_id=channel)
+    texts = await replies(fake, DM, 5, within=20)
+    assert texts == [f"echo[{2 * n}]: m{n}" for n in range(5)]
+    await fake.wait_for(lambda: all(len(fake.texts(channel)) == 5 for channel in others), 20)
+    assert all(fake.texts(channel)[-1] == "echo[8]: c4" for channel in others)
+
+
+async def test_rate_limits_on_message_create_are_waited_out(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    fake.fail_next("POST", f"/channels/{DM}/messages", times=2, retry_after=0.3)
+    fake.push_message(DM, "hi")
+    assert await replies(fake, DM, 1) == ["echo[0]: hi"]
+    attempts = [call for call in fake.calls if call.method == "POST" and call.path.endswith(f"{DM}/messages")]
+    assert len(attempts) == 3
+    assert attempts[-1].at - attempts[0].at >= 0.5
+
+
+async def test_restart_on_the_same_database_keeps_history(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    first = await start_adapter()
+    fake.push_message(DM, "one")
+    await replies(fake, DM, 1)
+    await first.stop()
+    await first.stop()  # idempotent
+    await start_adapter(await make_engine())
+    fake.push_message(DM, "two")
+    assert (await replies(fake, DM, 2))[1] == "echo[2]: two"
+    assert fake.identifies == 2
+
+
+async def test_a_dropped_gateway_is_resumed_and_missed_messages_replayed(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    fake.push_message(DM, "before")
+    await replies(fake, DM, 1)
+    await fake.drop_connection()
+    fake.push_message(DM, "while away")  # kept for the resume
+    assert (await replies(fake, DM, 2))[1] == "echo[2]: while away"
+    assert fake.resumes == 1
+    assert fake.identifies == 1
+
+
+async def test_an_event_the_library_cannot_parse_does_not_stop_receiving(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    fake.dispatch("MESSAGE_CREATE", {"id": "1"})  # no channel_id: discord.py's parser fails
+    await fake.wait_for(lambda: fake.identifies == 2, 10)  # logged, then connected afresh
+    fake.push_message(DM, "still there?")
+    assert await replies(fake, DM, 1) == ["echo[0]: still there?"]
+    await asyncio.sleep(0.2)
+    assert len(fake.texts(DM)) == 1  # the old socket is closed: nothing arrives twice
+
+
+async def test_backfill_answers_what_arrived_while_the_bot_was_away(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    seen = fake.push_message(GENERAL, mention("old"), guild=True, deliver=False)
+    fake.push_message(GENERAL, "not for me", guild=True, deliver=False)
+    fake.push_message(GENERAL, mention("missed"), guild=True, deliver=False)
+
+    async def last_seen() -> Mapping[str, str]:
+        return {str(GENERAL): seen["id"]}
+
+    await start_adapter(last_seen=last_seen)
+    assert await replies(fake, GENERAL, 1) == ["echo[0]: missed"]
+
+
+async def test_slash_commands_are_synced_and_answered(fake: FakeDiscord, start_adapter: StartAdapter) -> None:
+    await start_adapter()
+    assert {command["name"] for command in fake.commands} == {"help", "reset", "system", "temperature"}
+    fake.push_interaction(GENERAL, "reset")
+    await fake.wait_for(lambda: len(fake.interaction_responses) == 2, 5)
+    deferred, refused = fake.interaction_responses
+    assert deferred["type"] == 5  # "thinking…", answered by the follow-up
+    assert refused["type"] == "followup"
+    assert "not allowed" in refused["data"]["content"] or "admin" in refused["data"]["content"]
+    fake.push_interaction(GENERAL, "reset", permissions=MANAGE_GUILD)
+    await fake.wait_for(lambda: len(fake.interaction_responses) == 4, 5)
+    assert "reset" in fake.interaction_responses[3]["data"]["content"].lower()
+    fake.push_interaction(DM, "temperature", {"value": "0.3"}, guild=False)
+    await fake.wait_for(lambda: len(fake.interaction_responses) == 6, 5)
+    assert "0.3" in fake.interaction_responses[5]["data"]["content"]
+
+
+# --- lifecycle and secrets ---------------------------------------------------------------------
+
+
+async def test_the_token_never_reaches_the_logs(
+    fake: FakeDiscord, start_adapter: StartAdapter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    adapter = await start_adapter()
+    fake.push_message(DM, "hi")
+    await replies(fake, DM, 1)
+    await fake.drop_connection()  # the RESUME payload carries the token
+    await fake.wait_for(lambda: fake.resumes == 1, 10)
+    await adapter.stop()
+    assert caplog.records
+    assert all(TOKEN not in record.getMessage() for record in caplog.records)
+
+
+async def test_a_refused_token_fails_start_cleanly(fake: FakeDiscord, make_engine: EngineFactory) -> None:
+    config = DiscordConfig(token=SecretStr("wrong"), api_base=fake.api_base, gateway_url=fake.gateway_url)
+    adapter = DiscordAdapter(config, await make_engine())
+    with pytest.raises(ChinwagError, match="refused"):
+        await adapter.start()
+    await adapter.stop()
+
+
+async def test_an_unreachable_api_fails_start_cleanly(make_engine: EngineFactory) -> None:
+    config = DiscordConfig(
+        token=SecretStr(TOKEN), api_base="http://127.0.0.1:9/api/v10", gateway_url="ws://127.0.0.1:9/"
+    )
+    adapter = DiscordAdapter(config, await make_engine())
+    with pytest.raises(ChinwagError, match="cannot reach"):
+        await adapter.start()
+    await adapter.stop()
+
+
+async def test_no_ready_in_time_fails_start_cleanly(fake: FakeDiscord, make_engine: EngineFactory) -> None:
+    config = DiscordConfig(
+        token=SecretStr(TOKEN),
+        api_base=fake.api_base,
+        gateway_url="ws://127.0.0.1:9/",  # no gateway
+    )
+    adapter = DiscordAdapter(config, await make_engine(), ready_timeout_s=1.0)
+    with pytest.raises(ChinwagError, match="not ready"):
+        await adapter.start()
+    await adapter.stop()
+
+
+def test_create_needs_a_token(database: Database) -> None:
+    services = SimpleNamespace(engine=None, database=database)
+    assert create(Settings(), services) is None  # type: ignore[arg-type]
+    settings = Settings(discord=DiscordConfig(token=SecretStr(TOKEN)))
+    assert isinstance(create(settings, services), DiscordAdapter)  # type: ignore[arg-type]
+
+
+async def test_a_restarted_bot_answers_what_arrived_while_it_was_away(
+    fake: FakeDiscord, make_engine: EngineFactory, database: Database
+) -> None:
+    """Backfill as `python -m bot run` wires it: `create()` asks the engine where each channel stopped."""
+    settings = Settings(
+        discord=DiscordConfig(
+            token=SecretStr(TOKEN),
+            api_base=fake.api_base,
+            gateway_url=fake.gateway_url,
+            edit_interval_s=0.2,
+            ready_timeout_s=10.0,
+        )
+    )
+    services = Services(engine=await make_engine(), database=database)
+    first = create(settings, services)
+    assert first is not None
+    await first.start()
+    fake.push_message(GENERAL, mention("before"), guild=True)
+    assert await replies(fake, GENERAL, 1) == ["echo[0]: before"]
+    await first.stop()
+
+    fake.push_message(GENERAL, mention("while away"), guild=True, deliver=False)
+    fake.push_message(GENERAL, "chatter not for the bot", guild=True, deliver=False)
+    second = create(settings, services)
+    assert second is not None
+    await second.start()
+    try:
+        assert await replies(fake, GENERAL, 2) == ["echo[0]: before", "echo[2]: while away"]
+    finally:
+        await second.stop()

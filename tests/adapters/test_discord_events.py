@@ -1,0 +1,250 @@
+"""`to_event` on recorded MESSAGE_CREATE payloads, and `discord_pieces` (pure functions)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import discord
+
+from adapters.discord import MESSAGE_LIMIT, discord_pieces, to_event
+from bot.events import ChatEvent
+from tests.fakes.discord_server import (
+    ADMIN_ROLE,
+    BOT_ID,
+    GUILD_ID,
+    MANAGER_ROLE,
+    guild_payload,
+    message_payload,
+    user_payload,
+)
+
+ADMIN_IN_CONFIG = 5150
+GENERAL = 700_000_000_000_000_001
+DM = 600_000_000_000_000_001
+
+
+def recorded(payload: dict[str, Any]) -> discord.Message:
+    """A MESSAGE_CREATE body turned into the discord.py object, as the gateway client does."""
+    client = discord.Client(intents=discord.Intents.default())
+    state = client._connection
+    state._add_guild(discord.Guild(data=guild_payload(GUILD_ID, (GENERAL,)), state=state))  # type: ignore[arg-type]
+    channel, _ = state._get_guild_channel(payload)  # type: ignore[arg-type]
+    return discord.Message(state=state, channel=channel, data=payload)  # type: ignore[arg-type]
+
+
+ALICE = user_payload(42, "Alice")
+BOT = user_payload(BOT_ID, "Chinwag", bot=True)
+
+# A guild MESSAGE_CREATE as Discord's gateway sends it (API v10), ids and names changed.
+RECORDED_GUILD_MENTION: dict[str, Any] = {
+    "type": 0,
+    "tts": False,
+    "timestamp": "2026-11-20T18:42:07.311000+00:00",
+    "pinned": False,
+    "nonce": "1441121170958139392",
+    "mentions": [
+        {
+            "username": "chinwag",
+            "public_flags": 0,
+            "primary_guild": None,
+            "member": {
+                "roles": [],
+                "premium_since": None,
+                "pending": False,
+                "nick": None,
+                "mute": False,
+                "joined_at": "2026-11-01T10:00:00.000000+00:00",
+                "flags": 0,
+                "deaf": False,
+                "communication_disabled_until": None,
+                "banner": None,
+                "avatar": None,
+            },
+            "id": str(BOT_ID),
+            "global_name": None,
+            "discriminator": "4821",
+            "clan": None,
+            "bot": True,
+            "avatar_decoration_data": None,
+            "avatar": None,
+        }
+    ],
+    "mention_roles": [],
+    "mention_everyone": False,
+    "member": {
+        "roles": [str(MANAGER_ROLE)],
+        "premium_since": None,
+        "pending": False,
+        "nick": "Ally",
+        "mute": False,
+        "joined_at": "2025-03-02T09:15:44.120000+00:00",
+        "flags": 0,
+        "deaf": False,
+        "communication_disabled_until": None,
+        "banner": None,
+        "avatar": None,
+    },
+    "id": "1441121171776028753",
+    "flags": 0,
+    "embeds": [],
+    "edited_timestamp": None,
+    "content": f"<@{BOT_ID}> what does `zip` do in Python?",
+    "components": [],
+    "channel_type": 0,
+    "channel_id": str(GENERAL),
+    "author": {
+        "username": "alice_w",
+        "public_flags": 0,
+        "primary_guild": None,
+        "id": "310000000000000042",
+        "global_name": "Alice",
+        "discriminator": "0",
+        "clan": None,
+        "avatar_decoration_data": None,
+        "avatar": "a1b2c3d4e5f60718293a4b5c6d7e8f90",
+    },
+    "attachments": [],
+    "guild_id": str(GUILD_ID),
+}
+
+# A DM MESSAGE_CREATE (no guild_id, no member).
+RECORDED_DM: dict[str, Any] = {
+    "type": 0,
+    "tts": False,
+    "timestamp": "2026-11-20T18:45:11.020000+00:00",
+    "pinned": False,
+    "nonce": "1441121942346702848",
+    "mentions": [],
+    "mention_roles": [],
+    "mention_everyone": False,
+    "id": "1441121943068160071",
+    "flags": 0,
+    "embeds": [],
+    "edited_timestamp": None,
+    "content": "hi there",
+    "components": [],
+    "channel_type": 1,
+    "channel_id": str(DM),
+    "author": RECORDED_GUILD_MENTION["author"],
+    "attachments": [],
+}
+
+
+def guild_message(content: str, **options: Any) -> dict[str, Any]:
+    """A guild message from Alice (no roles unless given), mentioning the bot if `content` does."""
+    mentions = (BOT,) if f"<@{BOT_ID}>" in content or f"<@!{BOT_ID}>" in content else ()
+    options.setdefault("author", ALICE)
+    return message_payload(GENERAL, content, guild_id=GUILD_ID, mentions=mentions, **options)
+
+
+def converted(payload: dict[str, Any], channels: frozenset[int] = frozenset()) -> ChatEvent | None:
+    return to_event(recorded(payload), BOT_ID, frozenset({ADMIN_IN_CONFIG}), channels)
+
+
+def addressed(payload: dict[str, Any], channels: frozenset[int] = frozenset()) -> ChatEvent:
+    event = converted(payload, channels)
+    assert event is not None, "the bot should answer this message"
+    return event
+
+
+def test_a_recorded_dm_is_addressed_to_the_bot_by_an_admin() -> None:
+    event = addressed(RECORDED_DM)
+    assert event == ChatEvent(
+        platform="discord",
+        channel=str(DM),
+        author_id="310000000000000042",
+        author_name="Alice",
+        text="hi there",
+        is_admin=True,
+        is_direct=True,
+        message_id="1441121943068160071",
+    )
+
+
+def test_a_recorded_guild_mention_loses_the_mention_and_knows_the_manager() -> None:
+    event = addressed(RECORDED_GUILD_MENTION)
+    assert event.text == "what does `zip` do in Python?"
+    assert (event.channel, event.author_name, event.is_direct, event.is_admin) == (
+        str(GENERAL),
+        "Ally",  # the server nickname
+        False,
+        True,  # the Managers role has Manage Server
+    )
+
+
+def test_guild_messages_need_a_mention_a_reply_or_a_command() -> None:
+    assert converted(guild_message("chatting")) is None
+    assert addressed(guild_message("chatting"), channels=frozenset({GENERAL})).text == "chatting"
+    mentioned = addressed(guild_message(f"<@{BOT_ID}>  what's up?"))
+    assert (mentioned.text, mentioned.is_direct, mentioned.is_admin) == ("what's up?", False, False)
+    assert addressed(guild_message(f"hey <@!{BOT_ID}>, hi")).text == "hey , hi"
+    assert addressed(guild_message(f"<@{BOT_ID}> /reset")).text == "/reset"
+    assert addressed(guild_message("/temperature 0.2")).text == "/temperature 0.2"
+    assert converted(guild_message("/play song")) is None  # another bot's command
+    bot_message = message_payload(GENERAL, "earlier", author=BOT)
+    assert addressed(guild_message("follow-up", referenced=bot_message)).text == "follow-up"
+    other = message_payload(GENERAL, "earlier", author=user_payload(9, "Bob"))
+    assert converted(guild_message("follow-up", referenced=other)) is None
+
+
+def test_bots_and_service_messages_are_ignored() -> None:
+    assert converted(guild_message(f"<@{BOT_ID}> hi", author=user_payload(77, "Other", bot=True))) is None
+    assert converted(message_payload(DM, "me", author=BOT)) is None
+    assert converted(guild_message(f"<@{BOT_ID}> pinned", message_type=6)) is None  # pins_add
+    assert converted(message_payload(DM, "joined", author=ALICE, message_type=7)) is None
+
+
+def test_guild_admins_are_managers_administrators_and_configured_ids() -> None:
+    text = f"<@{BOT_ID}> /reset"
+    assert addressed(guild_message(text, roles=(MANAGER_ROLE,))).is_admin
+    assert addressed(guild_message(text, roles=(ADMIN_ROLE,))).is_admin
+    assert addressed(guild_message(text, author=user_payload(ADMIN_IN_CONFIG, "Cfg"))).is_admin
+    assert not addressed(guild_message(text)).is_admin
+
+
+# --- splitting ---------------------------------------------------------------------------------
+
+
+def undo_fences(pieces: list[str]) -> str:
+    """The text before splitting: drop the fence lines added at the cuts ("\\n```" at the end of a
+    part that ends inside a code block, "```lang\\n" at the start of the next)."""
+    parts = list(pieces)
+    for index in range(1, len(parts)):
+        if parts[index - 1].endswith("\n```") and _open_fences(parts[index - 1][:-4]):
+            parts[index - 1] = parts[index - 1][:-4]
+            parts[index] = parts[index].split("\n", 1)[1]
+    return "".join(parts)
+
+
+def _open_fences(text: str) -> bool:
+    return len(re.findall(r"^[ \t]*```", text, re.MULTILINE)) % 2 == 1
+
+
+LONG_TEXT = (
+    "Here is the plan.\n\n"
+    + "word " * 350
+    + "\n\n```python\n"
+    + "".join(f"print('line {n}')  # a comment to make it longer\n" for n in range(80))
+    + "```\n\nAnd that is all, "
+    + "folks " * 100
+)
+
+
+def test_pieces_keep_fences_balanced_and_lose_nothing() -> None:
+    assert len(LONG_TEXT) > 5000
+    pieces = discord_pieces(LONG_TEXT)
+    assert len(pieces) >= 3
+    assert all(len(piece) <= MESSAGE_LIMIT for piece in pieces)
+    assert all(not _open_fences(piece) for piece in pieces[:-1])
+    assert any(piece.startswith("```python\n") for piece in pieces[1:])
+    assert undo_fences(pieces) == LONG_TEXT
+    assert discord_pieces("short") == ["short"]
+    assert discord_pieces("") == []
+
+
+def test_a_fence_opened_and_closed_on_one_line_stays_closed() -> None:
+    text = "```x = 1```\n" + "y " * 1500
+    pieces = discord_pieces(text)
+    assert len(pieces) == 2
+    assert "".join(pieces) == text  # nothing added: no code block was open at the cut
