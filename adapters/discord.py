@@ -3,8 +3,14 @@
 Receiving: `on_message` turns each message into a `ChatEvent` (`to_event`, pure) and hands it to
 the engine at once, so the engine's per-channel order is the gateway's order; a worker per channel
 then posts the replies one after another. After a dropped gateway connection discord.py RESUMEs and
-the server replays what was missed; after a restart, `backfill` (when the composition root gives it
-the last message id seen per channel) fetches what arrived while the bot was away.
+the server replays what was missed. When the gateway starts a new session instead (the process
+started, or an outage outlasted the resume window, where nothing is replayed), `backfill` (when the
+composition root gives it the last answered message id per channel) fetches what the bot missed
+and hands it to the engine as redelivered. It starts after the newest message the bot's posted
+replies quote (Discord's own record of what was delivered) or, in channels without such a reply
+(DMs: replies there quote nothing), after the newest message the store has an answer for. So a
+message stored but not answered, or answered but not posted, when the process was killed gets one
+reply after the restart: the engine answers it now, or re-sends its stored answer.
 
 Sending: a typing indicator while the reply is generated, the first text posted then edited at most
 once per `edit_interval_s` (1.5 s), the final text split into messages of at most 2000 characters
@@ -59,6 +65,8 @@ LIBRARY_GATEWAY: yarl.URL = DiscordWebSocket.DEFAULT_GATEWAY
 _FENCE = re.compile(r"[ \t]*```[ \t]*([^\s`]*)")
 _CLOSE_FENCE = "\n```"
 _SEEN_IDS = 10_000
+# How far back (messages per channel) backfill looks for the bot's newest reply that quotes a message.
+_ANCHOR_SCAN = 100
 _MAX_BACKOFF_S = 30.0
 
 LastSeen = Callable[[], Awaitable[Mapping[str, str]]]
@@ -295,8 +303,7 @@ class DiscordAdapter:
             await self.stop()
             raise
         logger.info("discord: receiving as user %d", self.bot_user_id)
-        if self._last_seen is not None:
-            self._backfill = asyncio.create_task(self._run_backfill(), name="chinwag:discord:backfill")
+        self._start_backfill()
 
     async def stop(self) -> None:
         """Stop receiving, let queued replies finish for `drain_s` (then cancel them), close the
@@ -358,7 +365,23 @@ class DiscordAdapter:
                 return
 
     def _on_ready(self) -> None:
+        """READY: a new gateway session (never sent after a RESUME, whose events are replayed).
+        The first one is `start`'s; every later one follows an outage nothing was replayed for,
+        so it fetches what was missed."""
+        if self._ready.is_set():
+            logger.info("discord: new gateway session; fetching missed messages")
+            self._start_backfill()
         self._ready.set()
+
+    def _start_backfill(self) -> None:
+        """Run `_run_backfill` (when there is a `last_seen`), replacing one still running: the
+        new one starts from fresher ids, and the seen-id set keeps either from answering a message
+        the other (or the gateway) handed over already."""
+        if self._last_seen is None or self._client is None:
+            return
+        if self._backfill is not None and not self._backfill.done():
+            self._backfill.cancel()
+        self._backfill = asyncio.create_task(self._run_backfill(), name="chinwag:discord:backfill")
 
     # --- receiving ---------------------------------------------------------------------------
 
@@ -412,30 +435,51 @@ class DiscordAdapter:
                 del self._queues[channel_id]
 
     async def _run_backfill(self) -> None:
-        """Answer what arrived in the known channels while the bot was away (newer than
-        `backfill_max_age`), oldest first; the engine answers a message it already has only once."""
+        """Hand the engine, as redelivered and oldest first, every message of the known channels
+        after the channel's anchor (and newer than `backfill_max_age`). Messages handled in this
+        run already are skipped; the engine answers a stored one once (its stored answer again, or
+        a new one if none was stored)."""
         assert self._last_seen is not None
         try:
             last_seen = await self._last_seen()
         except ChinwagError as error:
             logger.warning("discord: no backfill (%s)", error)
             return
-        oldest = datetime.now(UTC) - self._backfill_max_age
+        oldest = discord.utils.time_snowflake(datetime.now(UTC) - self._backfill_max_age)
         for channel_key, message_id in last_seen.items():
             client = self._client
-            if client is None:
+            if client is None or client.user is None:
                 return
             try:
                 channel = client.get_channel(int(channel_key)) or await client.fetch_channel(int(channel_key))
                 if not isinstance(channel, discord.abc.Messageable):
                     continue
-                after = discord.Object(max(int(message_id), discord.utils.time_snowflake(oldest)))
+                anchor = await self._posted_anchor(channel, client.user.id, oldest)
+                start = anchor if anchor is not None else int(message_id)
+                after = discord.Object(max(start, oldest))
                 async for message in channel.history(limit=None, after=after, oldest_first=True):
                     self._on_message(message, redelivered=True)
             except (discord.HTTPException, ValueError) as error:
                 logger.warning(
                     "discord: could not backfill channel %s (%s)", channel_key, type(error).__name__
                 )
+
+    @staticmethod
+    async def _posted_anchor(channel: discord.abc.Messageable, bot_user_id: int, oldest: int) -> int | None:
+        """The id of the message the bot's newest reply in `channel` quotes, looking back at most
+        `_ANCHOR_SCAN` messages and not before the snowflake `oldest`; None when there is none.
+
+        Replies are posted in each channel's order and the first message of each quotes the user's
+        (in guilds), so every addressed message up to that one was answered on Discord and every
+        later one was not, whatever the store says: the store may hold answers the killed process
+        never posted. Raises `discord.HTTPException`."""
+        async for message in channel.history(limit=_ANCHOR_SCAN, oldest_first=False):
+            if message.id <= oldest:
+                break
+            reference = message.reference
+            if message.author.id == bot_user_id and reference is not None and reference.message_id:
+                return reference.message_id
+        return None
 
     # --- answering ---------------------------------------------------------------------------
 

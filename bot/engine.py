@@ -147,9 +147,12 @@ class ChatEngine:
         return task
 
     async def last_platform_message_ids(self, platform: str) -> dict[str, str]:
-        """Channel id -> platform id of the newest stored user message, for `platform`'s channels.
+        """Channel id -> platform id of the newest stored user message that was answered (directly
+        followed by a stored assistant message), for `platform`'s channels.
 
-        Adapters that can fetch missed messages (Discord's channel history) start from these.
+        Adapters that can fetch missed messages (Discord's channel history) start after these and
+        hand what they fetch over as redelivered: a message stored but not answered before a crash
+        is then answered now, one answered already gets its stored answer again.
         """
         return await self._repository.last_platform_message_ids(platform)
 

@@ -124,7 +124,13 @@ class Repository(Protocol):
 
     async def last_platform_message_ids(self, platform: str) -> dict[str, str]:
         """For every channel of `platform`: external id -> the platform id of the newest stored user
-        message that has one. Adapters use it to fetch what arrived while the bot was away."""
+        message (with a platform id) that is directly followed by an assistant message, i.e. the
+        newest message known to be answered. Channels with no such message are left out.
+
+        Adapters fetch what came after it when they (re)connect: that includes messages stored but
+        never answered (a crash between storing a message and storing its answer), which they hand
+        to the engine as redelivered. A message whose answer failed (a notice, nothing stored) and
+        that was followed by an answered one is not named again."""
         ...
 
 
@@ -459,23 +465,37 @@ class ChatRepository:
 
     async def last_platform_message_ids(self, platform: str) -> dict[str, str]:
         """See `Repository.last_platform_message_ids`."""
-        # Newest per channel by our own id (write order). Runs once per adapter start; it reads the
-        # platform's user messages that carry an id (a scan, acceptable at start-up, not per message).
+        # "Answered" = the channel's next message (by our own id, i.e. write order) is the
+        # assistant's: LEAD over each channel's messages (SQLite >= 3.25 and PostgreSQL). Runs once
+        # per adapter (re)connect; it scans the platform's messages, acceptable then, not per message.
         platform_channels = select(Channel.id).where(Channel.platform == platform)
-        newest = (
-            select(func.max(Message.id))
-            .where(
-                Message.channel_id.in_(platform_channels),
-                Message.role == "user",
-                Message.platform_message_id.is_not(None),
+        ordered = (
+            select(
+                Message.id,
+                Message.channel_id,
+                Message.role,
+                Message.platform_message_id,
+                func.lead(Message.role)
+                .over(partition_by=Message.channel_id, order_by=Message.id)
+                .label("next_role"),
             )
-            .group_by(Message.channel_id)
+            .where(Message.channel_id.in_(platform_channels))
+            .subquery()
+        )
+        newest_answered = (
+            select(func.max(ordered.c.id))
+            .where(
+                ordered.c.role == "user",
+                ordered.c.platform_message_id.is_not(None),
+                ordered.c.next_role == "assistant",
+            )
+            .group_by(ordered.c.channel_id)
             .scalar_subquery()
         )
         query = (
             select(Channel.external_id, Message.platform_message_id)
             .join(Message, Message.channel_id == Channel.id)
-            .where(Channel.platform == platform, Message.id.in_(newest))
+            .where(Channel.platform == platform, Message.id.in_(newest_answered))
         )
         async with self._database.read_session() as session:
             rows = (await session.execute(query)).all()

@@ -214,6 +214,8 @@ class FakeDiscord:
         self.port = 0
         # Called with every REST request before it is answered.
         self.on_call: Callable[[Call], None] | None = None
+        # Seconds every message POST takes to answer (a slow API: the bot's replies back up).
+        self.post_delay_s = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -362,6 +364,13 @@ class FakeDiscord:
             await socket.close(code=code)
             self._sockets.discard(socket)
 
+    async def invalidate_session(self) -> None:
+        """End the session as after an outage longer than the resume window: the socket closes
+        resumably, but the RESUME is refused (op 9), so the client IDENTIFYs anew and nothing that
+        was dispatched meanwhile is replayed."""
+        self._session_id = "fake-session-expired"
+        await self.drop_connection()
+
     def fail_next(self, method: str, path_suffix: str, times: int = 1, *, retry_after: float = 0.3) -> None:
         """Answer the next `times` `method` requests whose path ends with `path_suffix` with a 429."""
         self._faults.append(_Fault(method, path_suffix, retry_after, times))
@@ -404,6 +413,8 @@ class FakeDiscord:
                     status=429,
                     headers={"Via": "1.1 google", "Retry-After": str(max(1, round(fault.retry_after)))},
                 )
+        if self.post_delay_s and request.method == "POST" and path.endswith("/messages"):
+            await asyncio.sleep(self.post_delay_s)
         try:
             return await self._route(request, path, body)
         finally:
@@ -478,6 +489,14 @@ class FakeDiscord:
         reference = body.get("message_reference") or {}
         reference_id = int(reference["message_id"]) if reference.get("message_id") else None
         payload = message_payload(channel_id, body.get("content", ""), author=self.bot_user)
+        if reference_id is not None:
+            # As Discord keeps it: the history shows which message a reply quotes.
+            payload["type"] = 19
+            payload["message_reference"] = {
+                "type": 0,
+                "message_id": str(reference_id),
+                "channel_id": str(channel_id),
+            }
         self.history.setdefault(channel_id, []).append(payload)
         sent = SentMessage(
             channel_id, int(payload["id"]), payload["content"], reference_id, body.get("allowed_mentions")
@@ -496,10 +515,14 @@ class FakeDiscord:
         return _json({"message": "Unknown Message", "code": 10008}, status=404)
 
     def _history(self, channel_id: int, query: Any) -> list[dict[str, Any]]:
-        """Like Discord: the `limit` messages right after `after` (or the latest), newest first."""
+        """Like Discord: the `limit` messages right after `after`, or right before `before`, or the
+        latest; newest first."""
         messages = self.history.get(channel_id, [])
         limit = int(query.get("limit", 50))
-        if "after" in query:
+        if "before" in query:
+            before = int(query["before"])
+            chosen = [message for message in messages if int(message["id"]) < before][-limit:]
+        elif "after" in query:
             after = int(query["after"])
             chosen = [message for message in messages if int(message["id"]) > after][:limit]
         else:

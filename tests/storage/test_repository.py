@@ -358,14 +358,27 @@ async def test_move_channel_of_an_unknown_or_the_same_channel_changes_nothing(
 
 
 async def test_last_platform_message_ids_name_where_each_channel_stopped(repo: ChatRepository) -> None:
+    """The newest user message (with a platform id) directly followed by an answer, per channel."""
     await repo.append_message("discord:1", "user", "a", platform_message_id="900")
     await repo.append_message("discord:1", "assistant", "reply")
-    await repo.append_message("discord:1", "user", "b", platform_message_id="1000")
+    await repo.append_message("discord:1", "user", "b", platform_message_id="1000")  # stored, unanswered
     await repo.append_message("discord:1", "user", "no platform id")
     await repo.append_message("discord:2", "user", "c", platform_message_id="5")
-    await repo.append_message("telegram:1", "user", "d", platform_message_id="77")
+    await repo.append_message("discord:2", "assistant", "reply to c")
+    await repo.append_message("discord:2", "user", "d", platform_message_id="6")
+    await repo.append_message("discord:2", "assistant", "reply to d")
+    await repo.append_message("discord:2", "user", "e", platform_message_id="7")  # killed before answering
+    await repo.append_message("discord:4", "user", "never answered", platform_message_id="40")
+    await repo.append_message("discord:5", "user", "no answer stored", platform_message_id="50")
+    await repo.append_message("discord:5", "user", "its answer failed", platform_message_id="51")
+    await repo.append_message("discord:5", "user", "answered later", platform_message_id="52")
+    await repo.append_message("discord:5", "assistant", "reply to 52")
+    await repo.append_message("discord:5", "user", "no id, answered")
+    await repo.append_message("discord:5", "assistant", "reply")
+    await repo.append_message("telegram:1", "user", "t", platform_message_id="77")
+    await repo.append_message("telegram:1", "assistant", "reply to t")
     await repo.append_message("discord:3", "assistant", "only the bot spoke here")
 
-    assert await repo.last_platform_message_ids("discord") == {"1": "1000", "2": "5"}
+    assert await repo.last_platform_message_ids("discord") == {"1": "900", "2": "6", "5": "52"}
     assert await repo.last_platform_message_ids("telegram") == {"1": "77"}
     assert await repo.last_platform_message_ids("web") == {}
