@@ -7,16 +7,17 @@ the server replays what was missed. When the gateway starts a new session instea
 started, or an outage outlasted the resume window, where nothing is replayed), `backfill` (when the
 composition root gives it the last answered message id per channel) fetches what the bot missed
 and hands it to the engine as redelivered. It starts after the newest message the bot's posted
-replies quote (Discord's own record of what was delivered) or, in channels without such a reply
-(DMs: replies there quote nothing), after the newest message the store has an answer for. So a
+replies quote (Discord's own record of what was delivered) or, in channels without such a reply,
+after the newest message the store has an answer for. So a
 message stored but not answered, or answered but not posted, when the process was killed gets one
 reply after the restart: the engine answers it now, or re-sends its stored answer.
 
 Sending: a typing indicator while the reply is generated, the first text posted then edited at most
 once per `edit_interval_s` (1.5 s), the final text split into messages of at most 2000 characters
-with ``` code fences closed at the end of a part and reopened at the start of the next. In guilds the
-first message replies to the user's; no reply mentions anybody (`AllowedMentions.none()`: a model
-must not ping @everyone). 429s are waited out by discord.py itself.
+with ``` code fences closed at the end of a part and reopened at the start of the next. The first
+message replies to the user's (in DMs too: that quote is what backfill reads to know what was
+delivered, and it shows which question an answer belongs to); no reply mentions anybody
+(`AllowedMentions.none()`: a model must not ping @everyone). 429s are waited out by discord.py itself.
 
 The token is only handed to `Client.login`; no log line names it, a URL or a library object.
 """
@@ -469,8 +470,8 @@ class DiscordAdapter:
         """The id of the message the bot's newest reply in `channel` quotes, looking back at most
         `_ANCHOR_SCAN` messages and not before the snowflake `oldest`; None when there is none.
 
-        Replies are posted in each channel's order and the first message of each quotes the user's
-        (in guilds), so every addressed message up to that one was answered on Discord and every
+        Replies are posted in each channel's order and the first message of each quotes the user's,
+        so every addressed message up to that one was answered on Discord and every
         later one was not, whatever the store says: the store may hold answers the killed process
         never posted. Raises `discord.HTTPException`."""
         async for message in channel.history(limit=_ANCHOR_SCAN, oldest_first=False):
@@ -488,7 +489,7 @@ class DiscordAdapter:
         split final text."""
         reply = job.reply
         typing = asyncio.create_task(self._keep_typing(job.message.channel, reply))
-        reference = None if job.event.is_direct else job.message.to_reference(fail_if_not_exists=False)
+        reference: discord.MessageReference | None = job.message.to_reference(fail_if_not_exists=False)
         try:
             first, shown, shown_at = await self._stream(job.message.channel, reference, reply)
             if reply.silent:

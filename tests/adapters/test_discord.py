@@ -92,11 +92,11 @@ async def test_a_dm_is_answered(fake: FakeDiscord, start_adapter: StartAdapter) 
     adapter = await start_adapter()
     await adapter.start()  # already started: nothing happens
     assert fake.identifies == 1
-    fake.push_message(DM, "hi")
+    question = fake.push_message(DM, "hi")
     assert await replies(fake, DM, 1) == ["echo[0]: hi"]
     sent = fake.sent[0]
     assert len(sent.versions) == 1  # a quick reply is posted once, complete, not edited
-    assert sent.reference is None  # a DM needs no quote
+    assert sent.reference == int(question["id"])  # quotes it: backfill reads what was delivered
     assert sent.allowed_mentions == {"parse": [], "replied_user": False}
 
 

@@ -29,14 +29,16 @@ from tests.fakes.discord_server import BOT_ID, Call, FakeDiscord
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "MTIz.SUBPROCESS-discord-token-never-logged"
-CHANNELS = (700_000_000_000_000_011, 700_000_000_000_000_012, 700_000_000_000_000_013)
+GUILD_CHANNELS = (700_000_000_000_000_011, 700_000_000_000_000_012, 700_000_000_000_000_013)
+DM_CHANNEL = 700_000_000_000_000_021  # a direct chat: every message is addressed to the bot
+CHANNELS = (*GUILD_CHANNELS, DM_CHANNEL)
 PER_CHANNEL = 4
-KILL_AT_POST = 5  # the 5th reply posted (of 12) kills the process and never reaches "Discord"
+KILL_AT_POST = 5  # the 5th reply posted (of 16) kills the process and never reaches "Discord"
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord(token=TOKEN, channel_ids=CHANNELS) as server:
+    async with FakeDiscord(token=TOKEN, channel_ids=GUILD_CHANNELS) as server:
         yield server
 
 
@@ -114,17 +116,21 @@ def stored_user_ids(database: Path) -> list[str]:
 
 
 def replies_per_message(fake: FakeDiscord) -> Counter[int]:
-    """How many posted messages quote each message (every reply quotes the user's in a guild)."""
+    """How many posted messages quote each message (every reply quotes the user's)."""
     return Counter(sent.reference for sent in fake.sent if sent.reference is not None)
 
 
 def push_addressed_messages(fake: FakeDiscord) -> dict[int, list[tuple[int, str]]]:
-    """`PER_CHANNEL` messages mentioning the bot in each channel, round robin; channel -> (id, text)."""
+    """`PER_CHANNEL` messages addressed to the bot in each channel (mentions in the guild, plain
+    text in the DM), round robin; channel -> (id, text)."""
     expected: dict[int, list[tuple[int, str]]] = {channel: [] for channel in CHANNELS}
     for i in range(PER_CHANNEL):
         for channel in CHANNELS:
             text = f"c{channel % 100} m{i}"
-            payload = fake.push_message(channel, mention(text), guild=True)
+            if channel == DM_CHANNEL:
+                payload = fake.push_message(channel, text)
+            else:
+                payload = fake.push_message(channel, mention(text), guild=True)
             expected[channel].append((int(payload["id"]), text))
     return expected
 
@@ -158,7 +164,7 @@ def assert_each_answered_once(
 async def test_kill_9_while_replies_are_pending_then_restart_answers_each_exactly_once(
     fake: FakeDiscord, tmp_path: Path, posting: str
 ) -> None:
-    """12 messages in 3 channels; killed as the 5th reply is posted (that one never reaches
+    """16 messages in 3 guild channels and a DM; killed as the 5th reply is posted (that one never reaches
     "Discord"). `slow`: posts take 0.3 s, so the echo model has stored answers the killed process
     never posted: the restart must post those from the store. `fast`: the kill finds messages
     stored but unanswered (answered now) and replies posted whose answer was not committed (not
@@ -238,7 +244,7 @@ async def test_a_new_session_after_a_long_outage_fetches_what_arrived_meanwhile(
         slash_commands=False,
         last_seen=last_seen,
     )
-    channel = CHANNELS[0]
+    channel = GUILD_CHANNELS[0]
     await adapter.start()
     try:
         before = fake.push_message(channel, mention("before"), guild=True)

@@ -204,6 +204,7 @@ class FakeDiscord:
         self.resumes = 0
         # Every message of every channel (users' and the bot's), oldest first, for history requests.
         self.history: dict[int, list[dict[str, Any]]] = {}
+        self.dm_recipients: dict[int, dict[str, Any]] = {}  # DM channel id -> the user at the other end
         self._log: list[dict[str, Any]] = []  # the session's dispatches, for RESUME
         self._session_id = "fake-session-1"
         self._sockets: set[web.WebSocketResponse] = set()
@@ -295,6 +296,8 @@ class FakeDiscord:
             referenced=referenced,
         )
         self.history.setdefault(channel_id, []).append(payload)
+        if not guild:
+            self.dm_recipients.setdefault(channel_id, payload["author"])
         if deliver:
             self.dispatch("MESSAGE_CREATE", payload)
         return payload
@@ -436,6 +439,8 @@ class FakeDiscord:
                 return self._edit(int(channel), int(message_id), body)
             case "GET", ["channels", channel, "messages"]:
                 return _json(self._history(int(channel), request.query))
+            case "GET", ["channels", channel]:
+                return self._channel(int(channel))
             case "PUT", ["applications", _, "commands"]:
                 self.commands = list(body or [])
                 return _json(
@@ -513,6 +518,16 @@ class FakeDiscord:
                 payload = message_payload(channel_id, sent.content, author=self.bot_user, message_id=sent.id)
                 return _json(payload)
         return _json({"message": "Unknown Message", "code": 10008}, status=404)
+
+    def _channel(self, channel_id: int) -> web.Response:
+        """GET /channels/{id}: a guild text channel, or a DM with its recipient (what
+        `Client.fetch_channel` needs for a channel that is not cached, e.g. a DM after a restart)."""
+        if channel_id in self.channel_ids:
+            channels = guild_payload(channel_ids=self.channel_ids)["channels"]
+            return _json(channels[self.channel_ids.index(channel_id)])
+        if channel_id in self.dm_recipients:
+            return _json({"id": str(channel_id), "type": 1, "recipients": [self.dm_recipients[channel_id]]})
+        return _json({"message": "Unknown Channel", "code": 10003}, status=404)
 
     def _history(self, channel_id: int, query: Any) -> list[dict[str, Any]]:
         """Like Discord: the `limit` messages right after `after`, or right before `before`, or the
