@@ -14,7 +14,8 @@ from types import TracebackType
 
 from adapters.base import Adapter
 from bot.backends.base import Backend
-from bot.config import ModelConfig, Settings
+from bot.backends.batching_settings import BatchingSettings
+from bot.config import BatchingConfig, ModelConfig, Settings
 from bot.engine import ChatEngine
 from bot.errors import ConfigError
 from storage.db import Database
@@ -49,6 +50,7 @@ def build_backend(model: ModelConfig) -> Backend:
         case "local":
             from bot.backends.local import LocalBackend
 
+            batching = model.batching
             return LocalBackend(
                 model.path,
                 cache_dir=Path(model.cache_dir).expanduser(),
@@ -56,11 +58,25 @@ def build_backend(model: ModelConfig) -> Backend:
                 context_window=model.context_window,
                 generation_timeout_s=model.generation_timeout_s,
                 threads=model.threads,
+                batching=batching_settings(model.batching),
+                truncation_slack=batching.truncation_slack,
             )
         case other:
             raise ConfigError(
                 f"model.backend: '{other}' is not available in this version yet (use local or echo)"
             )
+
+
+def batching_settings(config: BatchingConfig) -> BatchingSettings | None:
+    """`model.batching` for the scheduler; None when batching is off."""
+    if not config.enabled:
+        return None
+    return BatchingSettings(
+        max_batch=config.max_batch,
+        max_waiting=config.max_waiting,
+        prefill_chunk_tokens=config.prefill_chunk_tokens,
+        context_cache_bytes=config.context_cache_mb * 2**20,
+    )
 
 
 # Platform adapter modules, in start-up order. Each exposes

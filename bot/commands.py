@@ -27,6 +27,8 @@ Commands:
 Anything else is a message to the model."""
 
 NOT_ALLOWED = "Sorry, only an admin is allowed to do that here."
+RESET_COMMANDS = frozenset({"reset", "clear"})
+"""Command names that clear a channel's conversation."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BatchingConfig(_Section):
+    """`model.batching:` — how the local model serves many channels at once."""
+
+    enabled: bool = True
+    max_batch: int = Field(default=64, ge=1, le=1024)
+    max_waiting: int = Field(default=256, ge=0, le=100_000)
+    prefill_chunk_tokens: int = Field(default=256, ge=16, le=65_536)
+    context_cache_mb: int = Field(default=1024, ge=0, le=1_048_576)
+    truncation_slack: float = Field(default=0.25, ge=0.0, le=0.9)
+
+
 class ModelConfig(_Section):
     """`model:` — which backend answers and how it samples."""
 
@@ -49,6 +60,7 @@ class ModelConfig(_Section):
     generation_timeout_s: float = Field(default=120.0, gt=0.0)
     cache_dir: str = "~/.cache/chinwag/models"
     threads: int | None = Field(default=None, ge=1)
+    batching: BatchingConfig = BatchingConfig()
 
     @field_validator("stop")
     @classmethod

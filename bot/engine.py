@@ -10,9 +10,17 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 
 from bot.backends.base import Backend, Conversation, PreparedPrompt, SamplingOverrides, SamplingSettings, Turn
-from bot.commands import CommandHandler, Defaults, parse_command
+from bot.commands import RESET_COMMANDS, CommandHandler, Defaults, parse_command
 from bot.config import ChatConfig, ModelConfig
-from bot.errors import BackendError, ChinwagError, GenerationTimeout, RateLimited, StorageError
+from bot.errors import (
+    BackendBusy,
+    BackendError,
+    ChinwagError,
+    GenerationCancelled,
+    GenerationTimeout,
+    RateLimited,
+    StorageError,
+)
 from bot.events import ChatEvent
 from bot.ratelimit import RateLimiter, Verdict
 from bot.reply import Reply, ReplyStatus
@@ -33,6 +41,9 @@ GENERATION_FAILED_REPLY = (
 GENERATION_TIMEOUT_REPLY = "\n\nSorry, that took too long and I had to stop. Please try again, maybe shorter."
 STORAGE_FAILED_REPLY = "Sorry, I can't reach my memory right now. Please try again in a moment."
 EMPTY_MODEL_REPLY = "(I have no answer to that. Could you rephrase it?)"
+BUSY_REPLY = "I'm answering a lot of people right now. Please try again in a few seconds."
+CANCELLED_NOTICE = "\n\n(Stopped before the end: the conversation was reset, or I am restarting.)"
+RESET_SKIPPED_REPLY = "(Not answered: this conversation was reset before I got to it.)"
 
 # Platforms whose user is the local operator: no flood protection (a piped file of 100 lines is
 # legitimate there).
@@ -91,6 +102,9 @@ class ChatEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._handled = 0
         self._closing = False
+        # channel key -> how many /resets it was sent: a message queued before a reset is not
+        # answered after it (its history is gone).
+        self._resets: dict[str, int] = {}
 
     @property
     def stats(self) -> EngineStats:
@@ -103,15 +117,29 @@ class ChatEngine:
         if self._closing:
             raise ChinwagError("the engine is shutting down")
         verdict = self._rate_verdict(event)
+        resets = self._resets.get(event.channel_key, 0)
+        if verdict is Verdict.ALLOW and self._is_reset(event):
+            # Now, not in turn: the generation running or queued for this channel is abandoned.
+            resets += 1
+            self._resets[event.channel_key] = resets
+            self._backend.forget(event.channel_key)
         previous = self._tails.get(event.channel_key)
         mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tails[event.channel_key] = mine
         self._track(
             asyncio.create_task(
-                self._run_in_order(event, reply, verdict, previous, mine), name=f"chinwag:{event.channel_key}"
+                self._run_in_order(event, reply, verdict, previous, mine, resets=resets),
+                name=f"chinwag:{event.channel_key}",
             )
         )
         return reply
+
+    @staticmethod
+    def _is_reset(event: ChatEvent) -> bool:
+        if not event.is_admin:
+            return False
+        command = parse_command(sanitize_text(event.text))
+        return command is not None and command.name in RESET_COMMANDS
 
     def move_channel(self, old_key: str, new_key: str) -> asyncio.Task[None]:
         """Queue moving `old_key`'s history and settings to `new_key` (merging into an existing
@@ -230,12 +258,19 @@ class ChatEngine:
         verdict: Verdict,
         previous: asyncio.Future[None] | None,
         mine: asyncio.Future[None],
+        *,
+        resets: int,
     ) -> None:
         try:
             if previous is not None:
                 # shield: cancelling this task must not cancel the predecessor's future.
                 await asyncio.shield(previous)
-            status = await self._process(event, reply, verdict)
+            if self._resets.get(event.channel_key, 0) != resets:
+                logger.info("message in %s skipped: the channel was reset after it came", event.channel_key)
+                await reply.push(RESET_SKIPPED_REPLY)
+                status = ReplyStatus.NOTICE
+            else:
+                status = await self._process(event, reply, verdict)
             await reply.finish(status)
         except asyncio.CancelledError:
             await reply.push("\n\n(Stopped: the bot is shutting down.)")
@@ -344,7 +379,10 @@ class ChatEngine:
         sampling = self._sampling
         if settings.temperature is not None:
             sampling = replace(sampling, temperature=settings.temperature)
-        return Conversation(system_prompt=system_prompt, history=history, message=question.content), sampling
+        conversation = Conversation(
+            system_prompt=system_prompt, history=history, message=question.content, context_key=channel_key
+        )
+        return conversation, sampling
 
     async def _push_cut_notice(self, reply: Reply, input_cut: bool, prompt: PreparedPrompt | None) -> None:
         if input_cut:
@@ -360,6 +398,14 @@ class ChatEngine:
         try:
             prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
             text = await self._generate(self._backend.generate(prompt, sampling), reply)
+        except BackendBusy as error:
+            logger.warning("backend busy, %s not answered: %s", where, error)
+            await reply.push(BUSY_REPLY)
+            return _Outcome(failed=ReplyStatus.NOTICE)
+        except GenerationCancelled:
+            logger.info("generation in %s cancelled", where)
+            await reply.push(CANCELLED_NOTICE if reply.text_so_far() else CANCELLED_NOTICE.lstrip())
+            return _Outcome(failed=ReplyStatus.FAILED)
         except GenerationTimeout:
             logger.warning("generation timed out in %s", where)
             await reply.push(

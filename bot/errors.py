@@ -27,6 +27,14 @@ class GenerationTimeout(BackendError):
     """Generation took longer than `model.generation_timeout_s`."""
 
 
+class BackendBusy(BackendError):
+    """The backend's queue is full: the user should try again shortly."""
+
+
+class GenerationCancelled(BackendError):
+    """The generation was cancelled before it finished (the channel was reset, or shutdown)."""
+
+
 class ModelLoadError(BackendError):
     """The configured model could not be found or loaded."""
 

@@ -120,11 +120,24 @@ class PromptFormat(ABC):
         """Whether a prompt may start its history with `turns[0]` (see `ChatTemplateFormat`)."""
         return True
 
-    def render(self, conversation: Conversation, max_tokens: int) -> PreparedPrompt:
+    def render(
+        self,
+        conversation: Conversation,
+        max_tokens: int,
+        *,
+        keep_from: int | None = None,
+        slack: float = 0.0,
+    ) -> PreparedPrompt:
         """Render `conversation` into at most `max_tokens` tokens (see the module docstring).
 
         Never raises for long input. The result exceeds `max_tokens` only when the window cannot
         even hold the format's own fixed text.
+
+        For a caller that caches the processed prompt per channel: `keep_from` is where the
+        previous prompt started the history; when the history from there still fits, it starts
+        there again (the prompt then begins with the previous one). Otherwise, when old turns must
+        go, `slack` (a fraction of `max_tokens`) is freed on top, so that the new start, too,
+        lasts for several turns instead of moving with every message.
         """
         memo = _TokenMemo(self.tokenizer)
         system = conversation.system_prompt if self.uses_system_prompt else ""
@@ -151,8 +164,15 @@ class PromptFormat(ABC):
         # the turns' own token counts into a guess that steers the exact search.
         probe = self._build(system, [Turn("user", "x")], message, memo) if history else base
         overhead = max(0, len(probe.ids) - len(base.ids) - len(memo("x")))
+        if keep_from is not None and 0 <= keep_from < len(history):
+            anchored = len(history) - keep_from
+            if self._first_turn_ok(history[keep_from:]) and fits(anchored):
+                return self._prepared(build(anchored), anchored, message_cut=False)
         guess = _guess_kept(history, max_tokens - len(base.ids), overhead, memo)
         kept = _max_true(len(history), fits, guess)
+        if kept < len(history) and slack > 0:
+            target = int(max_tokens * (1.0 - slack))
+            kept = _max_true(kept, lambda k: k == 0 or len(build(k).ids) <= target, kept)
         while kept > 0 and not self._first_turn_ok(history[len(history) - kept :]):
             kept -= 1  # dropping more turns keeps it fitting
         return self._prepared(build(kept), kept, message_cut=False)

@@ -25,6 +25,9 @@ class Conversation:
     system_prompt: str
     history: Sequence[Turn]
     message: str
+    context_key: str | None = None
+    """The channel this conversation belongs to; backends that keep per-channel state (the local
+    model's KV cache) key it by this. None: a stateless request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +71,10 @@ class PreparedPrompt:
 
     `history_used` counts the earlier turns that made it into the prompt (the echo backend reports
     it); `message_cut` says the new message alone was too long and was shortened, which the engine
-    tells the user. `text` is the decoder prompt (or the encoder input for seq2seq models);
-    `token_ids` are its tokens where the backend tokenizes locally. `stop` holds stop sequences the
-    prompt format needs (e.g. "\\nUser:") on top of the configured ones.
+    tells the user. `context_key` is the conversation's. `text` is the decoder prompt (or the
+    encoder input for seq2seq models); `token_ids` are its tokens where the backend tokenizes
+    locally. `stop` holds stop sequences the prompt format needs (e.g. "\\nUser:") on top of the
+    configured ones.
     """
 
     text: str
@@ -78,6 +82,7 @@ class PreparedPrompt:
     message_cut: bool = False
     token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = field(default_factory=tuple)
+    context_key: str | None = None
 
 
 class Backend(Protocol):
@@ -103,5 +108,11 @@ class Backend(Protocol):
         ...
 
     def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
-        """Stream the reply to `prompt`. Raises `BackendError` (or a subclass) on failure."""
+        """Stream the reply to `prompt`. Raises `BackendError` (or a subclass) on failure:
+        `BackendBusy` when too many generations are queued, `GenerationCancelled` after `forget`."""
+        ...
+
+    def forget(self, context_key: str) -> None:
+        """The channel `context_key` was reset: cancel its running generation and drop whatever
+        the backend keeps for it. Non-blocking; a no-op for stateless backends."""
         ...

@@ -23,6 +23,9 @@ class EchoBackend:
     async def stop(self) -> None:
         """Nothing to release."""
 
+    def forget(self, context_key: str) -> None:
+        """Keeps nothing per channel."""
+
     async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
         """Keep every turn the engine chose; the prompt text is the reply to give."""
         return PreparedPrompt(

@@ -15,18 +15,21 @@ import asyncio
 import copy
 import logging
 import threading
-from collections.abc import AsyncGenerator
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.backends.base import Backend, Conversation, PreparedPrompt, SamplingSettings
+from bot.backends.base import Backend, Conversation, PreparedPrompt, SamplingSettings, Turn
 from bot.backends.model_loading import ModelSource, load_model, resolve_model_source
 from bot.errors import BackendError, ConfigError, GenerationTimeout, ModelLoadError
 from bot.prompts import FORMAT_NAMES, PromptFormat, resolve_format, unknown_format
 
 if TYPE_CHECKING:
+    from bot.backends.batching import BatchScheduler
+    from bot.backends.batching_settings import BatchingSettings
     from bot.backends.local_worker import ModelWorker
 
 logger = logging.getLogger("bot.backends.local")
@@ -43,6 +46,11 @@ class _Running:
     prompt_format: PromptFormat  # with its own tokenizer copy: tokenizers are not thread-safe
     context_window: int  # decoder-only: prompt + reply; seq2seq: the encoder input
     is_encoder_decoder: bool
+    scheduler: BatchScheduler | None  # None: one `generate` call per job, in call order
+    scheduler_loop: Future[None] | None = None
+
+
+_ANCHORS_KEPT = 100_000  # channels whose history cut point is remembered (a few hundred bytes each)
 
 
 class LocalBackend:
@@ -53,6 +61,11 @@ class LocalBackend:
     `context_window` caps the model's own maximum positions. `generation_timeout_s` bounds one
     `generate` call from its first chunk request to its end, including time spent queued behind
     other generations. `threads` sets torch's (process-wide) intra-op thread count.
+    `batching` (None: off) runs decoder-only models through `BatchScheduler`: every pending
+    generation advances together, and each channel's processed context is reused next turn.
+    `truncation_slack`: when a channel's history outgrows the window, that fraction of the window
+    more is dropped, and the cut then stays put while the history grows back into the room, so
+    the cached context keeps matching the prompt's start.
     """
 
     name = "local"
@@ -66,6 +79,8 @@ class LocalBackend:
         context_window: int | None = None,
         generation_timeout_s: float = 120.0,
         threads: int | None = None,
+        batching: BatchingSettings | None = None,
+        truncation_slack: float = 0.0,
     ) -> None:
         if prompt_format not in FORMAT_NAMES:
             raise unknown_format(prompt_format)
@@ -81,9 +96,13 @@ class LocalBackend:
         self._context_window = context_window
         self._timeout = generation_timeout_s
         self._threads = threads
+        self._batching = batching
+        self._slack = truncation_slack
         self._running: _Running | None = None
         self._prepare_lock = threading.Lock()
-        self._active: set[threading.Event] = set()
+        self._active: dict[threading.Event, str | None] = {}  # cancel flag -> context key
+        # context key -> the first kept history turns of its last prompt (see `_keep_from`).
+        self._anchors: OrderedDict[str, tuple[Turn, ...]] = OrderedDict()
         self.load_origin: str | None = None
         """After `start`: "directory", "gguf-cache" or "gguf-converted"."""
         self.load_seconds: float | None = None
@@ -93,6 +112,11 @@ class LocalBackend:
     def prompt_format(self) -> str:
         """The prompt format in use (resolved from "auto" once started)."""
         return self._running.prompt_format.name if self._running else self._format_name
+
+    @property
+    def scheduler(self) -> BatchScheduler | None:
+        """The batch scheduler when batching runs (after `start`), else None."""
+        return self._running.scheduler if self._running else None
 
     @property
     def context_window(self) -> int | None:
@@ -106,11 +130,15 @@ class LocalBackend:
         source = resolve_model_source(self._path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-model")
         try:
-            self._running = await asyncio.wrap_future(executor.submit(self._load_on_worker, source, executor))
+            running = await asyncio.wrap_future(executor.submit(self._load_on_worker, source, executor))
         except BaseException:
             # Failed or cancelled: a load still running finishes on its own thread and is dropped.
             executor.shutdown(wait=False, cancel_futures=True)
             raise
+        if running.scheduler is not None:
+            # From now on the worker thread runs the scheduler's loop until `stop`.
+            running.scheduler_loop = executor.submit(running.scheduler.run)
+        self._running = running
 
     def _load_on_worker(self, source: ModelSource, executor: ThreadPoolExecutor) -> _Running:
         try:
@@ -158,15 +186,28 @@ class LocalBackend:
             decoder_positions=positions if loaded.is_encoder_decoder else None,
             extra_eos_ids=extra_eos,
         )
+        scheduler = self._scheduler_for(worker)
         self.load_origin, self.load_seconds = loaded.origin, loaded.seconds
         logger.info(
-            "model ready: %s prompt format, %d-token %s, eos ids %s",
+            "model ready: %s prompt format, %d-token %s, eos ids %s, %s",
             prompt_format.name,
             window,
             "encoder window" if loaded.is_encoder_decoder else "context window",
             worker.eos_ids,
+            "continuous batching" if scheduler else "one generation at a time",
         )
-        return _Running(executor, worker, prompt_format, window, loaded.is_encoder_decoder)
+        return _Running(executor, worker, prompt_format, window, loaded.is_encoder_decoder, scheduler)
+
+    def _scheduler_for(self, worker: ModelWorker) -> BatchScheduler | None:
+        """Runs on the worker thread (imports torch)."""
+        if self._batching is None:
+            return None
+        from bot.backends.batching import BatchScheduler, supports_batching
+
+        if not supports_batching(worker.model):
+            logger.info("batching is on, but this model's cache cannot be batched: one generation at a time")
+            return None
+        return BatchScheduler(worker, self._batching)
 
     async def stop(self) -> None:
         """Cancel running generations, shut the worker down and drop the model. Idempotent."""
@@ -175,6 +216,9 @@ class LocalBackend:
             return
         for cancel in list(self._active):
             cancel.set()
+        if running.scheduler is not None:
+            running.scheduler.stop()
+        self._anchors.clear()
         # Waits for the current generation to notice the cancel (one token step).
         await asyncio.to_thread(running.executor.shutdown, wait=True, cancel_futures=True)
 
@@ -195,11 +239,55 @@ class LocalBackend:
             budget = running.context_window
         else:
             budget = running.context_window - min(max(0, max_new_tokens), running.context_window // 2)
-        return await asyncio.to_thread(self._render, running.prompt_format, conversation, budget)
+        return await asyncio.to_thread(self._render, running, conversation, budget)
 
-    def _render(self, prompt_format: PromptFormat, conversation: Conversation, budget: int) -> PreparedPrompt:
+    def _render(self, running: _Running, conversation: Conversation, budget: int) -> PreparedPrompt:
+        key = conversation.context_key
+        reuse = key is not None and running.scheduler is not None
         with self._prepare_lock:
-            return prompt_format.render(conversation, budget)
+            prepared = running.prompt_format.render(
+                conversation,
+                budget,
+                keep_from=self._keep_from(key, conversation.history) if reuse and key is not None else None,
+                slack=self._slack if reuse else 0.0,
+            )
+            if reuse and key is not None:
+                history = conversation.history
+                first = len(history) - prepared.history_used
+                self._anchors[key] = tuple(history[first : first + 2])
+                self._anchors.move_to_end(key)
+                while len(self._anchors) > _ANCHORS_KEPT:
+                    self._anchors.popitem(last=False)
+        return replace(prepared, context_key=key)
+
+    def _keep_from(self, key: str, history: Sequence[Turn]) -> int | None:
+        """Where the channel's previous prompt started its history, if those turns are still in
+        `history` (oldest match): starting there again keeps the cached context valid."""
+        anchor = self._anchors.get(key)
+        if not anchor:
+            return None
+        size = len(anchor)
+        for start in range(len(history) - size + 1):
+            if tuple(history[start : start + size]) == anchor:
+                return start
+        return None
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` is for this model (for reports; needs `start`)."""
+        running = self._require_running()
+        with self._prepare_lock:
+            return len(running.prompt_format.tokenizer.encode(text, add_special_tokens=False))
+
+    def forget(self, context_key: str) -> None:
+        """Cancel `context_key`'s generation (queued or running) and drop its cached context."""
+        for cancel, key in list(self._active.items()):
+            if key == context_key:
+                cancel.set()
+        with self._prepare_lock:
+            self._anchors.pop(context_key, None)
+        running = self._running
+        if running is not None and running.scheduler is not None:
+            running.scheduler.forget(context_key)
 
     async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
         """Stream the reply to `prompt` as decoded text chunks.
@@ -225,12 +313,17 @@ class LocalBackend:
                 cancel.set()
 
         job = GenerationJob(prompt=prompt, settings=settings, cancel=cancel, emit=push)
-        self._active.add(cancel)
+        self._active[cancel] = prompt.context_key
         try:
-            try:
-                future = running.executor.submit(running.worker.generate, job)
-            except RuntimeError as exc:  # shut down by a concurrent stop()
-                raise BackendError("the local model is stopped") from exc
+            future: Future[None]
+            if running.scheduler is not None:
+                future = job.done = Future()
+                running.scheduler.submit(job)  # raises BackendBusy when the queue is full
+            else:
+                try:
+                    future = running.executor.submit(running.worker.generate, job)
+                except RuntimeError as exc:  # shut down by a concurrent stop()
+                    raise BackendError("the local model is stopped") from exc
             # Runs after the last emit (same thread, same FIFO), also when cancelled while queued.
             future.add_done_callback(push)
             while True:
@@ -252,7 +345,7 @@ class LocalBackend:
                 raise BackendError(f"local generation failed: {error!r}") from error
         finally:
             cancel.set()  # the worker stops at its next token; a queued job never starts
-            self._active.discard(cancel)
+            self._active.pop(cancel, None)
 
 
 if TYPE_CHECKING:

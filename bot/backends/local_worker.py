@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from transformers.generation.streamers import BaseStreamer
 from bot.backends.base import PreparedPrompt, SamplingSettings
 from bot.backends.model_loading import LoadedModel
 from bot.backends.stops import StopFilter
-from bot.errors import BackendError
+from bot.errors import BackendError, GenerationCancelled
 
 _DECODE_KW: dict[str, Any] = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
 """How generated tokens become text, streamed or not (the two must agree)."""
@@ -37,6 +38,8 @@ class GenerationJob:
     cancel: threading.Event
     emit: Callable[[str], None]
     stop_seen: threading.Event = field(default_factory=threading.Event)
+    done: Future[None] | None = None
+    """Set by the batch scheduler when the job ends (the serial path uses the executor's future)."""
 
 
 class IncrementalDecoder:
@@ -172,12 +175,14 @@ class ModelWorker:
         ids.extend(extra)
         return list(dict.fromkeys(ids))
 
-    def _input_ids(self, prompt: PreparedPrompt) -> list[int]:
+    def input_ids(self, prompt: PreparedPrompt) -> list[int]:
+        """The prompt's token ids (tokenised here when the prompt came without them)."""
         if prompt.token_ids:
             return list(prompt.token_ids)
         return list(self.tokenizer.encode(prompt.text, add_special_tokens=True))
 
-    def _max_new_tokens(self, prompt_len: int, wanted: int) -> int:
+    def max_new_tokens(self, prompt_len: int, wanted: int) -> int:
+        """`wanted`, capped by the room the window leaves. Raises `BackendError` when none."""
         if self.is_encoder_decoder:
             if prompt_len > self.context_window:
                 raise BackendError(
@@ -195,12 +200,12 @@ class ModelWorker:
 
     def generate(self, job: GenerationJob) -> None:
         """Generate the reply to `job.prompt`, emitting text as it comes. Raises `BackendError`."""
-        if job.cancel.is_set():
-            return  # the consumer gave up while this job waited for the worker
+        if job.cancel.is_set():  # the consumer gave up (or the channel was reset) while it waited
+            raise GenerationCancelled("the generation was cancelled")
         settings = job.settings
         try:
-            ids = self._input_ids(job.prompt)
-            max_new = self._max_new_tokens(len(ids), settings.max_new_tokens)
+            ids = self.input_ids(job.prompt)
+            max_new = self.max_new_tokens(len(ids), settings.max_new_tokens)
             stops = StopFilter((*settings.stop, *job.prompt.stop))
             kwargs: dict[str, Any] = {
                 "input_ids": torch.tensor([ids], dtype=torch.long),
@@ -219,6 +224,8 @@ class ModelWorker:
                 kwargs.update(do_sample=False)
             with torch.inference_mode():
                 self.model.generate(**kwargs)
+            if job.cancel.is_set():  # stopped early: the text so far is not a reply
+                raise GenerationCancelled("the generation was cancelled")
         except BackendError:
             raise
         except (Exception, MemoryError) as exc:

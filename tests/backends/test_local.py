@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings, Turn
+from bot.backends.batching_settings import BatchingSettings
 from bot.backends.local import LocalBackend
 from bot.backends.local_worker import IncrementalDecoder
 from bot.errors import BackendError, ConfigError, GenerationTimeout, ModelLoadError
@@ -62,12 +63,21 @@ def reference_reply(model_dir: Path, prompt: PreparedPrompt, max_new_tokens: int
     return str(tokenizer.decode(new, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
 
-@pytest.fixture(scope="module")
-def gpt2(tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+@pytest.fixture(scope="module", params=["serial", "batched"])
+def gpt2(
+    request: pytest.FixtureRequest, tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalBackend]:
+    """The tiny GPT-2 with one `generate` call per request, and through the batch scheduler: every
+    test using it holds for both."""
     backend = LocalBackend(
-        str(tiny_gpt2_dir), cache_dir=tmp_path_factory.mktemp("cache"), prompt_format="dialogpt"
+        str(tiny_gpt2_dir),
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        prompt_format="dialogpt",
+        batching=BatchingSettings() if request.param == "batched" else None,
     )
-    yield from started(backend)
+    for running in started(backend):
+        assert (running.scheduler is not None) == (request.param == "batched")
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,271 @@
+"""The batch scheduler: correctness, not speed (speed is measured in bench/).
+
+Batched greedy output must be the same, token for token, as unbatched greedy output; a request
+that joins a running batch gets the text it gets alone; a cached channel context gives the text a
+fresh encode gives; cancelling frees the slot; a full queue answers "busy". Most tests use the
+tiny random GPT-2 (milliseconds per token); the equality test also runs on the bundled SmolLM2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings, Turn
+from bot.backends.batching_settings import BatchingSettings
+from bot.backends.local import LocalBackend
+from bot.engine import BUSY_REPLY, CANCELLED_NOTICE
+from bot.errors import BackendBusy, GenerationCancelled
+from bot.events import ChatEvent
+from storage.repository import ChatRepository
+from tests.backends.tiny_models import started
+from tests.conftest import EngineFactory
+
+WAIT = 60.0
+QUESTIONS = (
+    "Hello there, how are you today?",
+    "Do you like cats or dogs better?",
+    "What is the capital of France?",
+    "Numbers: one two three four five six seven eight nine ten. Go on!",
+    "The weather is lovely",
+    "My friends are cool but they eat too many carbs. That's unfortunate, isn't it?",
+)
+
+
+def greedy(max_new_tokens: int) -> SamplingSettings:
+    return SamplingSettings(temperature=0, max_new_tokens=max_new_tokens, repetition_penalty=1.1)
+
+
+def conversation(message: str, key: str | None = None, history: tuple[Turn, ...] = ()) -> Conversation:
+    return Conversation("You are terse.", history, message, context_key=key)
+
+
+async def text_of(stream: AsyncIterator[str]) -> str:
+    async def run() -> str:
+        return "".join([chunk async for chunk in stream])
+
+    return await asyncio.wait_for(run(), WAIT)
+
+
+async def answer(backend: LocalBackend, conv: Conversation, settings: SamplingSettings) -> str:
+    prompt = await backend.prepare(conv, settings.max_new_tokens)
+    return await text_of(backend.generate(prompt, settings))
+
+
+def tiny(directory: Path, cache: Path, **batching: int) -> LocalBackend:
+    return LocalBackend(
+        str(directory), cache_dir=cache, prompt_format="dialogpt", batching=BatchingSettings(**batching)
+    )
+
+
+@pytest.fixture(scope="module")
+def serial(tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    """The tutorial way: one `model.generate` per request."""
+    yield from started(
+        LocalBackend(str(tiny_gpt2_dir), cache_dir=tmp_path_factory.mktemp("c"), prompt_format="dialogpt")
+    )
+
+
+@pytest.fixture
+async def batched(tiny_gpt2_dir: Path, tmp_path: Path) -> AsyncIterator[LocalBackend]:
+    backend = tiny(tiny_gpt2_dir, tmp_path)
+    await backend.start()
+    yield backend
+    await backend.stop()
+
+
+async def test_batched_greedy_equals_unbatched_greedy_token_for_token(
+    serial: LocalBackend, batched: LocalBackend
+) -> None:
+    """Six prompts of different lengths at once (plus one sampled row with its own settings in the
+    same batch) give each the text `generate` gives it alone."""
+    settings = greedy(40)
+    expected = [await answer(serial, conversation(q), settings) for q in QUESTIONS]
+    sampled = SamplingSettings(temperature=1.0, top_p=0.9, max_new_tokens=40)
+    together = await asyncio.gather(
+        *(answer(batched, conversation(q, key=f"c{i}"), settings) for i, q in enumerate(QUESTIONS)),
+        answer(batched, conversation("Tell me something random", key="sampled"), sampled),
+    )
+    assert list(together[: len(QUESTIONS)]) == expected
+    assert all(expected)
+    scheduler = batched.scheduler
+    assert scheduler is not None
+    assert scheduler.peak_batch >= 4  # they really ran together
+    assert scheduler.depth == 0
+
+
+async def test_a_request_joining_a_running_batch_gets_the_same_text_as_alone(batched: LocalBackend) -> None:
+    scheduler = batched.scheduler
+    assert scheduler is not None
+    joiner = conversation(QUESTIONS[1])
+    alone = await answer(batched, joiner, greedy(30))
+    long_prompt = await batched.prepare(conversation(QUESTIONS[0]), 900)
+    long_stream = batched.generate(long_prompt, greedy(900))
+    try:
+        assert await asyncio.wait_for(anext(long_stream), WAIT)  # the long one is generating
+        steps_before = scheduler.steps
+        joined = await answer(batched, joiner, greedy(30))
+        assert scheduler.steps > steps_before
+        assert scheduler.peak_batch == 2  # it joined the running generation, not waited for it
+        assert joined == alone
+        assert await asyncio.wait_for(anext(long_stream), WAIT)  # the long one still runs
+    finally:
+        await long_stream.aclose()
+
+
+async def test_full_queue_answers_busy_and_cancelling_frees_the_slot(
+    tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    backend = tiny(tiny_gpt2_dir, tmp_path, max_batch=1, max_waiting=1)
+    await backend.start()
+    try:
+        scheduler = backend.scheduler
+        assert scheduler is not None
+        prompt = await backend.prepare(conversation(QUESTIONS[0]), 900)
+        running = backend.generate(prompt, greedy(900))
+        assert await asyncio.wait_for(anext(running), WAIT)
+        waiting = asyncio.create_task(text_of(backend.generate(prompt, greedy(5))))
+        await asyncio.sleep(0.05)
+        assert scheduler.depth == 2
+        with pytest.raises(BackendBusy):
+            await text_of(backend.generate(prompt, greedy(5)))
+        await running.aclose()  # frees the slot: the waiting one runs now
+        assert await asyncio.wait_for(waiting, WAIT)
+        assert await text_of(backend.generate(prompt, greedy(5)))
+        assert scheduler.depth == 0
+    finally:
+        await backend.stop()
+
+
+async def test_forget_cancels_the_channel_and_drops_its_context(batched: LocalBackend) -> None:
+    scheduler = batched.scheduler
+    assert scheduler is not None
+    await answer(batched, conversation(QUESTIONS[2], key="chan"), greedy(10))
+    assert "chan" in scheduler.contexts
+    prompt = await batched.prepare(conversation(QUESTIONS[3], key="chan"), 900)
+    stream = batched.generate(prompt, greedy(900))
+    other = asyncio.create_task(answer(batched, conversation(QUESTIONS[4], key="other"), greedy(20)))
+    assert await asyncio.wait_for(anext(stream), WAIT)
+    batched.forget("chan")
+    with pytest.raises(GenerationCancelled):
+        await text_of(stream)
+    assert await asyncio.wait_for(other, WAIT)  # another channel is not disturbed
+    await asyncio.sleep(0.05)
+    assert "chan" not in scheduler.contexts
+    assert "other" in scheduler.contexts
+
+
+async def test_a_cached_context_gives_the_text_of_a_fresh_encode(
+    serial: LocalBackend, batched: LocalBackend
+) -> None:
+    """Three turns of one channel: from the second on, the prompt starts with what the previous
+    turn processed, so only the new part is encoded; the replies equal full re-encodes."""
+    scheduler = batched.scheduler
+    assert scheduler is not None
+    history: tuple[Turn, ...] = ()
+    for question in QUESTIONS[:3]:
+        conv = conversation(question, key="long", history=history)
+        expected = await answer(serial, conv, greedy(24))
+        reused_before = scheduler.contexts.reused_tokens
+        got = await answer(batched, conv, greedy(24))
+        assert got == expected
+        if history:
+            assert scheduler.contexts.reused_tokens - reused_before > 10
+        history = (*history, Turn("user", question), Turn("assistant", got))
+    assert scheduler.contexts.hits == 2
+
+
+async def cut_moves(directory: Path, cache: Path, slack: float, turns: int = 30) -> tuple[int, int]:
+    """Play `turns` exchanges in one channel through `prepare` with a 384-token window; return
+    (turns after the history first overflowed, how often the history's first kept turn moved
+    in those)."""
+    backend = LocalBackend(
+        str(directory),
+        cache_dir=cache,
+        prompt_format="dialogpt",
+        context_window=384,
+        batching=BatchingSettings(),
+        truncation_slack=slack,
+    )
+    await backend.start()
+    try:
+        history: list[Turn] = []
+        starts: list[tuple[Turn, ...]] = []
+        for i in range(turns):
+            conv = conversation(f"question {i}?", key="chan", history=tuple(history))
+            prompt: PreparedPrompt = await backend.prepare(conv, 32)
+            assert len(prompt.token_ids) <= 384 - 32
+            if prompt.history_used < len(history):
+                first = len(history) - prompt.history_used
+                starts.append(tuple(history[first : first + 2]))
+            history += [Turn("user", conv.message), Turn("assistant", f"answer {i}, fine.")]
+        return len(starts), sum(1 for a, b in itertools.pairwise(starts) if a != b)
+    finally:
+        await backend.stop()
+
+
+async def test_truncated_history_keeps_its_start_for_several_turns(
+    tiny_gpt2_dir: Path, tmp_path: Path
+) -> None:
+    """Once a conversation outgrows the window, cutting just enough moves the history's start at
+    every turn (the cached context never matches); with slack the cut moves in large steps, so
+    most turns start where the previous prompt started."""
+    overflowed, moves = await cut_moves(tiny_gpt2_dir, tmp_path, slack=0.0)
+    assert overflowed >= 10
+    assert moves >= overflowed - 2
+    overflowed, moves = await cut_moves(tiny_gpt2_dir, tmp_path, slack=0.3)
+    assert overflowed >= 10
+    assert moves <= overflowed // 3
+
+
+async def test_engine_answers_busy_keeps_the_message_and_reset_cancels(
+    tiny_gpt2_dir: Path, tmp_path: Path, make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = tiny(tiny_gpt2_dir, tmp_path, max_batch=1, max_waiting=0)
+    await backend.start()
+    try:
+        engine = await make_engine(backend, model={"max_new_tokens": 900, "temperature": 0})
+
+        def event(channel: str, text: str, admin: bool = False) -> ChatEvent:
+            return ChatEvent(
+                platform="web", channel=channel, author_id="u1", author_name="U", text=text, is_admin=admin
+            )
+
+        long_reply = engine.handle(event("a", QUESTIONS[0]))
+        await asyncio.wait_for(anext(aiter(long_reply)), WAIT)  # channel a is generating
+        reset = engine.handle(event("a", "/reset", admin=True))
+        assert (await asyncio.wait_for(long_reply.text(), WAIT)).endswith(CANCELLED_NOTICE)
+        assert "reset" in (await asyncio.wait_for(reset.text(), WAIT)).lower()
+        assert await repository.recent_messages("web:a", limit=10) == []  # nothing half-written
+
+        other = engine.handle(event("c", QUESTIONS[1]))
+        await asyncio.wait_for(anext(aiter(other)), WAIT)  # the only slot is taken
+        assert await asyncio.wait_for(engine.ask(event("b", "hello")), WAIT) == BUSY_REPLY
+        assert [m.role for m in await repository.recent_messages("web:b", limit=10)] == ["user"]
+        engine.handle(event("c", "/reset", admin=True))
+        await asyncio.wait_for(other.text(), WAIT)
+        assert await asyncio.wait_for(engine.ask(event("b", "hello again")), WAIT) != BUSY_REPLY
+    finally:
+        await backend.stop()
+
+
+@pytest.mark.model
+async def test_bundled_model_batched_equals_serial(model_cache_dir: Path) -> None:
+    questions = ("Hello, who are you?", "What is the capital of France?", "Tell me a joke.", "Count to five.")
+    serial_backend = LocalBackend("bundled:smollm2", cache_dir=model_cache_dir)
+    batched_backend = LocalBackend("bundled:smollm2", cache_dir=model_cache_dir, batching=BatchingSettings())
+    await serial_backend.start()
+    await batched_backend.start()
+    try:
+        convs = [Conversation("You are a helpful assistant.", [], q, context_key=q) for q in questions]
+        expected = [await answer(serial_backend, c, greedy(24)) for c in convs]
+        together = await asyncio.gather(*(answer(batched_backend, c, greedy(24)) for c in convs))
+        assert list(together) == expected
+        assert all(expected)
+    finally:
+        await serial_backend.stop()
+        await batched_backend.stop()
