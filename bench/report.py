@@ -1,0 +1,131 @@
+"""Turns the benchmark's results into JSON, a printed table, a plot and the table in
+docs/performance.md (between its `bench:begin` / `bench:end` markers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}×" if b else "n/a"
+
+
+def table(results: dict[str, Any]) -> str:
+    """The markdown table of every workload, baseline against scheduler, and the targets."""
+    lines = [
+        f"Commit `{results['commit']}`, run {results['started']}, bundled SmolLM2-135M (fp32, greedy, "
+        f"{results['settings']['max_new_tokens']} new tokens at most), 2 CPU cores.",
+        "",
+        "| workload | baseline tok/s | scheduler tok/s | ratio | TTFT p50 baseline → scheduler "
+        "| latency p50 / p99 baseline | latency p50 / p99 scheduler | peak RSS baseline / scheduler |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base, sched = results.get("baseline"), results.get("scheduler")
+    if base and sched:
+        rows = [(f"{n} channels at once", base["burst"][n], sched["burst"][n]) for n in base["burst"]]
+        rows.append(
+            (f"Poisson arrivals, {base['poisson']['rate_per_s']}/s", base["poisson"], sched["poisson"])
+        )
+        rows.append(("long history, first turn (cold)", base["long_cold"], sched["long_cold"]))
+        rows.append(("long history, next turn (cached)", base["long_warm"], sched["long_warm"]))
+        for name, b, s in rows:
+            lines.append(
+                f"| {name} | {b['tokens_per_s']:.1f} | {s['tokens_per_s']:.1f} "
+                f"| {_ratio(s['tokens_per_s'], b['tokens_per_s'])} "
+                f"| {b['ttft_p50_s']:.3f} s → {s['ttft_p50_s']:.3f} s "
+                f"| {b['latency_p50_s']:.2f} / {b['latency_p99_s']:.2f} s "
+                f"| {s['latency_p50_s']:.2f} / {s['latency_p99_s']:.2f} s "
+                f"| {b['peak_rss_mb']:.0f} / {s['peak_rss_mb']:.0f} MB |"
+            )
+    echo = results["echo"]
+    p50, p99 = (echo["sequential"][f"latency_{q}_s"] * 1000 for q in ("p50", "p99"))
+    lines += [
+        "",
+        f"Framework overhead (echo backend, engine + SQLite): per message p50 {p50:.2f} ms, p99 "
+        f"{p99:.2f} ms (one at a time); {echo['messages_per_s']:.0f} messages/s (50 channels at once).",
+    ]
+    if base and sched:
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        for name, value, ok in targets(results):
+            lines.append(f"| {name} | {value} | {'yes' if ok else 'no'} |")
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Issue #4's targets, each with the measured value and whether it was met."""
+    base, sched, echo = results["baseline"], results["scheduler"], results["echo"]
+    out: list[tuple[str, str, bool]] = []
+    for channels, wanted in (("16", 6.0), ("64", 10.0), ("1", 1.0)):
+        if channels in base["burst"] and channels in sched["burst"]:
+            ratio = sched["burst"][channels]["tokens_per_s"] / base["burst"][channels]["tokens_per_s"]
+            out.append(
+                (f"{channels} channel(s): tokens/s ≥ {wanted:g}× baseline", f"{ratio:.2f}×", ratio >= wanted)
+            )
+    cached = sched["long_warm"]["ttft_p50_s"] / base["long_warm"]["ttft_p50_s"]
+    out.append(
+        (
+            f"TTFT with ~{sched.get('history_tokens', '?')}-token history cached ≤ 1/5 of re-encoding",
+            f"{cached:.3f}× (1/{1 / cached:.1f})" if cached else "n/a",
+            cached <= 0.2,
+        )
+    )
+    p50 = echo["sequential"]["latency_p50_s"] * 1000
+    p99 = echo["sequential"]["latency_p99_s"] * 1000
+    out.append(("echo overhead p50 < 2 ms", f"{p50:.2f} ms", p50 < 2))
+    out.append(("echo overhead p99 < 10 ms", f"{p99:.2f} ms", p99 < 10))
+    out.append(("echo ≥ 500 messages/s", f"{echo['messages_per_s']:.0f}/s", echo["messages_per_s"] >= 500))
+    return out
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Throughput and latency against concurrency, baseline and scheduler. False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for mode, style in (("baseline", "o--"), ("scheduler", "s-")):
+        bursts = results[mode]["burst"]
+        xs = [int(n) for n in bursts]
+        left.plot(xs, [bursts[n]["tokens_per_s"] for n in bursts], style, label=mode)
+        right.plot(xs, [bursts[n]["latency_p50_s"] for n in bursts], style, label=f"{mode} p50")
+        right.plot(xs, [bursts[n]["latency_p99_s"] for n in bursts], style, alpha=0.5, label=f"{mode} p99")
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("channels sending at once")
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    left.set_ylabel("tokens/s (all replies together)")
+    right.set_ylabel("seconds until the whole reply")
+    right.set_yscale("log")
+    fig.suptitle(f"Chinwag on 2 CPU cores, SmolLM2-135M, commit {results['commit']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(results: dict[str, Any], out: Path, docs: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    text = table(results)
+    print("\n" + text)
+    if "baseline" not in results:
+        return
+    if plot(results, docs / "performance.png"):
+        print(f"\nplot: {docs / 'performance.png'}")
+    page = docs / "performance.md"
+    if page.exists():
+        content = page.read_text(encoding="utf-8")
+        if BEGIN in content and END in content:
+            head, rest = content.split(BEGIN, 1)
+            _, tail = rest.split(END, 1)
+            page.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
+            print(f"table written to {page}")
