@@ -129,24 +129,29 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def join(self, request: _Request, cache: DynamicCache) -> None:
-        """Add a prefilled row: pad the shorter side on the left, stack along the batch."""
-        length = cache.get_seq_length()
-        if self.cache is None or not self.rows:
-            self.rows, self.cache = [request], cache
-            self.mask = torch.ones((1, length), dtype=torch.long)
+    @classmethod
+    def of(cls, rows: list[_Request], cache: DynamicCache, mask: torch.Tensor) -> _Batch:
+        """Rows just prefilled together (`mask`: `[rows, tokens]`, 0 for left padding)."""
+        batch = cls()
+        batch.rows, batch.cache, batch.mask = rows, cache, mask
+        return batch
+
+    def join(self, other: _Batch) -> None:
+        """Add `other`'s rows: pad the shorter side on the left, stack along the batch."""
+        if not other.rows:
             return
-        width = self.mask.shape[1]
-        target = max(width, length)
-        for mine, theirs in zip(_layers(self.cache), _layers(cache), strict=True):
+        if self.cache is None or not self.rows:
+            self.rows, self.cache, self.mask = other.rows, other.cache, other.mask
+            return
+        assert other.cache is not None
+        target = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
             assert mine.keys is not None and mine.values is not None
             assert theirs.keys is not None and theirs.values is not None
             mine.keys = torch.cat([_pad_left(mine.keys, target), _pad_left(theirs.keys, target)])
             mine.values = torch.cat([_pad_left(mine.values, target), _pad_left(theirs.values, target)])
-        row_mask = torch.zeros((1, target), dtype=torch.long)
-        row_mask[:, target - length :] = 1
-        self.mask = torch.cat([_pad_mask_left(self.mask, target), row_mask])
-        self.rows.append(request)
+        self.mask = torch.cat([_pad_mask_left(self.mask, target), _pad_mask_left(other.mask, target)])
+        self.rows = [*self.rows, *other.rows]
 
     def row_key_values(self, index: int) -> KeyValues:
         """Row `index`'s own key/values (padding dropped), copied out of the batch tensors."""
@@ -236,6 +241,7 @@ class BatchScheduler:
         self.steps = 0  # decode steps run
         self.rows_stepped = 0  # tokens produced by decode steps (rows summed over steps)
         self.peak_batch = 0  # most rows one decode step has run
+        self.grouped_prefills = 0  # forward passes that encoded several new prompts at once
 
     # --- any thread --------------------------------------------------------------------------
 
@@ -363,27 +369,92 @@ class BatchScheduler:
                 self._end(rows[i])
 
     def _prefill_chunk(self) -> None:
-        """Encode up to `prefill_chunk_tokens` prompt tokens, oldest requests first; a request
-        whose prompt is done gets its first token and joins the batch. A request the model fails
-        on (a bad prompt) ends alone; the others go on."""
+        """Encode up to `prefill_chunk_tokens` prompt tokens, oldest requests first, then let the
+        requests whose prompt is done join the batch. New conversations (nothing cached) are
+        encoded several at once, left-padded like the batch; a request with a cached prefix
+        continues from it alone. A request the model fails on (a bad prompt) ends alone."""
         budget = self._settings.prefill_chunk_tokens
         while self._prefilling and budget > 0:
-            request = self._prefilling[0]
+            group = self._fresh_group(budget)
             try:
+                if len(group) > 1:
+                    tokens, cache, mask = self._prefill_together(group)
+                    budget -= tokens
+                    self._finish_prefill(group, _Batch.of(group, cache, mask))
+                    continue
+                request = self._prefilling[0]
                 budget -= self._prefill(request, budget)
             except (Exception, MemoryError) as exc:
-                self._prefilling.pop(0)
-                self._end(request, _generation_error(exc))
+                failed = group if len(group) > 1 else [self._prefilling[0]]
+                for request in failed:
+                    self._prefilling.remove(request)
+                    self._end(request, _generation_error(exc))
                 continue
             if request.encoded < len(request.prompt_ids):
                 continue
-            self._prefilling.pop(0)
-            cache, request.cache = request.cache, None
-            assert cache is not None
-            if request.finished:
-                self._end(request, cache=cache)
-            else:
-                self._batch.join(request, cache)
+            assert request.cache is not None
+            self._finish_prefill(
+                [request],
+                _Batch.of([request], request.cache, torch.ones((1, request.encoded), dtype=torch.long)),
+            )
+
+    def _fresh_group(self, budget: int) -> list[_Request]:
+        """The oldest prefilling requests that start from nothing (no cached prefix, not begun)
+        and fit in `budget` tokens once padded to the longest of them."""
+        group: list[_Request] = []
+        longest = 0
+        for request in self._prefilling:
+            fresh = request.cache is None and (request.key is None or request.key not in self.contexts)
+            if not fresh:
+                break
+            longest_then = max(longest, len(request.prompt_ids))
+            if group and longest_then * (len(group) + 1) > budget:
+                break
+            group.append(request)
+            longest = longest_then
+        return group
+
+    def _prefill_together(self, group: list[_Request]) -> tuple[int, DynamicCache, torch.Tensor]:
+        """Encode the prompts of `group` in one forward pass (left-padded); pick each one's first
+        token. Returns the tokens encoded (padding included), the cache and its mask."""
+        width = max(len(r.prompt_ids) for r in group)
+        pad = self._worker.pad_id or 0
+        ids = torch.tensor(
+            [[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in group], dtype=torch.long
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in group], dtype=torch.long
+        )
+        # Padding gets position 1, as `generate` gives it; the mask hides it anyway.
+        positions = (mask.cumsum(dim=1) - 1).masked_fill(mask == 0, 1)
+        cache = DynamicCache(config=self._model.config)
+        output = self._model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.grouped_prefills += 1
+        for i, request in enumerate(group):
+            request.encoded = len(request.prompt_ids)
+            request.ids = list(request.prompt_ids)
+            self._accept(request, request.sampler.next_token(output.logits[i, -1], request.ids))
+        return ids.numel(), cache, mask
+
+    def _finish_prefill(self, requests: list[_Request], prefilled: _Batch) -> None:
+        """`requests` (the rows of `prefilled`) are encoded: those done already (one token was
+        all they needed) end, the others join the running batch."""
+        for request in requests:
+            self._prefilling.remove(request)
+            request.cache = None
+        done = [i for i, r in enumerate(requests) if r.finished]
+        kept = {i: prefilled.row_key_values(i) for i in done if requests[i].key is not None}
+        prefilled.keep([i for i in range(len(requests)) if i not in done])
+        for i in done:
+            self._end(requests[i], key_values=kept.get(i))
+        self._batch.join(prefilled)
 
     def _prefill(self, request: _Request, budget: int) -> int:
         """Encode the next (at most `budget`) prompt tokens of `request`; after the last one, pick
@@ -465,7 +536,6 @@ class BatchScheduler:
         request: _Request,
         error: BaseException | None = None,
         *,
-        cache: DynamicCache | None = None,
         key_values: KeyValues | None = None,
     ) -> None:
         """Finish a request: flush its text, keep its context for the channel's next turn, resolve
@@ -478,12 +548,9 @@ class BatchScheduler:
                 tail = request.stops.feed(request.decoder.finish()) + request.stops.flush()
                 if tail:
                     job.emit(tail)
-            if request.key is not None:
-                if key_values is None and cache is not None:
-                    key_values = [(layer.keys, layer.values) for layer in _layers(cache)]  # type: ignore[misc]
-                if key_values is not None:
-                    # The last token was produced but never fed: the cache covers all ids but it.
-                    self.contexts.put(request.key, request.ids[:-1], key_values)
+            if request.key is not None and key_values is not None:
+                # The last token was produced but never fed: the cache covers all ids but it.
+                self.contexts.put(request.key, request.ids[:-1], key_values)
         _resolve(job, error)
 
     def _fail_everything(self, exc: BaseException) -> None:

@@ -81,20 +81,31 @@ async def batched(tiny_gpt2_dir: Path, tmp_path: Path) -> AsyncIterator[LocalBac
 async def test_batched_greedy_equals_unbatched_greedy_token_for_token(
     serial: LocalBackend, batched: LocalBackend
 ) -> None:
-    """Six prompts of different lengths at once (plus one sampled row with its own settings in the
-    same batch) give each the text `generate` gives it alone."""
+    """Six prompts of different lengths arrive together while another reply is generating: they
+    are encoded together (left-padded) and join the batch; each gets the text `generate` gives
+    it alone. A sampled row with its own settings runs in the same batch."""
     settings = greedy(40)
     expected = [await answer(serial, conversation(q), settings) for q in QUESTIONS]
-    sampled = SamplingSettings(temperature=1.0, top_p=0.9, max_new_tokens=40)
-    together = await asyncio.gather(
-        *(answer(batched, conversation(q, key=f"c{i}"), settings) for i, q in enumerate(QUESTIONS)),
-        answer(batched, conversation("Tell me something random", key="sampled"), sampled),
-    )
-    assert list(together[: len(QUESTIONS)]) == expected
     assert all(expected)
     scheduler = batched.scheduler
     assert scheduler is not None
-    assert scheduler.peak_batch >= 4  # they really ran together
+    prompts = [await batched.prepare(conversation(q, key=f"c{i}"), 40) for i, q in enumerate(QUESTIONS)]
+    sampled = await batched.prepare(conversation("Tell me something random", key="sampled"), 40)
+    running = batched.generate(await batched.prepare(conversation("Go on"), 900), greedy(900))
+    try:
+        assert await asyncio.wait_for(anext(running), WAIT)  # the scheduler is busy stepping
+        together = await asyncio.gather(
+            *(text_of(batched.generate(prompt, settings)) for prompt in prompts),
+            text_of(
+                batched.generate(sampled, SamplingSettings(temperature=1.0, top_p=0.9, max_new_tokens=40))
+            ),
+        )
+    finally:
+        await running.aclose()
+    assert list(together[: len(QUESTIONS)]) == expected
+    assert scheduler.grouped_prefills >= 1  # new prompts were encoded several at once
+    assert scheduler.peak_batch >= 4  # and generated together
+    await asyncio.sleep(0.05)
     assert scheduler.depth == 0
 
 
