@@ -58,6 +58,7 @@ def build_backend(model: ModelConfig) -> Backend:
                 context_window=model.context_window,
                 generation_timeout_s=model.generation_timeout_s,
                 threads=model.threads,
+                dtype=model.dtype,
                 batching=batching_settings(model.batching),
                 truncation_slack=batching.truncation_slack,
             )

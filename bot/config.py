@@ -60,6 +60,7 @@ class ModelConfig(_Section):
     generation_timeout_s: float = Field(default=120.0, gt=0.0)
     cache_dir: str = "~/.cache/chinwag/models"
     threads: int | None = Field(default=None, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     batching: BatchingConfig = BatchingConfig()
 
     @field_validator("stop")

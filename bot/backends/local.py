@@ -47,7 +47,7 @@ class _Running:
     context_window: int  # decoder-only: prompt + reply; seq2seq: the encoder input
     is_encoder_decoder: bool
     scheduler: BatchScheduler | None  # None: one `generate` call per job, in call order
-    scheduler_loop: Future[None] | None = None
+    scheduler_thread: threading.Thread | None = None
 
 
 _ANCHORS_KEPT = 100_000  # channels whose history cut point is remembered (a few hundred bytes each)
@@ -60,7 +60,8 @@ class LocalBackend:
     and cached under `cache_dir`). `prompt_format`: one of `bot.prompts.FORMAT_NAMES`.
     `context_window` caps the model's own maximum positions. `generation_timeout_s` bounds one
     `generate` call from its first chunk request to its end, including time spent queued behind
-    other generations. `threads` sets torch's (process-wide) intra-op thread count.
+    other generations. `threads` sets torch's (process-wide) intra-op thread count; `dtype` the weights'
+    number format (float32, bfloat16, or auto: bfloat16 where the CPU has native support).
     `batching` (None: off) runs decoder-only models through `BatchScheduler`: every pending
     generation advances together, and each channel's processed context is reused next turn.
     `truncation_slack`: when a channel's history outgrows the window, that fraction of the window
@@ -79,6 +80,7 @@ class LocalBackend:
         context_window: int | None = None,
         generation_timeout_s: float = 120.0,
         threads: int | None = None,
+        dtype: str = "float32",
         batching: BatchingSettings | None = None,
         truncation_slack: float = 0.0,
     ) -> None:
@@ -95,7 +97,10 @@ class LocalBackend:
         self._format_name = prompt_format
         self._context_window = context_window
         self._timeout = generation_timeout_s
+        if dtype not in {"auto", "float32", "bfloat16"}:
+            raise ConfigError(f"model.dtype: expected auto, float32 or bfloat16, got {dtype!r}")
         self._threads = threads
+        self._dtype = dtype
         self._batching = batching
         self._slack = truncation_slack
         self._running: _Running | None = None
@@ -107,6 +112,8 @@ class LocalBackend:
         """After `start`: "directory", "gguf-cache" or "gguf-converted"."""
         self.load_seconds: float | None = None
         """After `start`: how long loading the model took."""
+        self.dtype: str | None = None
+        """After `start`: the weights' number format in use."""
 
     @property
     def prompt_format(self) -> str:
@@ -136,8 +143,12 @@ class LocalBackend:
             executor.shutdown(wait=False, cancel_futures=True)
             raise
         if running.scheduler is not None:
-            # From now on the worker thread runs the scheduler's loop until `stop`.
-            running.scheduler_loop = executor.submit(running.scheduler.run)
+            # From now on the scheduler's loop owns the model (the worker thread stays idle), on a
+            # daemon thread: a process that exits without `stop` must not hang on the loop.
+            running.scheduler_thread = threading.Thread(
+                target=running.scheduler.run, name="chinwag-model-batch", daemon=True
+            )
+            running.scheduler_thread.start()
         self._running = running
 
     def _load_on_worker(self, source: ModelSource, executor: ThreadPoolExecutor) -> _Running:
@@ -161,6 +172,9 @@ class LocalBackend:
         if self._threads is not None:
             torch.set_num_threads(self._threads)
         loaded = load_model(source, self._cache_dir)
+        if self._dtype == "bfloat16" or (self._dtype == "auto" and cpu_has_native_bf16()):
+            loaded.model.to(torch.bfloat16)
+        self.dtype = str(loaded.model.dtype).removeprefix("torch.")
         config = loaded.model.config
         try:
             # The prompt side gets its own tokenizer: the worker decodes while prompts are tokenised.
@@ -189,7 +203,8 @@ class LocalBackend:
         scheduler = self._scheduler_for(worker)
         self.load_origin, self.load_seconds = loaded.origin, loaded.seconds
         logger.info(
-            "model ready: %s prompt format, %d-token %s, eos ids %s, %s",
+            "model ready: %s, %s prompt format, %d-token %s, eos ids %s, %s",
+            self.dtype,
             prompt_format.name,
             window,
             "encoder window" if loaded.is_encoder_decoder else "context window",
@@ -221,6 +236,8 @@ class LocalBackend:
         self._anchors.clear()
         # Waits for the current generation to notice the cancel (one token step).
         await asyncio.to_thread(running.executor.shutdown, wait=True, cancel_futures=True)
+        if running.scheduler_thread is not None:
+            await asyncio.to_thread(running.scheduler_thread.join)
 
     def _require_running(self) -> _Running:
         if self._running is None:
@@ -352,6 +369,17 @@ if TYPE_CHECKING:
 
     def _conforms(backend: LocalBackend) -> Backend:
         return backend  # mypy checks LocalBackend against the Backend protocol here
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (x86 AVX512-BF16 or AMX), where
+    bfloat16 weights roughly double the generation speed; elsewhere they would slow it down."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _max_positions(config: Any, tokenizer: Any) -> int | None:

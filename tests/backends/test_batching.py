@@ -17,7 +17,7 @@ import pytest
 
 from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings, Turn
 from bot.backends.batching_settings import BatchingSettings
-from bot.backends.local import LocalBackend
+from bot.backends.local import LocalBackend, cpu_has_native_bf16
 from bot.engine import BUSY_REPLY, CANCELLED_NOTICE
 from bot.errors import BackendBusy, GenerationCancelled
 from bot.events import ChatEvent
@@ -280,3 +280,37 @@ async def test_bundled_model_batched_equals_serial(model_cache_dir: Path) -> Non
     finally:
         await serial_backend.stop()
         await batched_backend.stop()
+
+
+async def test_bfloat16_batched_equals_bfloat16_alone(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    """`model.dtype: bfloat16`: the weights really are bfloat16, and batching still changes no
+    greedy token."""
+    alone = LocalBackend(str(tiny_gpt2_dir), cache_dir=tmp_path, prompt_format="dialogpt", dtype="bfloat16")
+    batched = LocalBackend(
+        str(tiny_gpt2_dir),
+        cache_dir=tmp_path,
+        prompt_format="dialogpt",
+        dtype="bfloat16",
+        batching=BatchingSettings(),
+    )
+    await alone.start()
+    await batched.start()
+    try:
+        assert alone.dtype == batched.dtype == "bfloat16"
+        expected = [await answer(alone, conversation(q), greedy(24)) for q in QUESTIONS]
+        prompts = [await batched.prepare(conversation(q), 24) for q in QUESTIONS]
+        together = await asyncio.gather(*(text_of(batched.generate(p, greedy(24))) for p in prompts))
+        assert list(together) == expected
+    finally:
+        await alone.stop()
+        await batched.stop()
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    with_bf16 = tmp_path / "zen4"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    without = tmp_path / "old"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2\n")
+    assert cpu_has_native_bf16(str(with_bf16))
+    assert not cpu_has_native_bf16(str(without))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))

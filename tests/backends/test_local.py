@@ -330,6 +330,8 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
         LocalBackend("bundled:smollm2", cache_dir=tmp_path, context_window=0)
     with pytest.raises(ConfigError, match=r"model\.generation_timeout_s"):
         LocalBackend("bundled:smollm2", cache_dir=tmp_path, generation_timeout_s=0)
+    with pytest.raises(ConfigError, match=r"model\.dtype"):
+        LocalBackend("bundled:smollm2", cache_dir=tmp_path, dtype="float16")
 
 
 # --- incremental decoding --------------------------------------------------------------------------
