@@ -29,7 +29,9 @@ from bot.backends.echo import EchoBackend
 from bot.backends.local import LocalBackend
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("baseline", "scheduler")
+MODES = ("baseline", "scheduler", "scheduler-bf16")
+"""baseline: float32, `generate` per message; scheduler: the default config (float32);
+scheduler-bf16: `model.dtype: bfloat16` (the opt-in speed mode)."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "chinwag" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--skip-model", action="store_true", help="only the echo overhead")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     return parser.parse_args()
 
 
@@ -80,7 +83,8 @@ async def model_mode(args: argparse.Namespace, mode: str, directory: Path) -> di
         "bundled:smollm2",
         cache_dir=args.cache_dir,
         context_window=2048,
-        batching=BatchingSettings() if mode == "scheduler" else None,
+        dtype="bfloat16" if mode == "scheduler-bf16" else "float32",
+        batching=None if mode == "baseline" else BatchingSettings(),
         truncation_slack=0.25,
     )
     started = time.perf_counter()
@@ -162,7 +166,7 @@ async def main() -> None:
             flush=True,
         )
         if not args.skip_model:
-            for mode in MODES:
+            for mode in args.modes:
                 results[mode] = await model_mode(args, mode, directory)
     write_report(results, args.out, ROOT / "docs")
 
