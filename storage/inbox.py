@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 
 from sqlalchemy import (
     BigInteger,
+    Connection,
     CursorResult,
     Index,
     Integer,
@@ -78,8 +79,9 @@ class UpdateInbox:
         if not items:
             return []
         insert_factory = postgresql.insert if self._database.dialect_name == "postgresql" else sqlite.insert
-        added: set[int] = set()
-        async with self._database.write_session() as session:
+
+        def insert_new(connection: Connection) -> set[int]:
+            added: set[int] = set()
             for item in items:
                 statement = (
                     insert_factory(InboundUpdate)
@@ -92,8 +94,11 @@ class UpdateInbox:
                     .on_conflict_do_nothing(index_elements=[InboundUpdate.platform, InboundUpdate.update_id])
                     .returning(InboundUpdate.update_id)
                 )
-                if await session.scalar(statement) is not None:
+                if connection.scalar(statement) is not None:
                     added.add(item.update_id)
+            return added
+
+        added = await self._database.run_write(insert_new)
         return [item for item in items if item.update_id in added]
 
     async def pending(self) -> list[InboxItem]:
@@ -103,8 +108,7 @@ class UpdateInbox:
             .where(InboundUpdate.platform == self._platform, InboundUpdate.state == "pending")
             .order_by(InboundUpdate.update_id)
         )
-        async with self._database.read_session() as session:
-            rows = (await session.execute(query)).all()
+        rows = await self._database.run_read(lambda connection: connection.execute(query).all())
         return [InboxItem(row.update_id, json.loads(row.payload)) for row in rows]
 
     async def mark_done(self, update_id: int) -> None:
@@ -114,16 +118,14 @@ class UpdateInbox:
             .where(InboundUpdate.platform == self._platform, InboundUpdate.update_id == update_id)
             .values(state="done")
         )
-        async with self._database.write_session() as session:
-            await session.execute(statement, execution_options={"synchronize_session": False})
+        await self._database.run_write(lambda connection: connection.execute(statement))
 
     async def state(self, update_id: int) -> InboxState | None:
         """The row's state; None when the update was never stored."""
         query = select(InboundUpdate.state).where(
             InboundUpdate.platform == self._platform, InboundUpdate.update_id == update_id
         )
-        async with self._database.read_session() as session:
-            found = await session.scalar(query)
+        found = await self._database.run_read(lambda connection: connection.scalar(query))
         return cast(InboxState | None, found)
 
     async def prune(self, older_than: timedelta) -> int:
@@ -136,6 +138,9 @@ class UpdateInbox:
             InboundUpdate.state == "done",
             InboundUpdate.created_at < utcnow() - older_than,
         )
-        async with self._database.write_session() as session:
-            result = await session.execute(statement, execution_options={"synchronize_session": False})
-        return cast("CursorResult[Any]", result).rowcount
+
+        def delete_done(connection: Connection) -> int:
+            result = connection.execute(statement)
+            return cast("CursorResult[Any]", result).rowcount
+
+        return await self._database.run_write(delete_done)

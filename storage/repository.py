@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
-from sqlalchemy import CursorResult, Row, Select, delete, func, select, update
+from sqlalchemy import Connection, CursorResult, Row, Select, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from bot.backends.base import Role
@@ -216,11 +216,56 @@ def _channel_id_query(platform: str, external_id: str) -> Select[int]:
     return select(Channel.id).where(Channel.platform == platform, Channel.external_id == external_id)
 
 
+# The per-message statements, built once with bound parameters: building a statement costs more
+# Python time than SQLite takes to run it, and a built one also keeps its compiled-cache key.
+_CHANNEL_ID = select(Channel.id).where(
+    Channel.platform == bindparam("platform"), Channel.external_id == bindparam("external_id")
+)
+_CHANNEL_SETTINGS = select(Channel.system_prompt, Channel.temperature).where(
+    Channel.platform == bindparam("platform"), Channel.external_id == bindparam("external_id")
+)
+_RECENT = recent_messages_statement(bindparam("channel_id"), bindparam("limit"))  # type: ignore[arg-type]
+_RECENT_UP_TO = recent_messages_statement(
+    bindparam("channel_id"),  # type: ignore[arg-type]
+    bindparam("limit"),  # type: ignore[arg-type]
+    bindparam("max_id"),  # type: ignore[arg-type]
+)
+
+# Channel rows are never deleted and never change id, so a key's id can be remembered for good;
+# bounded so that a bot in very many channels does not grow without end.
+_CHANNEL_ID_CACHE_SIZE = 10_000
+
+
 class ChatRepository:
-    """`Repository` on a `Database` (SQLite or PostgreSQL)."""
+    """`Repository` on a `Database` (SQLite or PostgreSQL).
+
+    Each operation is a synchronous unit of work handed to `Database.run_read` / `run_write`
+    (one thread hop on SQLite rather than one per statement: see `Database`).
+    """
 
     def __init__(self, database: Database) -> None:
         self._database = database
+        self._channel_ids: dict[tuple[str, str], int] = {}  # only touched on the event loop
+        self._insert_message = (
+            self._insert(Message)
+            .values(
+                channel_id=bindparam("channel_id"),
+                role=bindparam("role"),
+                content=bindparam("content"),
+                author_id=bindparam("author_id"),
+                author_name=bindparam("author_name"),
+                platform_message_id=bindparam("platform_message_id"),
+            )
+            .on_conflict_do_nothing(index_elements=[Message.channel_id, Message.platform_message_id])
+            .returning(Message.id, Message.created_at)
+        )
+
+    def _remember_channel(self, platform: str, external_id: str, channel_id: int | None) -> None:
+        if channel_id is None:
+            return
+        if len(self._channel_ids) >= _CHANNEL_ID_CACHE_SIZE:
+            del self._channel_ids[next(iter(self._channel_ids))]  # the oldest entry
+        self._channel_ids[(platform, external_id)] = channel_id
 
     def _insert(self, model: type[Channel | Message]) -> postgresql.Insert | sqlite.Insert:
         """An INSERT that supports ON CONFLICT DO NOTHING on the current database."""
@@ -228,7 +273,7 @@ class ChatRepository:
             return postgresql.insert(model)
         return sqlite.insert(model)
 
-    async def _ensure_channel(self, session: AsyncSession, platform: str, external_id: str) -> int:
+    def _ensure_channel(self, connection: Connection, platform: str, external_id: str) -> int:
         """The channel's id, creating the row if needed.
 
         Race-safe across tasks and processes: when another transaction inserts the same channel
@@ -236,7 +281,7 @@ class ChatRepository:
         theirs (PostgreSQL READ COMMITTED takes a new snapshot per statement; SQLite writers are
         serialized by BEGIN IMMEDIATE).
         """
-        channel_id = await session.scalar(_channel_id_query(platform, external_id))
+        channel_id = _find_channel(connection, platform, external_id)
         if channel_id is not None:
             return channel_id
         insert = (
@@ -245,9 +290,9 @@ class ChatRepository:
             .on_conflict_do_nothing(index_elements=[Channel.platform, Channel.external_id])
             .returning(Channel.id)
         )
-        channel_id = await session.scalar(insert)
+        channel_id = connection.scalar(insert)
         if channel_id is None:
-            channel_id = await session.scalar(_channel_id_query(platform, external_id))
+            channel_id = connection.scalar(_channel_id_query(platform, external_id))
         if channel_id is None:  # cannot happen: channels are never deleted
             raise RuntimeError(f"channel {platform}:{external_id} vanished while being created")
         return channel_id
@@ -264,24 +309,26 @@ class ChatRepository:
     ) -> StoredMessage | None:
         """See `Repository.append_message`."""
         platform, external_id = split_channel_key(channel_key)
-        async with self._database.write_session() as session:
-            channel_id = await self._ensure_channel(session, platform, external_id)
+        known = self._channel_ids.get((platform, external_id))
+
+        def append(connection: Connection) -> tuple[int, Row[int, datetime] | None]:
+            channel_id = known
+            if channel_id is None:
+                channel_id = self._ensure_channel(connection, platform, external_id)
             # The unique constraint decides what a duplicate is, also between processes; a check
             # before the insert could not.
-            insert = (
-                self._insert(Message)
-                .values(
-                    channel_id=channel_id,
-                    role=role,
-                    content=content,
-                    author_id=author_id,
-                    author_name=author_name,
-                    platform_message_id=platform_message_id,
-                )
-                .on_conflict_do_nothing(index_elements=[Message.channel_id, Message.platform_message_id])
-                .returning(Message.id, Message.created_at)
-            )
-            row = (await session.execute(insert)).one_or_none()
+            values = {
+                "channel_id": channel_id,
+                "role": role,
+                "content": content,
+                "author_id": author_id,
+                "author_name": author_name,
+                "platform_message_id": platform_message_id,
+            }
+            return channel_id, connection.execute(self._insert_message, values).one_or_none()
+
+        channel_id, row = await self._database.run_write(append)
+        self._remember_channel(platform, external_id, channel_id)
         if row is None:
             return None
         return StoredMessage(
@@ -305,11 +352,21 @@ class ChatRepository:
         platform, external_id = split_channel_key(channel_key)
         if limit == 0:
             return []
-        async with self._database.read_session() as session:
-            channel_id = await session.scalar(_channel_id_query(platform, external_id))
+
+        known = self._channel_ids.get((platform, external_id))
+
+        def newest(connection: Connection) -> tuple[int | None, Sequence[_MessageRow]]:
+            channel_id = known if known is not None else _find_channel(connection, platform, external_id)
             if channel_id is None:
-                return []
-            rows = (await session.execute(recent_messages_statement(channel_id, limit, max_id))).all()
+                return None, []
+            if max_id is None:
+                parameters = {"channel_id": channel_id, "limit": limit}
+                return channel_id, connection.execute(_RECENT, parameters).all()
+            parameters = {"channel_id": channel_id, "limit": limit, "max_id": max_id}
+            return channel_id, connection.execute(_RECENT_UP_TO, parameters).all()
+
+        channel_id, rows = await self._database.run_read(newest)
+        self._remember_channel(platform, external_id, channel_id)
 
         kept: list[StoredMessage] = []
         total = 0
@@ -326,23 +383,27 @@ class ChatRepository:
     ) -> tuple[StoredMessage, StoredMessage | None] | None:
         """See `Repository.answer_to`."""
         platform, external_id = split_channel_key(channel_key)
-        async with self._database.read_session() as session:
-            channel_id = await session.scalar(_channel_id_query(platform, external_id))
+
+        def find(connection: Connection) -> tuple[_MessageRow, _MessageRow | None] | None:
+            channel_id = connection.scalar(_channel_id_query(platform, external_id))
             if channel_id is None:
                 return None
             # The UNIQUE (channel_id, platform_message_id) index finds the question...
-            question = (
-                await session.execute(
-                    _message_columns().where(
-                        Message.channel_id == channel_id, Message.platform_message_id == platform_message_id
-                    )
+            question = connection.execute(
+                _message_columns().where(
+                    Message.channel_id == channel_id, Message.platform_message_id == platform_message_id
                 )
             ).one_or_none()
             if question is None:
                 return None
             # ...and the (channel_id, id) index the next row. Two statements: the engine's
             # per-channel order keeps writers of this channel out in between.
-            following = (await session.execute(next_message_statement(channel_id, question.id))).one_or_none()
+            return question, connection.execute(next_message_statement(channel_id, question.id)).one_or_none()
+
+        found = await self._database.run_read(find)
+        if found is None:
+            return None
+        question, following = found
         answer = _stored(following) if following is not None and following.role == "assistant" else None
         return _stored(question), answer
 
@@ -350,24 +411,23 @@ class ChatRepository:
         """See `Repository.move_channel`."""
         old_platform, old_external_id = split_channel_key(old_key)
         new_platform, new_external_id = split_channel_key(new_key)
-        async with self._database.write_session() as session:
-            old = (
-                await session.execute(
-                    select(Channel.id, Channel.system_prompt, Channel.temperature).where(
-                        Channel.platform == old_platform, Channel.external_id == old_external_id
-                    )
+
+        def move(connection: Connection) -> None:
+            old = connection.execute(
+                select(Channel.id, Channel.system_prompt, Channel.temperature).where(
+                    Channel.platform == old_platform, Channel.external_id == old_external_id
                 )
             ).one_or_none()
             if old is None:
                 return
-            new_id = await self._ensure_channel(session, new_platform, new_external_id)
+            new_id = self._ensure_channel(connection, new_platform, new_external_id)
             if new_id == old.id:
                 return
             # Platform ids already taken in the new channel would break its UNIQUE constraint:
             # those old messages stay in the history without the id (an alias, because a subquery
             # on the updated table would otherwise be correlated to the row being updated).
             taken = aliased(Message)
-            await session.execute(
+            connection.execute(
                 update(Message)
                 .where(
                     Message.channel_id == old.id,
@@ -378,26 +438,24 @@ class ChatRepository:
                     ),
                 )
                 .values(platform_message_id=None),
-                execution_options={"synchronize_session": False},
             )
-            await session.execute(
+            connection.execute(
                 update(Message).where(Message.channel_id == old.id).values(channel_id=new_id),
-                execution_options={"synchronize_session": False},
             )
-            await session.execute(
+            connection.execute(
                 update(Channel)
                 .where(Channel.id == new_id)
                 .values(
                     system_prompt=func.coalesce(Channel.system_prompt, old.system_prompt),
                     temperature=func.coalesce(Channel.temperature, old.temperature),
                 ),
-                execution_options={"synchronize_session": False},
             )
             # The old row stays (channels are never deleted: `_ensure_channel` relies on it).
-            await session.execute(
+            connection.execute(
                 update(Channel).where(Channel.id == old.id).values(system_prompt=None, temperature=None),
-                execution_options={"synchronize_session": False},
             )
+
+        await self._database.run_write(move)
 
     async def reset_channel(self, channel_key: str) -> int:
         """See `Repository.reset_channel`."""
@@ -405,19 +463,21 @@ class ChatRepository:
         statement = delete(Message).where(
             Message.channel_id == _channel_id_query(platform, external_id).scalar_subquery()
         )
-        async with self._database.write_session() as session:
-            result = await session.execute(statement, execution_options={"synchronize_session": False})
-        # A DELETE's result is a CursorResult; the session API is typed for every statement.
-        return cast("CursorResult[Any]", result).rowcount
+
+        def delete_all(connection: Connection) -> int:
+            result = connection.execute(statement)
+            # A DELETE's result is a CursorResult; `execute` is typed for every statement.
+            return cast("CursorResult[Any]", result).rowcount
+
+        return await self._database.run_write(delete_all)
 
     async def get_settings(self, channel_key: str) -> ChannelSettings:
         """See `Repository.get_settings`."""
         platform, external_id = split_channel_key(channel_key)
-        query = select(Channel.system_prompt, Channel.temperature).where(
-            Channel.platform == platform, Channel.external_id == external_id
+        parameters = {"platform": platform, "external_id": external_id}
+        row = await self._database.run_read(
+            lambda connection: connection.execute(_CHANNEL_SETTINGS, parameters).one_or_none()
         )
-        async with self._database.read_session() as session:
-            row = (await session.execute(query)).one_or_none()
         if row is None:
             return ChannelSettings()
         return ChannelSettings(system_prompt=row.system_prompt, temperature=row.temperature)
@@ -441,15 +501,18 @@ class ChatRepository:
             changes["temperature"] = temperature
         if not changes:
             return await self.get_settings(channel_key)
-        async with self._database.write_session() as session:
-            channel_id = await self._ensure_channel(session, platform, external_id)
+
+        def change(connection: Connection) -> Row[str | None, float | None]:
+            channel_id = self._ensure_channel(connection, platform, external_id)
             statement = (
                 update(Channel)
                 .where(Channel.id == channel_id)
                 .values(changes)
                 .returning(Channel.system_prompt, Channel.temperature)
             )
-            row = (await session.execute(statement, execution_options={"synchronize_session": False})).one()
+            return connection.execute(statement).one()
+
+        row = await self._database.run_write(change)
         return ChannelSettings(system_prompt=row.system_prompt, temperature=row.temperature)
 
     async def message_count(self, channel_key: str) -> int:
@@ -460,8 +523,7 @@ class ChatRepository:
             .select_from(Message)
             .where(Message.channel_id == _channel_id_query(platform, external_id).scalar_subquery())
         )
-        async with self._database.read_session() as session:
-            return (await session.scalar(query)) or 0
+        return (await self._database.run_read(lambda connection: connection.scalar(query))) or 0
 
     async def last_platform_message_ids(self, platform: str) -> dict[str, str]:
         """See `Repository.last_platform_message_ids`."""
@@ -497,9 +559,12 @@ class ChatRepository:
             .join(Message, Message.channel_id == Channel.id)
             .where(Channel.platform == platform, Message.id.in_(newest_answered))
         )
-        async with self._database.read_session() as session:
-            rows = (await session.execute(query)).all()
+        rows = await self._database.run_read(lambda connection: connection.execute(query).all())
         return {external_id: message_id for external_id, message_id in rows if message_id is not None}
+
+
+def _find_channel(connection: Connection, platform: str, external_id: str) -> int | None:
+    return connection.scalar(_CHANNEL_ID, {"platform": platform, "external_id": external_id})
 
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, func, select, text
 
 from bot.errors import StorageError
 from storage.db import Database
@@ -283,6 +283,46 @@ async def test_database_errors_become_storage_errors(database: Database) -> None
     assert "no_such_table" in message
     assert "\n" not in message
     assert isinstance(caught.value.__cause__, Exception)  # the original stays for the log
+
+
+async def test_run_write_rolls_back_on_error_and_keeps_the_error(database: Database) -> None:
+    def insert_then_fail(connection: Connection) -> None:
+        connection.execute(text("INSERT INTO channels (platform, external_id) VALUES ('web', 'gone')"))
+        raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        await database.run_write(insert_then_fail)
+    assert await channel_rows(database) == 0
+    # The unit-of-work path stays usable after the failure.
+    await database.run_write(
+        lambda connection: connection.execute(
+            text("INSERT INTO channels (platform, external_id) VALUES ('web', 'kept')")
+        )
+    )
+    assert await channel_rows(database) == 1
+
+
+async def test_run_read_and_run_write_turn_database_errors_into_storage_errors(database: Database) -> None:
+    for run in (database.run_read, database.run_write):
+        with pytest.raises(StorageError) as caught:
+            await run(lambda connection: connection.execute(text("SELECT * FROM no_such_table")))
+        assert "no_such_table" in str(caught.value)
+        assert "\n" not in str(caught.value)
+
+
+async def test_a_remembered_channel_id_survives_a_move_and_a_reset(repo: ChatRepository) -> None:
+    await repo.append_message("telegram:-1", "user", "before the move")
+    await repo.move_channel("telegram:-1", "telegram:-100")
+    await repo.append_message("telegram:-1", "user", "old id again")
+    await repo.append_message("telegram:-100", "user", "new id")
+    assert [m.content for m in await repo.recent_messages("telegram:-1", limit=10)] == ["old id again"]
+    assert [m.content for m in await repo.recent_messages("telegram:-100", limit=10)] == [
+        "before the move",
+        "new id",
+    ]
+    await repo.reset_channel("telegram:-100")
+    await repo.append_message("telegram:-100", "user", "after the reset")
+    assert [m.content for m in await repo.recent_messages("telegram:-100", limit=10)] == ["after the reset"]
 
 
 async def test_recent_messages_up_to_an_id(repo: ChatRepository) -> None:
