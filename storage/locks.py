@@ -1,0 +1,139 @@
+"""Per-channel locks that order one channel's replies across bot processes.
+
+The engine answers a channel's messages one at a time, in the order they reached this process
+(an in-process FIFO). With several processes on one PostgreSQL database, that is not enough: two
+processes could store and answer two messages of one channel at once, and each reply would miss
+the other message. `ChannelLocks.hold(channel_key)` is held around "store the message, read the
+history, generate, store the reply", so the stored order is the order in which processes got the
+lock, and every reply sees the whole history before it.
+
+- SQLite: `LocalChannelLocks` does nothing. One process owns a SQLite file (that is the supported
+  set-up), and the engine's in-process FIFO already orders each channel.
+- PostgreSQL: `PostgresChannelLocks` takes `pg_advisory_xact_lock(key)` in a transaction held open
+  on a connection of a dedicated, bounded pool (`Database.lock_engine`), and ends the transaction
+  to release it. Why the transaction-level lock rather than `pg_advisory_lock` (session level): the
+  transaction's end releases it whatever happens: a cancelled task, a failed unlock statement, or
+  a connection handed back to the pool mid-way (the pool rolls back on return). A session lock
+  that is not explicitly unlocked stays with the pooled connection and blocks the channel for
+  good. It also works behind PgBouncer in transaction pooling mode, where session locks do not.
+  The open transaction holds no snapshot between statements (READ COMMITTED) and no transaction
+  id (it writes nothing), so it does not hold back VACUUM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from bot.errors import StorageError
+from storage.db import Database
+
+_log = logging.getLogger(__name__)
+
+# Keeps channel keys apart from the other advisory locks of the application (migrations, the
+# Telegram poller): a different prefix hashes to a different key.
+_CHANNEL_NAMESPACE = b"chinwag:channel:"
+
+
+class ChannelLocks(Protocol):
+    """A mutual exclusion per channel key, shared by every process that uses the database."""
+
+    def hold(self, channel_key: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Wait for the channel's lock and hold it for the `async with` block. Raises
+        `StorageError` when the lock cannot be taken (database down, waited too long)."""
+        ...
+
+
+def advisory_key(namespace: bytes, name: str) -> int:
+    """A stable signed 64-bit key for `pg_advisory_*lock(bigint)`: the same in every process and
+    every Python version (unlike `hash()`). A collision only makes two channels wait for each other."""
+    digest = hashlib.blake2b(namespace + name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def channel_lock_key(channel_key: str) -> int:
+    """The advisory lock key of `channel_key`."""
+    return advisory_key(_CHANNEL_NAMESPACE, channel_key)
+
+
+class LocalChannelLocks:
+    """For SQLite: no database lock. One process per SQLite file, whose engine orders each channel."""
+
+    @contextlib.asynccontextmanager
+    async def hold(self, channel_key: str) -> AsyncIterator[None]:
+        """Returns at once."""
+        yield
+
+
+class PostgresChannelLocks:
+    """`pg_advisory_xact_lock` on a connection of `engine`, held for the block.
+
+    At most `max_held` channels hold (or wait for) a lock at once in this process: one connection
+    each, for as long as the reply is generated. More wait here, in order, for a free connection,
+    rather than time out in the pool. `wait_timeout_s` bounds the wait for the lock itself on the
+    server (`lock_timeout`), e.g. behind a process that hangs while holding it.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, max_held: int, wait_timeout_s: float) -> None:
+        if max_held < 1:
+            raise ValueError(f"max_held must be >= 1, got {max_held}")
+        self._engine = engine
+        self._slots = asyncio.Semaphore(max_held)
+        self._lock_timeout_ms = max(1, round(wait_timeout_s * 1000))
+
+    @contextlib.asynccontextmanager
+    async def hold(self, channel_key: str) -> AsyncIterator[None]:
+        """See `ChannelLocks.hold`."""
+        async with self._slots:
+            connection = await self._acquire(channel_key)
+            try:
+                yield
+            finally:
+                # Closing ends the transaction, which releases the lock. Shielded: a cancelled task
+                # must still hand the connection back (SQLAlchemy invalidates a connection whose
+                # rollback fails, and the server then drops the lock with the session).
+                await asyncio.shield(_close_quietly(connection))
+
+    async def _acquire(self, channel_key: str) -> AsyncConnection:
+        connection: AsyncConnection | None = None
+        try:
+            connection = await self._engine.connect()
+            await connection.begin()
+            # SET LOCAL takes no bind parameters; the value is an int computed here.
+            await connection.execute(text(f"SET LOCAL lock_timeout = {self._lock_timeout_ms}"))
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": channel_lock_key(channel_key)}
+            )
+        except BaseException as exc:
+            if connection is not None:
+                await asyncio.shield(_close_quietly(connection))
+            if isinstance(exc, Exception) and not isinstance(exc, StorageError):
+                raise StorageError(f"cannot lock channel {channel_key}: {type(exc).__name__}") from exc
+            raise
+        return connection
+
+
+async def _close_quietly(connection: AsyncConnection) -> None:
+    try:
+        await connection.close()
+    except Exception as exc:  # the connection is gone: so is its lock
+        _log.warning("closing a channel lock connection failed: %s", type(exc).__name__)
+
+
+def channel_locks_for(database: Database) -> ChannelLocks:
+    """The locks that fit `database`'s dialect (after `database.start()`)."""
+    engine = database.lock_engine
+    if engine is None:
+        return LocalChannelLocks()
+    return PostgresChannelLocks(
+        engine,
+        max_held=database.options.lock_connections,
+        wait_timeout_s=database.options.lock_wait_timeout_s,
+    )
