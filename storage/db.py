@@ -17,6 +17,7 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from bot.errors import StorageError
 
@@ -84,6 +85,7 @@ class Database:
         self.options = options or DatabaseOptions()
         self._engine: AsyncEngine | None = None
         self._lock_engine: AsyncEngine | None = None
+        self._claim_engine: AsyncEngine | None = None
         self._write_engine: AsyncEngine | None = None
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
         self._write_sessions: async_sessionmaker[AsyncSession] | None = None
@@ -93,6 +95,11 @@ class Database:
     def dialect_name(self) -> str:
         """`"sqlite"` or `"postgresql"`."""
         return self._url.get_backend_name()
+
+    @property
+    def claim_engine(self) -> AsyncEngine | None:
+        """PostgreSQL: an engine without a pool, for connections that live as long as a claim."""
+        return self._claim_engine
 
     @property
     def lock_engine(self) -> AsyncEngine | None:
@@ -155,6 +162,9 @@ class Database:
                 max_overflow=0,
                 pool_timeout=options.pool_timeout_s,
             )
+            # Connections held for a process's lifetime (storage.locks.claim_exclusive): opened
+            # and closed on demand, never taken from the pools above.
+            self._claim_engine = create_async_engine(self._url, connect_args=connect_args, poolclass=NullPool)
         if self.dialect_name == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _on_sqlite_connect)
             event.listen(self._engine.sync_engine, "begin", _on_sqlite_begin)
@@ -175,8 +185,8 @@ class Database:
 
     async def stop(self) -> None:
         """Close every pooled connection. Safe to call twice or after a failed `start()`."""
-        engines = [engine for engine in (self._lock_engine, self._engine) if engine is not None]
-        self._engine = self._write_engine = self._lock_engine = None
+        engines = [e for e in (self._claim_engine, self._lock_engine, self._engine) if e is not None]
+        self._engine = self._write_engine = self._lock_engine = self._claim_engine = None
         self._read_sessions = self._write_sessions = None
         self._write_lock = None
         for engine in engines:

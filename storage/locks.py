@@ -40,6 +40,7 @@ _log = logging.getLogger(__name__)
 # Keeps channel keys apart from the other advisory locks of the application (migrations, the
 # Telegram poller): a different prefix hashes to a different key.
 _CHANNEL_NAMESPACE = b"chinwag:channel:"
+_CLAIM_NAMESPACE = b"chinwag:claim:"
 
 
 class ChannelLocks(Protocol):
@@ -137,3 +138,51 @@ def channel_locks_for(database: Database) -> ChannelLocks:
         max_held=database.options.lock_connections,
         wait_timeout_s=database.options.lock_wait_timeout_s,
     )
+
+
+class Claim:
+    """An exclusive role of this process among all processes on the database (e.g. "the one
+    that polls Telegram for this bot"), held until `release()` or the process ends.
+
+    On PostgreSQL it is a session-level advisory lock on a connection of its own: session level
+    is right here, because the role lasts as long as the process (its connection closing, for
+    whatever reason, is what must free it). On SQLite there is one process per file: nothing to hold.
+    """
+
+    def __init__(self, connection: AsyncConnection | None = None) -> None:
+        self._connection = connection
+
+    async def release(self) -> None:
+        """Give the role up (closing the connection ends its session and lock). Idempotent."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await asyncio.shield(_close_quietly(connection))
+
+
+async def claim_exclusive(database: Database, name: str) -> Claim | None:
+    """Take the role `name` (hashed; it may be a secret such as a bot token) without waiting.
+
+    None when another process holds it. Raises `StorageError` when the database fails.
+    """
+    engine = database.claim_engine
+    if engine is None:
+        return Claim()
+    connection: AsyncConnection | None = None
+    try:
+        connection = await engine.connect()
+        # Autocommit: a session lock needs no open transaction, and holding one for hours would
+        # show the process as "idle in transaction".
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        got = await connection.scalar(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": advisory_key(_CLAIM_NAMESPACE, name)}
+        )
+    except BaseException as exc:
+        if connection is not None:
+            await asyncio.shield(_close_quietly(connection))
+        if isinstance(exc, Exception) and not isinstance(exc, StorageError):
+            raise StorageError(f"cannot claim an exclusive role: {type(exc).__name__}") from exc
+        raise
+    if not got:
+        await _close_quietly(connection)
+        return None
+    return Claim(connection)

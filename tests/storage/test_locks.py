@@ -20,7 +20,13 @@ from bot.engine import ChatEngine
 from bot.errors import StorageError
 from bot.events import ChatEvent
 from storage.db import Database, DatabaseOptions
-from storage.locks import LocalChannelLocks, PostgresChannelLocks, channel_lock_key, channel_locks_for
+from storage.locks import (
+    LocalChannelLocks,
+    PostgresChannelLocks,
+    channel_lock_key,
+    channel_locks_for,
+    claim_exclusive,
+)
 from storage.repository import ChatRepository
 from tests.storage.conftest import Target
 
@@ -246,3 +252,55 @@ async def test_two_engines_on_one_database_keep_each_channel_in_order(target: Ta
                 f"c{channel}-{n}" for n in range(per_channel)
             )
         assert all(re.fullmatch(r"(echo\[\d+\]: m\d+)?", text) for text in texts)
+
+
+@only_postgres
+async def test_an_exclusive_claim_is_held_by_one_client_until_released(clients: list[Database]) -> None:
+    first = await claim_exclusive(clients[0], "telegram-poller:secret-token")
+    assert first is not None
+    assert await claim_exclusive(clients[1], "telegram-poller:secret-token") is None
+    other = await claim_exclusive(clients[1], "telegram-poller:another-token")
+    assert other is not None
+    await first.release()
+    await first.release()  # idempotent
+    again = await claim_exclusive(clients[1], "telegram-poller:secret-token")
+    assert again is not None
+    await again.release()
+    await other.release()
+
+
+@only_postgres
+async def test_a_second_process_refuses_to_poll_the_same_telegram_bot(clients: list[Database]) -> None:
+    from pydantic import SecretStr
+
+    from adapters.telegram import TelegramAdapter
+    from bot.config import TelegramConfig
+    from bot.errors import ChinwagError
+
+    token = "123456:TEST-telegram-token"
+    held = await claim_exclusive(clients[0], f"telegram-poller:{token}")  # the first process polls
+    assert held is not None
+    engine = ChatEngine(ChatRepository(clients[1]), EchoBackend(), ModelConfig(backend="echo"), ChatConfig())
+    # An address where nothing listens: the refusal must come before any call to Telegram.
+    config = TelegramConfig(token=SecretStr(token), base_url="http://127.0.0.1:9/bot")
+    adapter = TelegramAdapter(config, engine, clients[1])
+    try:
+        with pytest.raises(ChinwagError, match="already polls this bot") as raised:
+            await adapter.start()
+        assert token not in str(raised.value)
+    finally:
+        await adapter.stop()
+        await engine.close()
+        await held.release()
+
+
+@pytest.mark.parametrize("target", ["sqlite"], indirect=True)
+async def test_on_sqlite_a_claim_is_always_granted(target: Target) -> None:
+    database = target.new_database()
+    await database.start()
+    try:
+        claim = await claim_exclusive(database, "telegram-poller:x")
+        assert claim is not None
+        await claim.release()
+    finally:
+        await database.stop()
