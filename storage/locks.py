@@ -107,10 +107,10 @@ class PostgresChannelLocks:
         try:
             connection = await self._engine.connect()
             await connection.begin()
-            # SET LOCAL takes no bind parameters; the value is an int computed here.
-            await connection.execute(text(f"SET LOCAL lock_timeout = {self._lock_timeout_ms}"))
+            # One round trip: set_config(..., true) is SET LOCAL, for this transaction only.
             await connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": channel_lock_key(channel_key)}
+                text("SELECT set_config('lock_timeout', :timeout, true), pg_advisory_xact_lock(:key)"),
+                {"timeout": f"{self._lock_timeout_ms}ms", "key": channel_lock_key(channel_key)},
             )
         except BaseException as exc:
             if connection is not None:
