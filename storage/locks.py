@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.errors import StorageError
@@ -116,9 +117,21 @@ class PostgresChannelLocks:
             if connection is not None:
                 await asyncio.shield(_close_quietly(connection))
             if isinstance(exc, Exception) and not isinstance(exc, StorageError):
-                raise StorageError(f"cannot lock channel {channel_key}: {type(exc).__name__}") from exc
+                raise StorageError(f"cannot lock channel {channel_key}: {_cause_name(exc)}") from exc
             raise
         return connection
+
+
+def _cause_name(exc: BaseException) -> str:
+    """The driver's error class (e.g. asyncpg's LockNotAvailableError for a lock_timeout), which
+    says more than SQLAlchemy's wrapper; never the message, which could quote the URL."""
+    cause: BaseException = exc
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        cause = exc.orig
+        # asyncpg errors arrive re-wrapped in an adapter class; the original names the problem.
+        if cause.__cause__ is not None:
+            cause = cause.__cause__
+    return type(cause).__name__
 
 
 async def _close_quietly(connection: AsyncConnection) -> None:
@@ -180,7 +193,7 @@ async def claim_exclusive(database: Database, name: str) -> Claim | None:
         if connection is not None:
             await asyncio.shield(_close_quietly(connection))
         if isinstance(exc, Exception) and not isinstance(exc, StorageError):
-            raise StorageError(f"cannot claim an exclusive role: {type(exc).__name__}") from exc
+            raise StorageError(f"cannot claim an exclusive role: {_cause_name(exc)}") from exc
         raise
     if not got:
         await _close_quietly(connection)

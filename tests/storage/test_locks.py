@@ -144,7 +144,7 @@ async def test_waiting_too_long_is_a_storage_error(clients: list[Database]) -> N
     held, release = asyncio.Event(), asyncio.Event()
     holder = asyncio.create_task(hold_until(first, "web:room", held, release))
     await asyncio.wait_for(held.wait(), PROMPTLY_S)
-    with pytest.raises(StorageError, match="cannot lock channel web:room"):
+    with pytest.raises(StorageError, match="cannot lock channel web:room: LockNotAvailableError"):
         async with impatient.hold("web:room"):
             pass
     release.set()
