@@ -228,6 +228,12 @@ class DiscordAdapter:
         if config.token is None or not config.token.get_secret_value().strip():
             raise ValueError("the Discord adapter needs a token")
         self._token = config.token
+        # Sharding over processes: None, or (this process's shard, the shard count).
+        self._shard = (
+            (config.shard_id, config.shard_count)
+            if config.shard_id is not None and config.shard_count is not None
+            else None
+        )
         self._api_base = config.api_base
         self._gateway_url = config.gateway_url
         self._admins = frozenset(config.admins)
@@ -276,11 +282,17 @@ class DiscordAdapter:
         intents = discord.Intents.default()
         intents.message_content = True
         self._ready = asyncio.Event()
+        shard_options: dict[str, int] = {}
+        if self._shard is not None:
+            # One shard per process: the gateway sends this process the events of the guilds
+            # with (guild_id >> 22) % shard_count == shard_id, and direct messages to shard 0.
+            shard_options = {"shard_id": self._shard[0], "shard_count": self._shard[1]}
         self._client = _Client(
             self,
             intents=intents,
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=self._guild_ready_timeout_s,
+            **shard_options,
         )
         try:
             async with asyncio.timeout(self._ready_timeout_s):
@@ -453,7 +465,7 @@ class DiscordAdapter:
                 return
             try:
                 channel = client.get_channel(int(channel_key)) or await client.fetch_channel(int(channel_key))
-                if not isinstance(channel, discord.abc.Messageable):
+                if not isinstance(channel, discord.abc.Messageable) or not self._on_this_shard(channel):
                     continue
                 anchor = await self._posted_anchor(channel, client.user.id, oldest)
                 start = anchor if anchor is not None else int(message_id)
@@ -464,6 +476,15 @@ class DiscordAdapter:
                 logger.warning(
                     "discord: could not backfill channel %s (%s)", channel_key, type(error).__name__
                 )
+
+    def _on_this_shard(self, channel: object) -> bool:
+        """Whether this process's shard receives `channel`'s messages (always, unsharded): each
+        process backfills only its own channels, so no missed message is answered twice."""
+        if self._shard is None:
+            return True
+        shard_id, shard_count = self._shard
+        guild = getattr(channel, "guild", None)
+        return shard_for(guild.id if guild is not None else None, shard_count) == shard_id
 
     @staticmethod
     async def _posted_anchor(channel: discord.abc.Messageable, bot_user_id: int, oldest: int) -> int | None:
@@ -616,6 +637,8 @@ class DiscordAdapter:
         async def temperature_command(interaction: discord.Interaction, value: str = "") -> None:
             await self._run_command(interaction, f"/temperature {value}".strip())
 
+        if self._shard is not None and self._shard[0] != 0:
+            return  # the commands are global: shard 0's process publishes them, once
         try:
             await tree.sync()
         except (discord.HTTPException, app_commands.CommandSyncFailure) as error:
@@ -656,6 +679,13 @@ class DiscordAdapter:
 
 # Optional `discord:` config keys passed to the adapter when the config model has them (see the
 # adapter's keyword arguments for their meaning and defaults).
+def shard_for(guild_id: int | None, shard_count: int) -> int:
+    """The shard that receives a guild's events (Discord's formula); direct messages go to shard 0."""
+    if guild_id is None:
+        return 0
+    return (guild_id >> 22) % shard_count
+
+
 def create(settings: Settings, services: Services) -> DiscordAdapter | None:
     """The adapter for `settings.discord`, or None when no token is configured."""
     config = settings.discord

@@ -53,6 +53,7 @@ from bot.events import ChatEvent
 from bot.reply import Reply
 from storage.db import Database
 from storage.inbox import InboxItem, UpdateInbox
+from storage.locks import Claim, claim_exclusive
 
 if TYPE_CHECKING:
     from bot.app import Services
@@ -276,6 +277,8 @@ class TelegramAdapter:
         self._admins = frozenset(config.admins)
         self._engine = engine
         self._inbox = UpdateInbox(database, PLATFORM)
+        self._database = database
+        self._claim: Claim | None = None
         self._poll_timeout_s = poll_timeout_s
         self._edit_interval_s = edit_interval_s
         self._typing_interval_s = typing_interval_s
@@ -314,6 +317,7 @@ class TelegramAdapter:
         # `_fetch_updates` calls getUpdates through `do_api_request` on purpose (see there).
         warnings.filterwarnings("ignore", message=r"Please use 'Bot\.get_updates'", category=UserWarning)
         self._stopping = False
+        await self._claim_poller()
         builder = ApplicationBuilder().token(self._token.get_secret_value()).updater(None)
         if self._base_url:
             builder = builder.base_url(self._base_url)
@@ -377,6 +381,24 @@ class TelegramAdapter:
             if app.running:
                 await app.stop()
             await app.shutdown()
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            await claim.release()
+
+    async def _claim_poller(self) -> None:
+        """Become the one process that polls this bot. Telegram answers a second getUpdates poller
+        with 409 Conflict, and the two would take each other's updates: on a shared PostgreSQL
+        database a second process refuses to start the adapter instead (a session advisory lock
+        keyed by a hash of the token, released when this process stops or dies)."""
+        if self._claim is not None:
+            return
+        claim = await claim_exclusive(self._database, f"telegram-poller:{self._token.get_secret_value()}")
+        if claim is None:
+            raise ChinwagError(
+                "telegram: another Chinwag process on this database already polls this bot; "
+                "run the Telegram adapter in one process only (telegram.enabled: false elsewhere)"
+            )
+        self._claim = claim
 
     # --- receiving ---------------------------------------------------------------------------
 

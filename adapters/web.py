@@ -42,10 +42,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.web_openai import Completer, build_openai_router
+from adapters.web_ops import build_ops_router
 from bot.config import ModelConfig, WebConfig
 from bot.engine import ChatEngine
 from bot.errors import ChinwagError, StorageError
 from bot.events import ChatEvent
+from bot.health import Readiness
+from bot.metrics import PrometheusMetrics
 from bot.reply import Reply, ReplyStatus
 from storage.repository import StoredMessage
 
@@ -404,8 +407,11 @@ def build_app(
     model_name: str = "chinwag",
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     completer: Completer | None = None,
+    readiness: Readiness | None = None,
+    metrics: PrometheusMetrics | None = None,
 ) -> FastAPI:
-    """The ASGI app: chat page at `/`, chat API under `/api/`, OpenAI-compatible under `/v1/`.
+    """The ASGI app: chat page at `/`, chat API under `/api/`, OpenAI-compatible under `/v1/`,
+    `/healthz`, `/readyz` and `/metrics` (adapters/web_ops.py).
 
     `completer` answers `/v1/chat/completions`: `engine.complete` unless a test passes another.
     """
@@ -450,6 +456,7 @@ def build_app(
             default_system_prompt=system_prompt,
         )
     )
+    app.include_router(build_ops_router(readiness, metrics))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     if options.cors_origins:
@@ -491,6 +498,8 @@ class WebAdapter:
         model_name: str = "chinwag",
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         completer: Completer | None = None,
+        readiness: Readiness | None = None,
+        metrics: PrometheusMetrics | None = None,
     ) -> None:
         self._options = options
         self.app = build_app(
@@ -500,6 +509,8 @@ class WebAdapter:
             model_name=model_name,
             system_prompt=system_prompt,
             completer=completer,
+            readiness=readiness,
+            metrics=metrics,
         )
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -583,4 +594,6 @@ def create(settings: Settings, services: Services) -> WebAdapter | None:
         options,
         model_name=str(model.name or model.backend),
         system_prompt=model.system_prompt,
+        readiness=services.readiness,
+        metrics=services.metrics if settings.web.metrics else None,
     )

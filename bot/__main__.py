@@ -1,4 +1,5 @@
-"""Command line: `python -m bot run` (all enabled adapters) and `python -m bot chat` (terminal)."""
+"""Command line: `python -m bot run` (all enabled adapters), `python -m bot chat` (terminal) and
+`python -m bot migrate` (bring the database schema to the newest revision, then exit)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from bot.app import Application, configure_logging, serve
+from bot.app import Application, configure_logging, database_options, serve
 from bot.config import DEFAULT_CONFIG_PATH, Settings, load_settings
 from bot.errors import ChinwagError, ConfigError
+from storage.db import Database
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("run", "start every adapter enabled in the config, until SIGINT/SIGTERM"),
         ("chat", "chat in the terminal (reads stdin, prints replies; Ctrl-D quits)"),
+        ("migrate", "migrate the database schema to the newest revision and exit (a release step)"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument(
@@ -39,6 +42,15 @@ async def _chat(settings: Settings) -> None:
         await console.run()
 
 
+async def _migrate(settings: Settings) -> None:
+    # Starting the database migrates it (under an advisory lock on PostgreSQL, so a release step
+    # and workers starting at the same time do not collide); nothing else is started.
+    database = Database(settings.storage.url.get_secret_value(), options=database_options(settings))
+    await database.start()
+    await database.stop()
+    print("chinwag: the database schema is up to date", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
@@ -51,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_chat = args.command == "chat" and settings.logging.level == "INFO"
     configure_logging("WARNING" if quiet_chat else settings.logging.level)
     try:
-        asyncio.run(_chat(settings) if args.command == "chat" else serve(settings))
+        commands = {"chat": _chat, "migrate": _migrate, "run": serve}
+        asyncio.run(commands[args.command](settings))
     except KeyboardInterrupt:
         return 0
     except ConfigError as error:

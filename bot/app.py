@@ -7,6 +7,7 @@ import importlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,10 @@ from bot.backends.batching_settings import BatchingSettings
 from bot.config import BatchingConfig, ModelConfig, Settings
 from bot.engine import ChatEngine
 from bot.errors import ConfigError
-from storage.db import Database
+from bot.health import Readiness, backend_check
+from bot.metrics import PrometheusMetrics
+from storage.db import Database, DatabaseOptions
+from storage.locks import channel_locks_for
 from storage.repository import ChatRepository
 
 logger = logging.getLogger(__name__)
@@ -89,10 +93,36 @@ ADAPTER_MODULES: tuple[str, ...] = ("web", "telegram", "discord")
 @dataclass(frozen=True, slots=True)
 class Services:
     """What an adapter may use: the engine, and the storage seams adapters are allowed to touch
-    (none of the message history: that belongs to the engine)."""
+    (none of the message history: that belongs to the engine); the readiness probe and the
+    metrics (None when off) for the web server's operations endpoints."""
 
     engine: ChatEngine
     database: Database
+    readiness: Readiness | None = None
+    metrics: PrometheusMetrics | None = None
+
+
+def database_options(settings: Settings) -> DatabaseOptions:
+    """The `storage:` pool settings."""
+    storage = settings.storage
+    return DatabaseOptions(
+        pool_size=storage.pool_size,
+        max_overflow=storage.max_overflow,
+        pool_timeout_s=storage.pool_timeout_s,
+        lock_connections=storage.lock_connections,
+        lock_wait_timeout_s=storage.lock_wait_timeout_s,
+    )
+
+
+def build_metrics(settings: Settings) -> PrometheusMetrics | None:
+    """Prometheus metrics when `web.metrics` is on and prometheus-client is installed."""
+    if not (settings.web.enabled and settings.web.metrics):
+        return None
+    try:
+        return PrometheusMetrics()
+    except ModuleNotFoundError:
+        logger.warning("web.metrics is on but prometheus-client is not installed: /metrics is off")
+        return None
 
 
 def build_adapters(settings: Settings, services: Services) -> list[Adapter]:
@@ -145,17 +175,28 @@ class Application:
 
     async def __aenter__(self) -> Application:
         try:
-            database = Database(self.settings.storage.url.get_secret_value())
+            database = Database(
+                self.settings.storage.url.get_secret_value(), options=database_options(self.settings)
+            )
             await database.start()
             self._stack.push_async_callback(database.stop)
             await self._backend.start()
             self._stack.push_async_callback(self._backend.stop)
+            metrics = build_metrics(self.settings)
             engine = ChatEngine(
-                ChatRepository(database), self._backend, self.settings.model, self.settings.chat
+                ChatRepository(database),
+                self._backend,
+                self.settings.model,
+                self.settings.chat,
+                locks=channel_locks_for(database),
+                metrics=metrics,
             )
             self._stack.push_async_callback(engine.close)
+            if metrics is not None:
+                metrics.watch_queue(lambda: engine.stats.in_flight, _scheduler_depth(self._backend))
+            readiness = Readiness({"database": database.ping, "backend": backend_check(self._backend)})
             self._engine = engine
-            self._services = Services(engine=engine, database=database)
+            self._services = Services(engine=engine, database=database, readiness=readiness, metrics=metrics)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -188,3 +229,15 @@ async def serve(settings: Settings) -> None:
         logger.info("Chinwag is up; press Ctrl-C to stop")
         await stop.wait()
         logger.info("shutting down")
+
+
+def _scheduler_depth(backend: Backend) -> Callable[[], int] | None:
+    """The local backend's batch scheduler depth, when it has one (read at each scrape)."""
+    if not hasattr(backend, "scheduler"):
+        return None
+
+    def depth() -> int:
+        scheduler = getattr(backend, "scheduler", None)
+        return int(getattr(scheduler, "depth", 0)) if scheduler is not None else 0
+
+    return depth

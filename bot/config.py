@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bot.errors import ConfigError
 
@@ -88,9 +96,17 @@ class ChatConfig(_Section):
 
 
 class StorageConfig(_Section):
-    """`storage:` — the SQLAlchemy URL of the history database."""
+    """`storage:` — the SQLAlchemy URL of the history database and its connection pools."""
 
     url: SecretStr = SecretStr("sqlite+aiosqlite:///data/bot.db")
+    # Short sessions: at most pool_size + max_overflow connections per process.
+    pool_size: int = Field(default=5, ge=1, le=1000)
+    max_overflow: int = Field(default=10, ge=0, le=1000)
+    pool_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # PostgreSQL only: connections holding a channel's advisory lock while its reply is generated
+    # (= channels answered at once by this process), and how long to wait for a channel's lock.
+    lock_connections: int = Field(default=20, ge=1, le=1000)
+    lock_wait_timeout_s: float = Field(default=300.0, gt=0.0, le=86_400.0)
 
     @field_validator("url")
     @classmethod
@@ -132,6 +148,17 @@ class DiscordConfig(_Section):
     drain_s: float = Field(default=10.0, ge=0)
     slash_commands: bool = True
     backfill_max_age_s: float = Field(default=3600.0, ge=0)
+    # Sharding over several processes: this process runs shard `shard_id` of `shard_count`.
+    shard_count: int | None = Field(default=None, ge=1, le=100_000)
+    shard_id: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _shard_pair(self) -> DiscordConfig:
+        if (self.shard_count is None) != (self.shard_id is None):
+            raise ValueError("shard_id and shard_count go together (set both, or neither)")
+        if self.shard_count is not None and self.shard_id is not None and self.shard_id >= self.shard_count:
+            raise ValueError(f"shard_id must be below shard_count ({self.shard_count})")
+        return self
 
 
 class WebConfig(_Section):
@@ -144,6 +171,8 @@ class WebConfig(_Section):
     admin_api_key: SecretStr | None = None
     api_keys: tuple[SecretStr, ...] = ()
     max_body_bytes: int = Field(default=65536, ge=1024)
+    # GET /metrics (Prometheus text format, counts only: no channel, user or message text).
+    metrics: bool = True
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -22,9 +22,11 @@ from bot.errors import (
     StorageError,
 )
 from bot.events import ChatEvent
+from bot.metrics import EngineMetrics, NoMetrics
 from bot.ratelimit import RateLimiter, Verdict
 from bot.reply import Reply, ReplyStatus
 from bot.sanitize import clip, sanitize_text
+from storage.locks import ChannelLocks, LocalChannelLocks
 from storage.repository import Repository, StoredMessage
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class _Outcome:
     text: str = ""
     prompt: PreparedPrompt | None = None
     failed: ReplyStatus | None = None
+    chunks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,9 @@ class ChatEngine:
 
     Messages of one channel are processed strictly in the order `handle` was called; different
     channels proceed concurrently. Each message is one short database transaction per step, never
-    held across the model call.
+    held across the model call. Across processes sharing a PostgreSQL database, `locks` (see
+    storage/locks.py) is held from storing a message to storing its reply, so each channel's
+    replies are in order there too; the default suits one process per database.
     """
 
     def __init__(
@@ -82,8 +87,13 @@ class ChatEngine:
         backend: Backend,
         model: ModelConfig,
         chat: ChatConfig,
+        *,
+        locks: ChannelLocks | None = None,
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self._repository = repository
+        self._locks: ChannelLocks = locks if locks is not None else LocalChannelLocks()
+        self._metrics: EngineMetrics = metrics if metrics is not None else NoMetrics()
         self._backend = backend
         self._model = model
         self._chat = chat
@@ -126,9 +136,10 @@ class ChatEngine:
         previous = self._tails.get(event.channel_key)
         mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tails[event.channel_key] = mine
+        received = time.perf_counter()
         self._track(
             asyncio.create_task(
-                self._run_in_order(event, reply, verdict, previous, mine, resets=resets),
+                self._run_in_order(event, reply, verdict, previous, mine, resets=resets, received=received),
                 name=f"chinwag:{event.channel_key}",
             )
         )
@@ -260,6 +271,7 @@ class ChatEngine:
         mine: asyncio.Future[None],
         *,
         resets: int,
+        received: float,
     ) -> None:
         try:
             if previous is not None:
@@ -270,7 +282,7 @@ class ChatEngine:
                 await reply.push(RESET_SKIPPED_REPLY)
                 status = ReplyStatus.NOTICE
             else:
-                status = await self._process(event, reply, verdict)
+                status = await self._process(event, reply, verdict, received)
             await reply.finish(status)
         except asyncio.CancelledError:
             await reply.push("\n\n(Stopped: the bot is shutting down.)")
@@ -282,11 +294,14 @@ class ChatEngine:
             await reply.finish(ReplyStatus.FAILED)
         finally:
             self._handled += 1
+            self._metrics.message_handled(event.platform)
             mine.set_result(None)
             if self._tails.get(event.channel_key) is mine:
                 del self._tails[event.channel_key]
 
-    async def _process(self, event: ChatEvent, reply: Reply, verdict: Verdict) -> ReplyStatus:
+    async def _process(
+        self, event: ChatEvent, reply: Reply, verdict: Verdict, received: float
+    ) -> ReplyStatus:
         if verdict is Verdict.DROP:
             return ReplyStatus.DROPPED
         if verdict is Verdict.NOTIFY:
@@ -298,17 +313,21 @@ class ChatEngine:
             await reply.push(EMPTY_MESSAGE_REPLY)
             return ReplyStatus.NOTICE
         try:
-            command = parse_command(text)
-            if command is not None:
-                await reply.push(await self._commands.handle(command, replace(event, text=text)))
-                return ReplyStatus.COMMAND
-            return await self._answer(event, text, reply)
+            # Held from storing the message to storing its reply (or running the command), so a
+            # reply written by another process cannot land in between.
+            async with self._locks.hold(event.channel_key):
+                command = parse_command(text)
+                if command is not None:
+                    await reply.push(await self._commands.handle(command, replace(event, text=text)))
+                    return ReplyStatus.COMMAND
+                return await self._answer(event, text, reply, received)
         except StorageError as error:
             logger.error("storage failed for %s: %s", event.channel_key, error)
+            self._metrics.generation_failed("storage")
             await reply.push(STORAGE_FAILED_REPLY)
             return ReplyStatus.FAILED
 
-    async def _answer(self, event: ChatEvent, text: str, reply: Reply) -> ReplyStatus:
+    async def _answer(self, event: ChatEvent, text: str, reply: Reply, received: float) -> ReplyStatus:
         text, input_cut = clip(text, self._chat.max_input_chars)
         stored = await self._repository.append_message(
             event.channel_key,
@@ -334,6 +353,7 @@ class ChatEngine:
             await reply.push(EMPTY_MODEL_REPLY)
             return ReplyStatus.NOTICE
         await self._repository.append_message(event.channel_key, "assistant", answer)
+        self._metrics.reply_finished(time.perf_counter() - received, outcome.chunks)
         await self._push_cut_notice(reply, input_cut, prompt)
         logger.debug(
             "answered in %s: %d chars in %.3f s",
@@ -397,28 +417,32 @@ class ChatEngine:
         error text in the reply (the half-written text is never returned for storing)."""
         try:
             prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
-            text = await self._generate(self._backend.generate(prompt, sampling), reply)
+            parts = await self._generate(self._backend.generate(prompt, sampling), reply)
         except BackendBusy as error:
+            self._metrics.generation_failed("busy")
             logger.warning("backend busy, %s not answered: %s", where, error)
             await reply.push(BUSY_REPLY)
             return _Outcome(failed=ReplyStatus.NOTICE)
         except GenerationCancelled:
+            self._metrics.generation_failed("cancelled")
             logger.info("generation in %s cancelled", where)
             await reply.push(CANCELLED_NOTICE if reply.text_so_far() else CANCELLED_NOTICE.lstrip())
             return _Outcome(failed=ReplyStatus.FAILED)
         except GenerationTimeout:
+            self._metrics.generation_failed("timeout")
             logger.warning("generation timed out in %s", where)
             await reply.push(
                 GENERATION_TIMEOUT_REPLY if reply.text_so_far() else GENERATION_TIMEOUT_REPLY.lstrip()
             )
             return _Outcome(failed=ReplyStatus.FAILED)
         except (BackendError, MemoryError) as error:
+            self._metrics.generation_failed("backend")
             logger.error("generation failed in %s: %s", where, error, exc_info=error)
             await reply.push(
                 GENERATION_FAILED_REPLY if reply.text_so_far() else GENERATION_FAILED_REPLY.lstrip()
             )
             return _Outcome(failed=ReplyStatus.FAILED)
-        return _Outcome(text=text, prompt=prompt)
+        return _Outcome(text="".join(parts), prompt=prompt, chunks=len(parts))
 
     async def _history_before(self, channel_key: str, new_message: StoredMessage) -> list[Turn]:
         """The channel's recent turns before `new_message` (lower ids only, also when it was
@@ -433,8 +457,8 @@ class ChatEngine:
         )
         return [Turn(message.role, message.content) for message in recent if message.id != new_message.id]
 
-    async def _generate(self, prompt_stream: AsyncGenerator[str, None], reply: Reply) -> str:
-        """Copy the backend's stream into `reply` under the generation timeout; return the text."""
+    async def _generate(self, prompt_stream: AsyncGenerator[str, None], reply: Reply) -> list[str]:
+        """Copy the backend's stream into `reply` under the generation timeout; return its chunks."""
         parts: list[str] = []
         try:
             async with asyncio.timeout(self._model.generation_timeout_s), aclosing(prompt_stream) as stream:
@@ -443,4 +467,4 @@ class ChatEngine:
                     await reply.push(chunk)
         except TimeoutError as error:
             raise GenerationTimeout(f"no reply within {self._model.generation_timeout_s:g} s") from error
-        return "".join(parts)
+        return parts

@@ -8,6 +8,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -17,6 +18,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from bot.errors import StorageError
 
@@ -41,6 +43,23 @@ _PG_CONNECT_TIMEOUT_S = 10
 _MAX_ERROR_TEXT = 300
 
 
+@dataclass(frozen=True, slots=True)
+class DatabaseOptions:
+    """Connection pool sizes (the `storage:` config keys of the same names).
+
+    Every process opens at most `pool_size + max_overflow` connections for its short sessions and,
+    on PostgreSQL, `lock_connections` more for the per-channel locks (one per channel being
+    answered, held while its reply is generated). The sum over all processes must stay under the
+    server's `max_connections` (100 by default).
+    """
+
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout_s: float = 30.0
+    lock_connections: int = 20
+    lock_wait_timeout_s: float = 300.0
+
+
 class Database:
     """Owns the async engine. SQLite (`sqlite+aiosqlite://`) by default, PostgreSQL (`postgresql+asyncpg://`).
 
@@ -58,7 +77,12 @@ class Database:
     """
 
     def __init__(
-        self, url: str, *, echo_sql: bool = False, connect_args: dict[str, Any] | None = None
+        self,
+        url: str,
+        *,
+        echo_sql: bool = False,
+        connect_args: dict[str, Any] | None = None,
+        options: DatabaseOptions | None = None,
     ) -> None:
         """Check `url` (raises `StorageError` if unusable); connects nothing yet.
 
@@ -68,7 +92,10 @@ class Database:
         self._url = _async_url(url)
         self._echo_sql = echo_sql
         self._connect_args = dict(connect_args or {})
+        self.options = options or DatabaseOptions()
         self._engine: AsyncEngine | None = None
+        self._lock_engine: AsyncEngine | None = None
+        self._claim_engine: AsyncEngine | None = None
         self._write_engine: AsyncEngine | None = None
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
         self._write_sessions: async_sessionmaker[AsyncSession] | None = None
@@ -82,6 +109,18 @@ class Database:
     def dialect_name(self) -> str:
         """`"sqlite"` or `"postgresql"`."""
         return self._url.get_backend_name()
+
+    @property
+    def claim_engine(self) -> AsyncEngine | None:
+        """PostgreSQL: an engine without a pool, for connections that live as long as a claim."""
+        return self._claim_engine
+
+    @property
+    def lock_engine(self) -> AsyncEngine | None:
+        """PostgreSQL: the pool of `options.lock_connections` connections reserved for advisory
+        locks held across a model call (kept apart so that they can never starve the short
+        sessions). None on SQLite and before `start()`."""
+        return self._lock_engine
 
     async def start(self) -> None:
         """Connect and apply the migrations up to head.
@@ -115,13 +154,31 @@ class Database:
             self._write_lock = asyncio.Lock()
         else:
             connect_args.setdefault("timeout", _PG_CONNECT_TIMEOUT_S)
+        options = self.options
         self._engine = create_async_engine(
             self._url,
             echo=self._echo_sql,
             connect_args=connect_args,
             # A restarted PostgreSQL server would otherwise cost one failed request per pooled connection.
             pool_pre_ping=self.dialect_name == "postgresql",
+            pool_size=options.pool_size,
+            max_overflow=options.max_overflow,
+            pool_timeout=options.pool_timeout_s,
         )
+        if self.dialect_name == "postgresql":
+            # Exactly `lock_connections`, no overflow: the lock holders queue in front of it
+            # (storage/locks.py), so it never waits for its pool timeout.
+            self._lock_engine = create_async_engine(
+                self._url,
+                connect_args=connect_args,
+                pool_pre_ping=True,
+                pool_size=options.lock_connections,
+                max_overflow=0,
+                pool_timeout=options.pool_timeout_s,
+            )
+            # Connections held for a process's lifetime (storage.locks.claim_exclusive): opened
+            # and closed on demand, never taken from the pools above.
+            self._claim_engine = create_async_engine(self._url, connect_args=connect_args, poolclass=NullPool)
         if self.dialect_name == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _on_sqlite_connect)
             event.listen(self._engine.sync_engine, "begin", _on_sqlite_begin)
@@ -156,8 +213,9 @@ class Database:
 
     async def stop(self) -> None:
         """Close every pooled connection. Safe to call twice or after a failed `start()`."""
-        engine, sync_engine, thread = self._engine, self._sync_engine, self._sqlite_thread
-        self._engine = self._write_engine = None
+        engines = [e for e in (self._claim_engine, self._lock_engine, self._engine) if e is not None]
+        sync_engine, thread = self._sync_engine, self._sqlite_thread
+        self._engine = self._write_engine = self._lock_engine = self._claim_engine = None
         self._read_sessions = self._write_sessions = None
         self._sync_engine = self._sync_write_engine = None
         self._sqlite_thread = None
@@ -167,8 +225,23 @@ class Database:
                 # On the worker thread: its connections belong to it.
                 await asyncio.get_running_loop().run_in_executor(thread, sync_engine.dispose)
             thread.shutdown(wait=True)
-        if engine is not None:
+        for engine in engines:
             await engine.dispose()
+
+    async def ping(self, timeout_s: float = 2.0) -> None:
+        """Run `SELECT 1`; raises `StorageError` when the database does not answer within
+        `timeout_s` (the readiness probe)."""
+        if self._engine is None:
+            raise StorageError("the database is not started")
+        try:
+            async with (
+                asyncio.timeout(timeout_s),
+                self._storage_errors(),
+                self._engine.connect() as connection,
+            ):
+                await connection.execute(text("SELECT 1"))
+        except TimeoutError:
+            raise StorageError(f"the database did not answer within {timeout_s:g} s") from None
 
     @contextlib.asynccontextmanager
     async def read_session(self) -> AsyncIterator[AsyncSession]:

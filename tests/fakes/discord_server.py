@@ -196,6 +196,7 @@ class FakeDiscord:
         self.channel_ids = channel_ids
         self.bot_user = user_payload(BOT_ID, "Chinwag", bot=True)
         self.calls: list[Call] = []
+        self.identify_payloads: list[dict[str, Any]] = []
         self.sent: list[SentMessage] = []
         self.typing: list[tuple[int, float]] = []
         self.commands: list[dict[str, Any]] = []  # the last PUT of global application commands
@@ -574,6 +575,7 @@ class FakeDiscord:
                 await socket.close(code=4004)  # authentication failed
                 return
             self.identifies += 1
+            self.identify_payloads.append(data)
             self._log.clear()
             self._session_id = f"fake-session-{self.identifies}"
             self._sockets.add(socket)
