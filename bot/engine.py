@@ -15,6 +15,9 @@ from bot.config import ChatConfig, ModelConfig
 from bot.errors import (
     BackendBusy,
     BackendError,
+    BackendRejected,
+    BackendStreamBroken,
+    BackendUnavailable,
     ChinwagError,
     GenerationCancelled,
     GenerationTimeout,
@@ -44,6 +47,16 @@ EMPTY_MODEL_REPLY = "(I have no answer to that. Could you rephrase it?)"
 BUSY_REPLY = "I'm answering a lot of people right now. Please try again in a few seconds."
 CANCELLED_NOTICE = "\n\n(Stopped before the end: the conversation was reset, or I am restarting.)"
 RESET_SKIPPED_REPLY = "(Not answered: this conversation was reset before I got to it.)"
+# Remote model servers (openai / tgi backends). The user's message is stored before generating, so
+# "saved" is true; no text of a failed reply is ever stored.
+UNAVAILABLE_REPLY = (
+    "The model server is not reachable right now; your message is saved. Please try again shortly."
+)
+REJECTED_REPLY = (
+    "Sorry, the model server refused this request (HTTP {status}). Your message is saved; if this "
+    "keeps happening, please tell the bot's operator."
+)
+STREAM_BROKEN_REPLY = "\n\n(The model server's answer broke off, so I didn't keep it. Please try again.)"
 
 # Platforms whose user is the local operator: no flood protection (a piped file of 100 lines is
 # legitimate there).
@@ -412,6 +425,19 @@ class ChatEngine:
                 GENERATION_TIMEOUT_REPLY if reply.text_so_far() else GENERATION_TIMEOUT_REPLY.lstrip()
             )
             return _Outcome(failed=ReplyStatus.FAILED)
+        except BackendUnavailable as error:
+            logger.warning("model server unavailable, %s not answered: %s", where, error)
+            await reply.push(_after(reply, "\n\n" + UNAVAILABLE_REPLY))
+            return _Outcome(failed=ReplyStatus.FAILED)
+        except BackendRejected as error:
+            logger.error("model server refused the request for %s: %s", where, error)
+            status = error.status if error.status is not None else "error"
+            await reply.push(_after(reply, "\n\n" + REJECTED_REPLY.format(status=status)))
+            return _Outcome(failed=ReplyStatus.FAILED)
+        except BackendStreamBroken as error:
+            logger.warning("reply stream broke in %s: %s", where, error)
+            await reply.push(_after(reply, STREAM_BROKEN_REPLY))
+            return _Outcome(failed=ReplyStatus.FAILED)
         except (BackendError, MemoryError) as error:
             logger.error("generation failed in %s: %s", where, error, exc_info=error)
             await reply.push(
@@ -444,3 +470,9 @@ class ChatEngine:
         except TimeoutError as error:
             raise GenerationTimeout(f"no reply within {self._model.generation_timeout_s:g} s") from error
         return "".join(parts)
+
+
+def _after(reply: Reply, notice: str) -> str:
+    """`notice` as it follows the text already streamed into `reply`: without its leading blank
+    line when nothing was streamed."""
+    return notice if reply.text_so_far() else notice.lstrip()
