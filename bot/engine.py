@@ -56,7 +56,9 @@ REJECTED_REPLY = (
     "Sorry, the model server refused this request (HTTP {status}). Your message is saved; if this "
     "keeps happening, please tell the bot's operator."
 )
-STREAM_BROKEN_REPLY = "\n\n(The model server's answer broke off, so I didn't keep it. Please try again.)"
+STREAM_BROKEN_REPLY = (
+    "\n\n(The model server's answer broke off or came garbled, so I didn't keep it. Please try again.)"
+)
 
 # Platforms whose user is the local operator: no flood protection (a piped file of 100 lines is
 # legitimate there).

@@ -234,10 +234,12 @@ class TGIBackend:
 
 def _response_of(exc: BaseException) -> httpx2.Response | None:
     """The HTTP response behind an error, also when huggingface_hub re-raised it as a
-    `TextGenerationError` (its `__cause__` is then the HTTP error)."""
+    `TextGenerationError` (its `__cause__` is then the HTTP error), or failed while handling it:
+    for a 422 on a stream it reads `response.text` of the unread stream and raises httpx2's
+    `ResponseNotRead` (its `__context__` is then the HTTP error)."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    for candidate in (exc, exc.__cause__):
+    for candidate in (exc, exc.__cause__, exc.__context__):
         if isinstance(candidate, HfHubHTTPError) and candidate.response is not None:
             return candidate.response
     return None
