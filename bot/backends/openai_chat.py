@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from bot.backends.base import ChatMessage, Conversation, PreparedPrompt, SamplingSettings
@@ -23,7 +24,7 @@ from bot.backends.remote_retry import (
     redact_url,
     stream_with_retries,
 )
-from bot.backends.stops import StopFilter
+from bot.backends.stops import cut_at_stops
 from bot.errors import BackendError, BackendRejected, BackendStreamBroken, BackendUnavailable, ModelLoadError
 
 if TYPE_CHECKING:
@@ -160,16 +161,10 @@ class OpenAIChatBackend:
             finally:
                 await stream.close()
 
-        stop_filter = StopFilter(stops)
-        async for text in stream_with_retries(attempt, self._classify, self._retry, what=self._where):
-            shown = stop_filter.feed(text)
-            if shown:
-                yield shown
-            if stop_filter.stopped:
-                return
-        tail = stop_filter.flush()
-        if tail:
-            yield tail
+        texts = stream_with_retries(attempt, self._classify, self._retry, what=self._where)
+        async with aclosing(cut_at_stops(texts, stops)) as reply:
+            async for text in reply:
+                yield text
 
     def _classify(self, exc: Exception) -> Failure:
         """The `openai` package's exceptions as `Failure`s. Messages carry the status and the

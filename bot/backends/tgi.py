@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, cast
 
 from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings
@@ -31,7 +32,7 @@ from bot.backends.remote_retry import (
     redact_url,
     stream_with_retries,
 )
-from bot.backends.stops import StopFilter
+from bot.backends.stops import cut_at_stops
 from bot.errors import (
     BackendError,
     BackendRejected,
@@ -179,16 +180,10 @@ class TGIBackend:
                     if not output.token.special:
                         yield output.token.text
 
-        stop_filter = StopFilter(stops)
-        async for text in stream_with_retries(attempt, self._classify, self._retry, what=self._where):
-            shown = stop_filter.feed(text)
-            if shown:
-                yield shown
-            if stop_filter.stopped:
-                return
-        tail = stop_filter.flush()
-        if tail:
-            yield tail
+        texts = stream_with_retries(attempt, self._classify, self._retry, what=self._where)
+        async with aclosing(cut_at_stops(texts, stops)) as reply:
+            async for text in reply:
+                yield text
 
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
