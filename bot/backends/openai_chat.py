@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from bot.backends.base import ChatMessage, Conversation, PreparedPrompt, SamplingSettings
 from bot.backends.remote_prompt import budget_chars, fit_conversation
 from bot.backends.remote_retry import (
+    ChannelCancels,
     Failure,
     RetryPolicy,
     parse_retry_after,
@@ -25,7 +26,14 @@ from bot.backends.remote_retry import (
     stream_with_retries,
 )
 from bot.backends.stops import cut_at_stops
-from bot.errors import BackendError, BackendRejected, BackendStreamBroken, BackendUnavailable, ModelLoadError
+from bot.errors import (
+    BackendError,
+    BackendRejected,
+    BackendStreamBroken,
+    BackendUnavailable,
+    GenerationCancelled,
+    ModelLoadError,
+)
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -69,6 +77,7 @@ class OpenAIChatBackend:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._retry = retry or RetryPolicy()
+        self._cancels = ChannelCancels()
         self._ping_timeout_s = ping_timeout_s
         self._client: AsyncOpenAI | None = None
 
@@ -114,7 +123,8 @@ class OpenAIChatBackend:
         return True
 
     def forget(self, context_key: str) -> None:
-        """Keeps nothing per channel (the server may cache prefixes on its own)."""
+        """Stop `context_key`'s running generation (the server may cache prefixes on its own)."""
+        self._cancels.cancel(context_key)
 
     async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
         """The conversation as chat messages, fitted to the context window in characters."""
@@ -162,9 +172,12 @@ class OpenAIChatBackend:
                 await stream.close()
 
         texts = stream_with_retries(attempt, self._classify, self._retry, what=self._where)
-        async with aclosing(cut_at_stops(texts, stops)) as reply:
-            async for text in reply:
-                yield text
+        with self._cancels.track(prompt.context_key) as cancelled:
+            async with aclosing(cut_at_stops(texts, stops)) as reply:
+                async for text in reply:
+                    if cancelled.is_set():
+                        raise GenerationCancelled(f"{prompt.context_key} was reset")
+                    yield text
 
     def _classify(self, exc: Exception) -> Failure:
         """The `openai` package's exceptions as `Failure`s. Messages carry the status and the

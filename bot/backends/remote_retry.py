@@ -17,7 +17,8 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -134,3 +135,35 @@ def redact_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class ChannelCancels:
+    """Cancel flags of the running remote generations, by channel, for `Backend.forget`.
+
+    A generation checks its flag at every chunk (and the engine's generation timeout bounds a
+    wait for the first one), then stops with `GenerationCancelled`; closing it closes the request.
+    """
+
+    def __init__(self) -> None:
+        self._flags: dict[str, set[asyncio.Event]] = {}
+
+    @contextmanager
+    def track(self, context_key: str | None) -> Iterator[asyncio.Event]:
+        """A flag set when `context_key` is forgotten while the `with` block runs."""
+        flag = asyncio.Event()
+        if context_key is None:
+            yield flag
+            return
+        flags = self._flags.setdefault(context_key, set())
+        flags.add(flag)
+        try:
+            yield flag
+        finally:
+            flags.discard(flag)
+            if not flags:
+                self._flags.pop(context_key, None)
+
+    def cancel(self, context_key: str) -> None:
+        """Set the flags of `context_key`'s running generations."""
+        for flag in self._flags.get(context_key, ()):
+            flag.set()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings
 from bot.backends.remote_prompt import PLAIN_STOP, budget_chars, fit_conversation, render_plain
 from bot.backends.remote_retry import (
+    ChannelCancels,
     Failure,
     RetryPolicy,
     parse_retry_after,
@@ -39,6 +40,7 @@ from bot.errors import (
     BackendStreamBroken,
     BackendUnavailable,
     ConfigError,
+    GenerationCancelled,
     ModelLoadError,
 )
 
@@ -89,6 +91,7 @@ class TGIBackend:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._retry = retry or RetryPolicy()
+        self._cancels = ChannelCancels()
         self._ping_timeout_s = ping_timeout_s
         self._http: httpx2.AsyncClient | None = None
         self._timeout: httpx2.Timeout | None = None
@@ -132,7 +135,8 @@ class TGIBackend:
         return response.is_success
 
     def forget(self, context_key: str) -> None:
-        """Keeps nothing per channel."""
+        """Stop `context_key`'s running generation; nothing else is kept per channel."""
+        self._cancels.cancel(context_key)
 
     async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
         """The plain prompt, fitted to the context window in characters, with the "\\nUser:" stop."""
@@ -181,9 +185,12 @@ class TGIBackend:
                         yield output.token.text
 
         texts = stream_with_retries(attempt, self._classify, self._retry, what=self._where)
-        async with aclosing(cut_at_stops(texts, stops)) as reply:
-            async for text in reply:
-                yield text
+        with self._cancels.track(prompt.context_key) as cancelled:
+            async with aclosing(cut_at_stops(texts, stops)) as reply:
+                async for text in reply:
+                    if cancelled.is_set():
+                        raise GenerationCancelled(f"{prompt.context_key} was reset")
+                    yield text
 
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}

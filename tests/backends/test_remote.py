@@ -378,3 +378,37 @@ async def test_tgi_without_a_key_never_sends_the_machines_hugging_face_token(
             await backend.stop()
     headers = str(fake.generation_requests[0].headers)
     assert "hf_machine_token_must_stay_home" not in headers
+
+
+# --- releasing the connection ------------------------------------------------------------------------
+
+
+async def test_reset_mid_reply_stops_the_generation_and_closes_the_stream(
+    kind: Kind, remote_factory: RemoteFactory, repository: ChatRepository
+) -> None:
+    remote = await remote_factory()
+    remote.fake.script(Reply(tuple(f" w{i}" for i in range(200)), delay_s=0.02))
+    reply = remote.engine.handle(event("tell me a long story"))
+    async for _ in reply:
+        break  # the reply is streaming
+    reset = remote.engine.handle(
+        ChatEvent(
+            platform="test", channel="c1", author_id="u1", author_name="Ann", text="/reset", is_admin=True
+        )
+    )
+    assert "reset" in (await reset.text()).lower() or "cleared" in (await reset.text()).lower()
+    answer = await reply.text()
+    assert reply.status is ReplyStatus.FAILED
+    assert "Stopped before the end" in answer
+    assert " w199" not in answer
+    assert await remote.fake.wait_streams_closed(timeout_s=1.0)
+    assert await stored(repository) == []
+
+
+async def test_a_stop_sequence_closes_the_stream_at_once(kind: Kind, remote_factory: RemoteFactory) -> None:
+    # The openai fake, like some servers, ignores stop sequences: the client must stop reading.
+    # TGI stops on its own; its stream must end as well.
+    remote = await remote_factory(model={"stop": ["END"]})
+    remote.fake.script(Reply(("Short", " answer", " END", *(f" w{i}" for i in range(100))), delay_s=0.02))
+    assert await remote.ask("hi") == ("Short answer ", ReplyStatus.ANSWERED)
+    assert await remote.fake.wait_streams_closed(timeout_s=0.5)

@@ -77,12 +77,33 @@ class FakeInferenceServer:
         self.port = port
         self.default = default
         self.requests: list[Request] = []
+        self.streaming = 0
+        """Streams being written now: a client that stops reading must make this drop to 0."""
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._script: deque[Behaviour] = deque()
         self._runner: web.AppRunner | None = None
 
     def script(self, *behaviours: Behaviour) -> None:
         """Answer the next generation requests with these, in order."""
         self._script.extend(behaviours)
+
+    def stream_started(self) -> None:
+        self.streaming += 1
+        self._idle.clear()
+
+    def stream_ended(self) -> None:
+        self.streaming -= 1
+        if self.streaming == 0:
+            self._idle.set()
+
+    async def wait_streams_closed(self, timeout_s: float = 2.0) -> bool:
+        """Whether every stream ended (the client closed it, or it finished) within `timeout_s`."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def next_behaviour(self) -> Behaviour:
         return self._script.popleft() if self._script else self.default

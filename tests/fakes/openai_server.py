@@ -50,6 +50,15 @@ class FakeOpenAI(FakeInferenceServer):
             return web.json_response(
                 error_body("only stream: true is faked", "invalid_request_error"), status=400
             )
+        self.stream_started()
+        try:
+            return await self._stream(request, body, behaviour)
+        finally:
+            self.stream_ended()
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], behaviour: Reply | Cut | Garbage
+    ) -> web.StreamResponse:
         response = await self.open_stream(request)
         await self._event(response, self._chunk(body, {"role": "assistant", "content": ""}))
         if isinstance(behaviour, Reply):

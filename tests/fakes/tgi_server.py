@@ -49,6 +49,15 @@ class FakeTGI(FakeInferenceServer):
         behaviour = self.next_behaviour()
         if isinstance(behaviour, Status):
             return self.status_response(behaviour)
+        self.stream_started()
+        try:
+            return await self._stream(request, parameters, behaviour)
+        finally:
+            self.stream_ended()
+
+    async def _stream(
+        self, request: web.Request, parameters: dict[str, Any], behaviour: Reply | Cut | Garbage
+    ) -> web.StreamResponse:
         response = await self.open_stream(request)
         if isinstance(behaviour, Reply):
             await self.pause(behaviour.first_delay_s)
