@@ -27,7 +27,20 @@ logger = logging.getLogger(__name__)
 # Loggers that print request URLs (which contain bot tokens) at INFO, or chatter: kept at WARNING.
 # python-telegram-bot logs its API URL, token included, at DEBUG; at INFO it only says "Application
 # started/stopping" (our adapter logs that itself), and its warnings and errors still show.
-_CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "aiosqlite", "asyncio", "telegram")
+# httpx2 (under openai and huggingface_hub) logs every model request at INFO, and the client
+# libraries log request options at DEBUG.
+_CHATTY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpx2",
+    "httpcore2",
+    "openai",
+    "huggingface_hub",
+    "urllib3",
+    "aiosqlite",
+    "asyncio",
+    "telegram",
+)
 
 
 def configure_logging(level: str) -> None:

@@ -412,3 +412,13 @@ async def test_a_stop_sequence_closes_the_stream_at_once(kind: Kind, remote_fact
     remote.fake.script(Reply(("Short", " answer", " END", *(f" w{i}" for i in range(100))), delay_s=0.02))
     assert await remote.ask("hi") == ("Short answer ", ReplyStatus.ANSWERED)
     assert await remote.fake.wait_streams_closed(timeout_s=0.5)
+
+
+async def test_connection_reset_before_the_first_token_is_retried(
+    kind: Kind, remote_factory: RemoteFactory, repository: ChatRepository
+) -> None:
+    remote = await remote_factory()
+    remote.fake.script(Cut(()))
+    assert await remote.ask("hi") == ("Hello there!", ReplyStatus.ANSWERED)
+    assert len(remote.fake.generation_requests) == 2
+    assert await stored(repository) == [("user", "hi"), ("assistant", "Hello there!")]
