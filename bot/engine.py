@@ -47,15 +47,18 @@ EMPTY_MODEL_REPLY = "(I have no answer to that. Could you rephrase it?)"
 BUSY_REPLY = "I'm answering a lot of people right now. Please try again in a few seconds."
 CANCELLED_NOTICE = "\n\n(Stopped before the end: the conversation was reset, or I am restarting.)"
 RESET_SKIPPED_REPLY = "(Not answered: this conversation was reset before I got to it.)"
-# Remote model servers (openai / tgi backends). The user's message is stored before generating, so
-# "saved" is true; no text of a failed reply is ever stored.
+# Remote model servers (openai / tgi backends). A chat message is stored before generating, so it
+# is "saved"; a stateless completion (`complete`) is not, and its replies do not say so. No text of
+# a failed reply is ever stored.
 UNAVAILABLE_REPLY = (
     "The model server is not reachable right now; your message is saved. Please try again shortly."
 )
+UNAVAILABLE_STATELESS_REPLY = "The model server is not reachable right now. Please try again shortly."
 REJECTED_REPLY = (
-    "Sorry, the model server refused this request (HTTP {status}). Your message is saved; if this "
-    "keeps happening, please tell the bot's operator."
+    "Sorry, the model server refused this request (HTTP {status}).{saved} If this keeps happening, "
+    "please tell the bot's operator."
 )
+SAVED_NOTE = " Your message is saved."
 STREAM_BROKEN_REPLY = (
     "\n\n(The model server's answer broke off or came garbled, so I didn't keep it. Please try again.)"
 )
@@ -226,7 +229,7 @@ class ChatEngine:
 
         async def run() -> None:
             try:
-                outcome = await self._run_generation(conversation, sampling, reply, user_key)
+                outcome = await self._run_generation(conversation, sampling, reply, user_key, saved=False)
                 if outcome.failed is None:
                     await self._push_cut_notice(reply, input_cut, outcome.prompt)
                 await reply.finish(outcome.failed or ReplyStatus.ANSWERED)
@@ -341,7 +344,7 @@ class ChatEngine:
         conversation, sampling = await self._conversation_for(event.channel_key, stored)
 
         started = time.perf_counter()
-        outcome = await self._run_generation(conversation, sampling, reply, event.channel_key)
+        outcome = await self._run_generation(conversation, sampling, reply, event.channel_key, saved=True)
         if outcome.failed is not None:
             return outcome.failed
         answer, prompt = outcome.text, outcome.prompt
@@ -406,10 +409,11 @@ class ChatEngine:
             await reply.push(WINDOW_CUT_NOTICE)
 
     async def _run_generation(
-        self, conversation: Conversation, sampling: SamplingSettings, reply: Reply, where: str
+        self, conversation: Conversation, sampling: SamplingSettings, reply: Reply, where: str, *, saved: bool
     ) -> _Outcome:
         """Prepare and stream one generation into `reply`, turning backend failures into a polite
-        error text in the reply (the half-written text is never returned for storing)."""
+        error text in the reply (the half-written text is never returned for storing). `saved`:
+        the user's message is in the history (the replies may say so)."""
         try:
             prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
             text = await self._generate(self._backend.generate(prompt, sampling), reply)
@@ -429,12 +433,14 @@ class ChatEngine:
             return _Outcome(failed=ReplyStatus.FAILED)
         except BackendUnavailable as error:
             logger.warning("model server unavailable, %s not answered: %s", where, error)
-            await reply.push(_after(reply, "\n\n" + UNAVAILABLE_REPLY))
+            text = UNAVAILABLE_REPLY if saved else UNAVAILABLE_STATELESS_REPLY
+            await reply.push(_after(reply, "\n\n" + text))
             return _Outcome(failed=ReplyStatus.FAILED)
         except BackendRejected as error:
             logger.error("model server refused the request for %s: %s", where, error)
             status = error.status if error.status is not None else "error"
-            await reply.push(_after(reply, "\n\n" + REJECTED_REPLY.format(status=status)))
+            text = REJECTED_REPLY.format(status=status, saved=SAVED_NOTE if saved else "")
+            await reply.push(_after(reply, "\n\n" + text))
             return _Outcome(failed=ReplyStatus.FAILED)
         except BackendStreamBroken as error:
             logger.warning("reply stream broke in %s: %s", where, error)

@@ -14,15 +14,17 @@ from typing import Any, Literal
 
 import pytest
 
-from bot.backends.base import backend_ready
+from bot.backends.base import Conversation, SamplingOverrides, backend_ready
 from bot.backends.openai_chat import OpenAIChatBackend
 from bot.backends.remote_retry import RetryPolicy
 from bot.backends.tgi import TGIBackend
 from bot.engine import (
     EMPTY_MODEL_REPLY,
     REJECTED_REPLY,
+    SAVED_NOTE,
     STREAM_BROKEN_REPLY,
     UNAVAILABLE_REPLY,
+    UNAVAILABLE_STATELESS_REPLY,
     ChatEngine,
 )
 from bot.events import ChatEvent
@@ -340,7 +342,7 @@ async def test_bad_key_is_not_retried_and_never_leaks(
     )
     remote.fake.script(Status(401, body))
     answer, status = await remote.ask("hi")
-    assert (answer, status) == (REJECTED_REPLY.format(status=401), ReplyStatus.FAILED)
+    assert (answer, status) == (REJECTED_REPLY.format(status=401, saved=SAVED_NOTE), ReplyStatus.FAILED)
     assert len(remote.fake.generation_requests) == 1
     assert API_KEY not in answer
     assert API_KEY not in caplog.text
@@ -357,7 +359,7 @@ async def test_context_too_long_400_is_a_clear_error(kind: Kind, remote_factory:
     remote.fake.script(Status(400 if kind == "openai" else 422, body))
     answer, status = await remote.ask("hi")
     assert status is ReplyStatus.FAILED
-    assert answer == REJECTED_REPLY.format(status=400 if kind == "openai" else 422)
+    assert answer == REJECTED_REPLY.format(status=400 if kind == "openai" else 422, saved=SAVED_NOTE)
     assert len(remote.fake.generation_requests) == 1
 
 
@@ -422,3 +424,14 @@ async def test_connection_reset_before_the_first_token_is_retried(
     assert await remote.ask("hi") == ("Hello there!", ReplyStatus.ANSWERED)
     assert len(remote.fake.generation_requests) == 2
     assert await stored(repository) == [("user", "hi"), ("assistant", "Hello there!")]
+
+
+async def test_a_stateless_completion_does_not_claim_the_message_was_saved(
+    kind: Kind, remote_factory: RemoteFactory, repository: ChatRepository
+) -> None:
+    remote = await remote_factory()
+    remote.fake.script(*[Status(503, {"error": "down"})] * (RETRIES + 1))
+    reply = remote.engine.complete(Conversation("sys", [], "hi"), SamplingOverrides(), "api:user")
+    assert await reply.text() == UNAVAILABLE_STATELESS_REPLY
+    assert reply.status is ReplyStatus.FAILED
+    assert await stored(repository) == []
