@@ -4,9 +4,11 @@
 sends: `{"inputs", "parameters", "stream"}`) answers TGI's `generate_stream` server-sent events:
 `data:{"index", "token": {"id", "text", "logprob", "special"}, "generated_text": null, "details":
 null, "top_tokens": null}` per token; the last token's event carries `generated_text` and, with
-`details`, `{"finish_reason", "generated_tokens", "seed"}`. Like TGI, the stream includes the stop
-sequence's tokens when generation stops on one, and validation errors (temperature <= 0, top_p
-outside (0, 1)) are 422 with `{"error", "error_type": "validation"}`. `GET /health` answers 200.
+`details`, `{"finish_reason", "generated_tokens", "input_length", "seed"}` (TGI's StreamResponse
+schema, as in huggingface.js's `text-generation/spec/stream_output.json`). Like TGI, the stream
+includes the stop sequence's tokens when generation stops on one, and validation errors
+(temperature <= 0, top_p outside (0, 1)) are 422 with `{"error", "error_type": "validation"}`.
+`GET /health` answers 200.
 """
 
 from __future__ import annotations
@@ -94,7 +96,14 @@ class FakeTGI(FakeInferenceServer):
     ) -> None:
         details = None
         if generated_text is not None and parameters.get("details"):
-            details = {"finish_reason": "eos_token", "generated_tokens": index + 1, "seed": None}
+            stops = parameters.get("stop") or []
+            reason = "stop_sequence" if any(s and s in generated_text for s in stops) else "eos_token"
+            details = {
+                "finish_reason": reason,
+                "generated_tokens": index + 1,
+                "input_length": 7,  # prompt tokens; the bot does not read it
+                "seed": None,
+            }
         event = {
             "index": index + 1,
             "token": {"id": 1000 + index, "text": text, "logprob": -0.25, "special": special},
