@@ -349,7 +349,9 @@ async def test_bad_key_is_not_retried_and_never_leaks(
     assert await stored(repository) == [("user", "hi")]
 
 
-async def test_context_too_long_400_is_a_clear_error(kind: Kind, remote_factory: RemoteFactory) -> None:
+async def test_context_too_long_400_is_a_clear_error(
+    kind: Kind, remote_factory: RemoteFactory, repository: ChatRepository
+) -> None:
     remote = await remote_factory()
     body = (
         openai_error("maximum context length exceeded", "invalid_request_error", "context_length_exceeded")
@@ -361,6 +363,7 @@ async def test_context_too_long_400_is_a_clear_error(kind: Kind, remote_factory:
     assert status is ReplyStatus.FAILED
     assert answer == REJECTED_REPLY.format(status=400 if kind == "openai" else 422, saved=SAVED_NOTE)
     assert len(remote.fake.generation_requests) == 1
+    assert await stored(repository) == [("user", "hi")]
 
 
 # --- tgi only --------------------------------------------------------------------------------------
