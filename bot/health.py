@@ -5,24 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
-from bot.backends.base import Backend
+from bot.backends.base import Backend, backend_ready
 
 # A probe answers quickly or counts as failed: orchestrators call it every few seconds.
 DEFAULT_CHECK_TIMEOUT_S = 2.0
 _MAX_DETAIL = 200
 
 Check = Callable[[], Awaitable[object]]
-
-
-@runtime_checkable
-class SupportsPing(Protocol):
-    """A backend that can tell whether it is ready (remote backends ask their server)."""
-
-    async def ping(self) -> object:
-        """Raise, or return False, when not ready."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +52,6 @@ class Readiness:
 
 
 def backend_check(backend: Backend) -> Check:
-    """`backend.ping()` when the backend has one; otherwise a backend that started is ready."""
-    if isinstance(backend, SupportsPing):
-        return backend.ping
-
-    async def started() -> bool:
-        return True
-
-    return started
+    """`backend_ready(backend)`: its `ping()` when it has one (a ping that raises also counts as
+    not ready here); otherwise a backend that started is ready."""
+    return lambda: backend_ready(backend)

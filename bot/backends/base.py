@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 Role = Literal["user", "assistant"]
 
@@ -66,6 +66,14 @@ class SamplingOverrides:
 
 
 @dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a chat-completions request (the `openai` backend sends these)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedPrompt:
     """A conversation rendered for one model family and cut to fit its context window.
 
@@ -74,7 +82,8 @@ class PreparedPrompt:
     tells the user. `context_key` is the conversation's. `text` is the decoder prompt (or the
     encoder input for seq2seq models); `token_ids` are its tokens where the backend tokenizes
     locally. `stop` holds stop sequences the prompt format needs (e.g. "\\nUser:") on top of the
-    configured ones.
+    configured ones. `messages` holds the conversation as chat messages for backends whose server
+    applies the chat template itself (the `openai` backend); empty otherwise.
     """
 
     text: str
@@ -83,6 +92,7 @@ class PreparedPrompt:
     token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = field(default_factory=tuple)
     context_key: str | None = None
+    messages: tuple[ChatMessage, ...] = ()
 
 
 class Backend(Protocol):
@@ -116,3 +126,20 @@ class Backend(Protocol):
         """The channel `context_key` was reset: cancel its running generation and drop whatever
         the backend keeps for it. Non-blocking; a no-op for stateless backends."""
         ...
+
+
+@runtime_checkable
+class Pingable(Protocol):
+    """A backend that can tell whether its model is reachable (for the web server's /readyz)."""
+
+    async def ping(self) -> bool:
+        """True when the model can answer now. Short and never raises: False on any failure."""
+        ...
+
+
+async def backend_ready(backend: Backend) -> bool:
+    """Whether `backend` can answer now: its `ping()` when it has one, else True (a backend
+    without a remote part is ready once started)."""
+    if isinstance(backend, Pingable):
+        return await backend.ping()
+    return True

@@ -26,6 +26,10 @@ class EchoBackend:
     def forget(self, context_key: str) -> None:
         """Keeps nothing per channel."""
 
+    async def ping(self) -> bool:
+        """Always ready: nothing remote."""
+        return True
+
     async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
         """Keep every turn the engine chose; the prompt text is the reply to give."""
         return PreparedPrompt(

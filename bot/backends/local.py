@@ -239,6 +239,10 @@ class LocalBackend:
         if running.scheduler_thread is not None:
             await asyncio.to_thread(running.scheduler_thread.join)
 
+    async def ping(self) -> bool:
+        """Ready once the model is loaded (nothing remote to ask)."""
+        return self._running is not None
+
     def _require_running(self) -> _Running:
         if self._running is None:
             raise BackendError("the local model is not started")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
+from contextlib import aclosing
 
 
 class StopFilter:
@@ -61,3 +62,20 @@ class StopFilter:
             if any(s.startswith(tail) for s in self._stops):
                 return size
         return 0
+
+
+async def cut_at_stops(chunks: AsyncGenerator[str, None], stops: Iterable[str]) -> AsyncGenerator[str, None]:
+    """`chunks` cut at the first stop string (see `StopFilter`). `chunks` is closed as soon as a
+    stop string completes (or when this generator is closed), so a remote stream's connection is
+    released at once rather than when the garbage collector gets to it."""
+    stop_filter = StopFilter(stops)
+    async with aclosing(chunks) as source:
+        async for chunk in source:
+            shown = stop_filter.feed(chunk)
+            if shown:
+                yield shown
+            if stop_filter.stopped:
+                return
+    tail = stop_filter.flush()
+    if tail:
+        yield tail

@@ -1,0 +1,221 @@
+"""Any OpenAI-compatible chat-completions server as a `Backend` (vLLM, TGI's messages API,
+llama.cpp server, Ollama, LM Studio), through the official `openai` package.
+
+The server applies its model's chat template, so the conversation goes as messages: the system
+prompt as the system message, the history in order, the new message last. There is no tokenizer
+here: the history is fitted to `context_window` counted in characters (`bot.backends.remote_prompt`).
+The client's own retries are off (`max_retries=0`): `bot.backends.remote_retry` retries only
+before the first token, which the client cannot know about a stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+from bot.backends.base import ChatMessage, Conversation, PreparedPrompt, SamplingSettings
+from bot.backends.remote_prompt import budget_chars, fit_conversation
+from bot.backends.remote_retry import (
+    ChannelCancels,
+    Failure,
+    RetryPolicy,
+    parse_retry_after,
+    redact_url,
+    stream_with_retries,
+)
+from bot.backends.stops import cut_at_stops
+from bot.errors import (
+    BackendError,
+    BackendRejected,
+    BackendStreamBroken,
+    BackendUnavailable,
+    GenerationCancelled,
+    ModelLoadError,
+)
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+    from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+
+logger = logging.getLogger(__name__)
+
+NO_KEY = "chinwag-no-key"
+"""Sent when no API key is configured: the client insists on one, and local servers ignore it."""
+MAX_STOP_SEQUENCES = 4  # the OpenAI API accepts at most four; the rest are applied locally only
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})  # and every 5xx
+
+
+class OpenAIChatBackend:
+    """Streams replies from `{base_url}/chat/completions` for the model `model_name`.
+
+    `api_key` is sent as the bearer token (a placeholder when None). `context_window` (tokens; None:
+    no cut here) bounds the prompt. `connect_timeout_s` bounds connecting, `read_timeout_s` the wait
+    for each piece of the stream (the first token included). `ping_timeout_s` bounds `ping`.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model_name: str,
+        api_key: str | None = None,
+        context_window: int | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        retry: RetryPolicy | None = None,
+        ping_timeout_s: float = 2.0,
+    ) -> None:
+        self._base_url = base_url
+        self._where = f"openai server {redact_url(base_url)}"
+        self._model_name = model_name
+        self._api_key = api_key
+        self._context_window = context_window
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._retry = retry or RetryPolicy()
+        self._cancels = ChannelCancels()
+        self._ping_timeout_s = ping_timeout_s
+        self._client: AsyncOpenAI | None = None
+
+    async def start(self) -> None:
+        """Create the client (one connection pool for every reply). The server being down is no
+        error here: the bot comes up and replies "not reachable" until the server is back."""
+        if self._client is not None:
+            return
+        try:
+            import httpx2
+            from openai import AsyncOpenAI
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"the openai backend needs the openai package ({exc}); install chinwag[remote]"
+            ) from exc
+        timeout = httpx2.Timeout(
+            self._read_timeout_s, connect=self._connect_timeout_s, pool=self._connect_timeout_s
+        )
+        self._client = AsyncOpenAI(
+            base_url=self._base_url,
+            api_key=self._api_key or NO_KEY,
+            timeout=timeout,
+            max_retries=0,
+        )
+        if not await self.ping():
+            logger.warning("%s is not reachable yet; replies will say so until it is", self._where)
+
+    async def stop(self) -> None:
+        """Close the connection pool. Idempotent."""
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def ping(self) -> bool:
+        """GET {base_url}/models within `ping_timeout_s`: True when the server answers it."""
+        if self._client is None:
+            return False
+        try:
+            await self._client.with_options(timeout=self._ping_timeout_s, max_retries=0).models.list()
+        except Exception as exc:
+            logger.debug("%s: ping failed: %s", self._where, type(exc).__name__)
+            return False
+        return True
+
+    def forget(self, context_key: str) -> None:
+        """Stop `context_key`'s running generation (the server may cache prefixes on its own)."""
+        self._cancels.cancel(context_key)
+
+    async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
+        """The conversation as chat messages, fitted to the context window in characters."""
+        fitted = fit_conversation(conversation, budget_chars(self._context_window, max_new_tokens))
+        messages: list[ChatMessage] = []
+        if fitted.system_prompt:
+            messages.append(ChatMessage("system", fitted.system_prompt))
+        messages.extend(ChatMessage(turn.role, turn.content) for turn in fitted.history)
+        messages.append(ChatMessage("user", fitted.message))
+        return PreparedPrompt(
+            text=fitted.message,
+            history_used=len(fitted.history),
+            message_cut=fitted.message_cut,
+            context_key=conversation.context_key,
+            messages=tuple(messages),
+        )
+
+    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+        """Stream the reply; stop sequences are sent and also applied here (servers differ in
+        whether they include the stop text). Raises `BackendUnavailable`, `BackendRejected`,
+        `BackendStreamBroken` (see `bot.backends.remote_retry`)."""
+        client = self._client
+        if client is None:
+            raise BackendError("the openai backend is not started")
+        stops = tuple(dict.fromkeys((*settings.stop, *prompt.stop)))
+        messages: list[ChatCompletionMessageParam] = [
+            {"role": m.role, "content": m.content}  # type: ignore[misc]  # a union of TypedDicts by role
+            for m in prompt.messages
+        ]
+
+        async def attempt() -> AsyncIterator[str]:
+            stream = await client.chat.completions.create(
+                model=self._model_name,
+                messages=messages,
+                stream=True,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                max_tokens=settings.max_new_tokens,
+                stop=list(stops[:MAX_STOP_SEQUENCES]) or None,
+            )
+            try:
+                async for chunk in stream:
+                    yield _delta_text(chunk)
+            finally:
+                await stream.close()
+
+        texts = stream_with_retries(attempt, self._classify, self._retry, what=self._where)
+        with self._cancels.track(prompt.context_key) as cancelled:
+            async with aclosing(cut_at_stops(texts, stops)) as reply:
+                async for text in reply:
+                    if cancelled.is_set():
+                        raise GenerationCancelled(f"{prompt.context_key} was reset")
+                    yield text
+
+    def _classify(self, exc: Exception) -> Failure:
+        """The `openai` package's exceptions as `Failure`s. Messages carry the status and the
+        exception type only: a server's error body may echo the API key."""
+        import openai
+
+        where = self._where
+        if isinstance(exc, openai.APITimeoutError):
+            return Failure(BackendUnavailable(f"{where}: timed out"), transient=True)
+        if isinstance(exc, openai.APIConnectionError):
+            return Failure(BackendUnavailable(f"{where}: cannot connect or connection lost"), transient=True)
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status in RETRYABLE_STATUSES or status >= 500:
+                retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+                return Failure(
+                    BackendUnavailable(f"{where}: HTTP {status}"), transient=True, retry_after_s=retry_after
+                )
+            return Failure(
+                BackendRejected(f"{where}: refused with HTTP {status} ({type(exc).__name__})", status),
+                transient=False,
+            )
+        if isinstance(exc, openai.APIError):  # an error event inside the stream
+            return Failure(BackendStreamBroken(f"{where}: reported an error in the stream"), transient=False)
+        if isinstance(exc, ValueError | TypeError | AttributeError | LookupError):
+            # json.JSONDecodeError is a ValueError; the others come from chunks missing fields.
+            return Failure(
+                BackendStreamBroken(f"{where}: sent data that is not a chat-completions stream"),
+                transient=False,
+            )
+        return Failure(BackendError(f"{where}: unexpected {type(exc).__name__}"), transient=False)
+
+
+def _delta_text(chunk: ChatCompletionChunk) -> str:
+    """The text a stream chunk adds ("" for role-only, usage-only or finish chunks)."""
+    if not chunk.choices:
+        return ""
+    content = chunk.choices[0].delta.content
+    if content is not None and not isinstance(content, str):
+        raise TypeError("delta.content is not a string")
+    return content or ""
