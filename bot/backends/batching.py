@@ -49,12 +49,17 @@ from bot.errors import BackendBusy, BackendError, GenerationCancelled
 
 logger = logging.getLogger("bot.backends.batching")
 
+# Prompt tokens (padding included) encoded in one round while no row decodes. Bounded because the
+# attention of a padded group grows with rows × width²: 2048 keeps it to a few hundred MB.
+_IDLE_PREFILL_TOKENS = 2048
+
 
 class _Sampler:
     """Picks one row's next token from its logits: repetition penalty, then greedy or
     temperature + top-p sampling (the order `generate` applies them in)."""
 
-    def __init__(self, job: GenerationJob) -> None:
+    def __init__(self, job: GenerationJob, capacity: int) -> None:
+        """`capacity`: the most tokens the row will hold (prompt + new tokens)."""
         settings = job.settings
         self._penalty = (
             RepetitionPenaltyLogitsProcessor(settings.repetition_penalty)
@@ -68,12 +73,31 @@ class _Sampler:
                 self._warpers.append(TemperatureLogitsWarper(settings.temperature))
             if settings.top_p < 1.0:
                 self._warpers.append(TopPLogitsWarper(settings.top_p))
+        # The row's tokens as a tensor, filled as they come: rebuilding it from the whole list at
+        # every step cost more than the penalty itself once prompts run to a thousand tokens.
+        self._seen = torch.empty((1, capacity), dtype=torch.long) if self.needs_ids else None
+        self._seen_count = 0
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy without a penalty: the argmax of the logits, which the batch takes for all such
+        rows at once."""
+        return self._greedy and not self.needs_ids
+
+    @property
+    def needs_ids(self) -> bool:
+        return self._penalty is not None or bool(self._warpers)
 
     def next_token(self, logits: torch.Tensor, ids: Sequence[int]) -> int:
-        """`logits`: `[vocab]` for this row; `ids`: every token of the row so far."""
+        """`logits`: `[vocab]` for this row; `ids`: every token of the row so far (it only grows)."""
         scores = logits.unsqueeze(0).float()
-        if self._penalty is not None or self._warpers:
-            seen = torch.tensor([list(ids)], dtype=torch.long)
+        if self._seen is not None:
+            if len(ids) > self._seen.shape[1]:  # cannot happen: capacity covers prompt + max_new
+                self._seen = torch.tensor([list(ids)], dtype=torch.long)
+            elif len(ids) > self._seen_count:
+                self._seen[0, self._seen_count : len(ids)] = torch.tensor(ids[self._seen_count :])
+            self._seen_count = len(ids)
+            seen = self._seen[:, : len(ids)]
             if self._penalty is not None:
                 scores = self._penalty(seen, scores)
             for warper in self._warpers:
@@ -290,7 +314,7 @@ class BatchScheduler:
             job=job,
             prompt_ids=ids,
             max_new=max_new,
-            sampler=_Sampler(job),
+            sampler=_Sampler(job, len(ids) + max_new),
             decoder=IncrementalDecoder(self._worker.tokenizer),
             stops=StopFilter((*job.settings.stop, *job.prompt.stop)),
         )
@@ -372,8 +396,14 @@ class BatchScheduler:
         """Encode up to `prefill_chunk_tokens` prompt tokens, oldest requests first, then let the
         requests whose prompt is done join the batch. New conversations (nothing cached) are
         encoded several at once, left-padded like the batch; a request with a cached prefix
-        continues from it alone. A request the model fails on (a bad prompt) ends alone."""
+        continues from it alone. A request the model fails on (a bad prompt) ends alone.
+
+        With nothing decoding there is no stream to keep flowing, so the budget grows to
+        `_IDLE_PREFILL_TOKENS`: a burst of new conversations is encoded in one or two passes and
+        then decodes together, instead of starting in small groups that add decode steps."""
         budget = self._settings.prefill_chunk_tokens
+        if not self._batch.rows:
+            budget = max(budget, _IDLE_PREFILL_TOKENS)
         while self._prefilling and budget > 0:
             group = self._fresh_group(budget)
             try:
@@ -506,9 +536,13 @@ class BatchScheduler:
         self.rows_stepped += len(rows)
         self.peak_batch = max(self.peak_batch, len(rows))
         logits = output.logits[:, -1, :]
+        # One argmax for the whole batch serves every plain greedy row (one op instead of one per row).
+        argmax = logits.argmax(dim=-1).tolist()
         done: list[int] = []
         for i, request in enumerate(rows):
-            self._accept(request, request.sampler.next_token(logits[i], request.ids))
+            sampler = request.sampler
+            token = argmax[i] if sampler.plain_greedy else sampler.next_token(logits[i], request.ids)
+            self._accept(request, token)
             if request.finished:
                 done.append(i)
         if done:
