@@ -164,6 +164,7 @@ class LocalBackend:
         try:
             import torch
 
+            from bot.backends.dtype_choice import bfloat16_pays_off
             from bot.backends.local_worker import ModelWorker, end_of_turn_ids
         except ImportError as exc:
             raise ModelLoadError(
@@ -172,7 +173,7 @@ class LocalBackend:
         if self._threads is not None:
             torch.set_num_threads(self._threads)
         loaded = load_model(source, self._cache_dir)
-        if self._dtype == "bfloat16" or (self._dtype == "auto" and cpu_has_native_bf16()):
+        if self._dtype == "bfloat16" or (self._dtype == "auto" and bfloat16_pays_off(loaded.model.config)):
             loaded.model.to(torch.bfloat16)
         self.dtype = str(loaded.model.dtype).removeprefix("torch.")
         config = loaded.model.config
@@ -373,17 +374,6 @@ if TYPE_CHECKING:
 
     def _conforms(backend: LocalBackend) -> Backend:
         return backend  # mypy checks LocalBackend against the Backend protocol here
-
-
-def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU does bfloat16 arithmetic natively (x86 AVX512-BF16 or AMX), where
-    bfloat16 weights roughly double the generation speed; elsewhere they would slow it down."""
-    try:
-        with open(cpuinfo, encoding="ascii", errors="replace") as info:
-            flags = next((line for line in info if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _max_positions(config: Any, tokenizer: Any) -> int | None:

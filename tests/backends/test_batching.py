@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings, Turn
 from bot.backends.batching_settings import BatchingSettings
-from bot.backends.local import LocalBackend, cpu_has_native_bf16
+from bot.backends.dtype_choice import bfloat16_is_faster, cpu_has_native_bf16
+from bot.backends.local import LocalBackend
 from bot.engine import BUSY_REPLY, CANCELLED_NOTICE
 from bot.errors import BackendBusy, GenerationCancelled
 from bot.events import ChatEvent
@@ -314,3 +316,19 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
     assert cpu_has_native_bf16(str(with_bf16))
     assert not cpu_has_native_bf16(str(without))
     assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+
+
+def test_auto_takes_bfloat16_only_when_it_is_measured_faster_for_one_row_and_a_batch() -> None:
+    def timings(one_row: float, batch: float) -> Callable[[int, int, int, torch.dtype], float]:
+        """float32 takes 1.0 per product; bfloat16 `one_row` for a single row, `batch` otherwise."""
+
+        def timer(rows: int, _in: int, _out: int, dtype: torch.dtype) -> float:
+            if dtype == torch.float32:
+                return 1.0
+            return one_row if rows == 1 else batch
+
+        return timer
+
+    assert bfloat16_is_faster(576, 1536, timer=timings(one_row=0.5, batch=0.5))
+    assert not bfloat16_is_faster(576, 1536, timer=timings(one_row=30.0, batch=0.5))  # slow gemv
+    assert not bfloat16_is_faster(576, 1536, timer=timings(one_row=0.5, batch=0.95))  # no clear gain
