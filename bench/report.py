@@ -11,11 +11,20 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}×" if b else "n/a"
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def _measured(value: float, template: str) -> str:
+    """`value` formatted, or a dash where the workload does not measure it (the long-history
+    phases time each reply, not a whole run's tokens/s or memory)."""
+    return template.format(value) if value else "–"
 
 
 def _rows(base: dict[str, Any], other: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    rows = [(f"{n} channels at once", base["burst"][n], other["burst"][n]) for n in base["burst"]]
+    def label(n: str) -> str:
+        return "1 channel, messages in turn" if n == "1" else f"{n} channels at once"
+
+    rows = [(label(n), base["burst"][n], other["burst"][n]) for n in base["burst"]]
     rows.append((f"Poisson arrivals, {base['poisson']['rate_per_s']}/s", base["poisson"], other["poisson"]))
     rows.append(("long history, first turn (cold)", base["long_cold"], other["long_cold"]))
     rows.append(("long history, next turn (cached)", base["long_warm"], other["long_warm"]))
@@ -30,12 +39,13 @@ def _comparison(base: dict[str, Any], other: dict[str, Any], name: str) -> list[
     ]
     for label, b, s in _rows(base, other):
         lines.append(
-            f"| {label} | {b['tokens_per_s']:.1f} | {s['tokens_per_s']:.1f} "
+            f"| {label} | {_measured(b['tokens_per_s'], '{:.1f}')} "
+            f"| {_measured(s['tokens_per_s'], '{:.1f}')} "
             f"| {_ratio(s['tokens_per_s'], b['tokens_per_s'])} "
             f"| {b['ttft_p50_s']:.3f} s → {s['ttft_p50_s']:.3f} s "
             f"| {b['latency_p50_s']:.2f} / {b['latency_p99_s']:.2f} s "
             f"| {s['latency_p50_s']:.2f} / {s['latency_p99_s']:.2f} s "
-            f"| {b['peak_rss_mb']:.0f} / {s['peak_rss_mb']:.0f} MB |"
+            f"| {_measured(b['peak_rss_mb'], '{:.0f} MB')} / {_measured(s['peak_rss_mb'], '{:.0f} MB')} |"
         )
     return lines
 

@@ -48,6 +48,14 @@ async def burst(engine: ChatEngine, channels: int, tag: str) -> list[Timed]:
     )
 
 
+async def one_after_another(engine: ChatEngine, count: int, tag: str) -> list[Timed]:
+    """`count` messages in different channels, each sent when the previous reply has ended: one
+    stream at a time, several times over, so that a single stream's speed is not one short sample."""
+    return [
+        await timed_reply(engine, event(f"{tag}-{i}", QUESTIONS[i % len(QUESTIONS)])) for i in range(count)
+    ]
+
+
 async def poisson(engine: ChatEngine, rate_per_s: float, count: int, tag: str, seed: int = 7) -> list[Timed]:
     """`count` messages from different channels, arriving at random (Poisson) at `rate_per_s`;
     the same arrival times for every mode (fixed seed)."""
