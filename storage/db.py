@@ -7,20 +7,20 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from bot.errors import StorageError
+from storage.sqlite_worker import SqliteWorker
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -100,10 +100,8 @@ class Database:
         self._read_sessions: async_sessionmaker[AsyncSession] | None = None
         self._write_sessions: async_sessionmaker[AsyncSession] | None = None
         self._write_lock: asyncio.Lock | None = None
-        # SQLite only: the synchronous engine and the one thread that uses it.
-        self._sqlite_thread: ThreadPoolExecutor | None = None
-        self._sync_engine: Engine | None = None
-        self._sync_write_engine: Engine | None = None
+        # SQLite only: the one thread (and its synchronous engine) that runs `run_read`/`run_write`.
+        self._sqlite_worker: SqliteWorker | None = None
 
     @property
     def dialect_name(self) -> str:
@@ -207,24 +205,19 @@ class Database:
         )
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
-        self._sync_engine = engine
-        self._sync_write_engine = engine.execution_options(**{_BEGIN_IMMEDIATE: True})
-        self._sqlite_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-sqlite")
+        self._sqlite_worker = SqliteWorker(engine, engine.execution_options(**{_BEGIN_IMMEDIATE: True}))
+        self._sqlite_worker.start()
 
     async def stop(self) -> None:
         """Close every pooled connection. Safe to call twice or after a failed `start()`."""
         engines = [e for e in (self._claim_engine, self._lock_engine, self._engine) if e is not None]
-        sync_engine, thread = self._sync_engine, self._sqlite_thread
+        worker = self._sqlite_worker
         self._engine = self._write_engine = self._lock_engine = self._claim_engine = None
         self._read_sessions = self._write_sessions = None
-        self._sync_engine = self._sync_write_engine = None
-        self._sqlite_thread = None
+        self._sqlite_worker = None
         self._write_lock = None
-        if thread is not None:
-            if sync_engine is not None:
-                # On the worker thread: its connections belong to it.
-                await asyncio.get_running_loop().run_in_executor(thread, sync_engine.dispose)
-            thread.shutdown(wait=True)
+        if worker is not None:
+            await worker.stop()
         for engine in engines:
             await engine.dispose()
 
@@ -269,11 +262,9 @@ class Database:
 
         `work` runs on another thread (SQLite) or inside a greenlet (PostgreSQL): it must only use
         the connection and its own arguments, never the event loop."""
-        if self._sqlite_thread is not None and self._sync_engine is not None:
+        if self._sqlite_worker is not None:
             async with self._storage_errors():
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._sqlite_thread, _run_unit, self._sync_engine, work, False
-                )
+                return await self._sqlite_worker.run(work, write=False)
         if self._engine is None:
             raise RuntimeError("Database.start() has not been called")
         async with self._storage_errors(), self._engine.connect() as connection:
@@ -282,13 +273,11 @@ class Database:
     async def run_write(self, work: Callable[[Connection], T]) -> T:
         """`work(connection)` in a write transaction, committed when it returns, rolled back when
         it raises; returns its result. The same rules for `work` as in `run_read`."""
-        if self._sqlite_thread is not None and self._sync_write_engine is not None:
-            # The write lock also queues this behind `write_session()` writers of this process.
-            lock: contextlib.AbstractAsyncContextManager[Any] = self._write_lock or contextlib.nullcontext()
-            async with lock, self._storage_errors():
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._sqlite_thread, _run_unit, self._sync_write_engine, work, True
-                )
+        if self._sqlite_worker is not None:
+            # No in-process write lock here: the worker's single thread already orders these, and
+            # writes waiting together are committed together (storage/sqlite_worker.py).
+            async with self._storage_errors():
+                return await self._sqlite_worker.run(work, write=True)
         if self._write_engine is None:
             raise RuntimeError("Database.start() has not been called")
         async with self._storage_errors(), self._write_engine.begin() as connection:
@@ -321,15 +310,6 @@ class Database:
             first_line = first_line[:_MAX_ERROR_TEXT] + "…"
         name = type(cause).__name__
         return f"{name}: {first_line}" if first_line else name
-
-
-def _run_unit(engine: Engine, work: Callable[[Connection], T], write: bool) -> T:
-    """One unit of work on the SQLite thread."""
-    if write:
-        with engine.begin() as connection:
-            return work(connection)
-    with engine.connect() as connection:  # closing it rolls the read transaction back
-        return work(connection)
 
 
 def _async_url(raw: str) -> URL:
