@@ -17,7 +17,7 @@ from bot.backends.base import Backend
 from bot.config import ChatConfig, ModelConfig, RateLimitConfig
 from bot.engine import ChatEngine
 from bot.events import ChatEvent
-from storage.db import Database
+from storage.db import Database, DatabaseOptions
 from storage.repository import ChatRepository
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -96,11 +96,16 @@ class PeakMemory:
 
 @asynccontextmanager
 async def engine_over_sqlite(
-    backend: Backend, directory: Path, *, max_new_tokens: int = 48, name: str = "bench"
+    backend: Backend,
+    directory: Path,
+    *,
+    max_new_tokens: int = 48,
+    name: str = "bench",
+    options: DatabaseOptions | None = None,
 ) -> AsyncIterator[tuple[ChatEngine, ChatRepository]]:
     """A `ChatEngine` with `backend` over a fresh SQLite file, greedy, no rate limit."""
     path = directory / f"{name}.db"  # a fresh directory per run: nothing to clean up first
-    database = Database(f"sqlite+aiosqlite:///{path}")
+    database = Database(f"sqlite+aiosqlite:///{path}", options=options)
     await database.start()
     repository = ChatRepository(database)
     engine = ChatEngine(

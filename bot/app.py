@@ -157,6 +157,7 @@ def database_options(settings: Settings) -> DatabaseOptions:
         pool_timeout_s=storage.pool_timeout_s,
         lock_connections=storage.lock_connections,
         lock_wait_timeout_s=storage.lock_wait_timeout_s,
+        sqlite_synchronous=storage.sqlite_synchronous,
     )
 
 

@@ -128,6 +128,8 @@ class StorageConfig(_Section):
     # (= channels answered at once by this process), and how long to wait for a channel's lock.
     lock_connections: int = Field(default=20, ge=1, le=1000)
     lock_wait_timeout_s: float = Field(default=300.0, gt=0.0, le=86_400.0)
+    # SQLite only: "full" (a commit survives power loss) or "normal" (survives a crash of the bot).
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
     @field_validator("url")
     @classmethod

@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
@@ -58,6 +58,9 @@ class DatabaseOptions:
     pool_timeout_s: float = 30.0
     lock_connections: int = 20
     lock_wait_timeout_s: float = 300.0
+    # SQLite's `synchronous` pragma: "full" (a commit survives power loss) or "normal" (in WAL
+    # mode: survives the bot crashing, not the machine losing power; commits skip the fsync).
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
 
 class Database:
@@ -178,7 +181,7 @@ class Database:
             # and closed on demand, never taken from the pools above.
             self._claim_engine = create_async_engine(self._url, connect_args=connect_args, poolclass=NullPool)
         if self.dialect_name == "sqlite":
-            event.listen(self._engine.sync_engine, "connect", _on_sqlite_connect)
+            event.listen(self._engine.sync_engine, "connect", self._on_sqlite_connect)
             event.listen(self._engine.sync_engine, "begin", _on_sqlite_begin)
             await _enable_wal(self._engine)
         # Shares the pool and the hooks; only the begin statement differs.
@@ -203,7 +206,7 @@ class Database:
         engine = create_engine(
             self._url.set(drivername="sqlite+pysqlite"), echo=self._echo_sql, connect_args=connect_args
         )
-        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "connect", self._on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
         self._sqlite_worker = SqliteWorker(engine, engine.execution_options(**{_BEGIN_IMMEDIATE: True}))
         self._sqlite_worker.start()
@@ -235,6 +238,9 @@ class Database:
                 await connection.execute(text("SELECT 1"))
         except TimeoutError:
             raise StorageError(f"the database did not answer within {timeout_s:g} s") from None
+
+    def _on_sqlite_connect(self, dbapi_connection: Any, _connection_record: Any) -> None:
+        _configure_sqlite_connection(dbapi_connection, self.options.sqlite_synchronous)
 
     @contextlib.asynccontextmanager
     async def read_session(self) -> AsyncIterator[AsyncSession]:
@@ -339,7 +345,7 @@ def _create_parent_dir(url: URL) -> None:
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def _on_sqlite_connect(dbapi_connection: Any, _connection_record: Any) -> None:
+def _configure_sqlite_connection(dbapi_connection: Any, synchronous: str) -> None:
     # Take BEGIN away from the sqlite3 module: it skips BEGIN before SELECT and DDL (so reads and
     # migrations would not be transactional) and cannot say BEGIN IMMEDIATE. `_on_sqlite_begin`
     # emits it instead.
@@ -348,7 +354,8 @@ def _on_sqlite_connect(dbapi_connection: Any, _connection_record: Any) -> None:
     try:
         for pragma in (
             f"busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}",
-            "synchronous = FULL",  # a commit survives power loss (platform updates are acked after it)
+            # FULL by default: a commit survives power loss (platform updates are acked after it).
+            f"synchronous = {synchronous.upper()}",
             "foreign_keys = ON",  # off by default in SQLite; ON DELETE CASCADE needs it
         ):
             cursor.execute(f"PRAGMA {pragma}")

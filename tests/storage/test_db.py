@@ -16,7 +16,7 @@ from sqlalchemy import Connection, inspect, text
 
 import storage.db
 from bot.errors import StorageError
-from storage.db import Database
+from storage.db import Database, DatabaseOptions
 from storage.models import load_metadata
 from storage.repository import ChatRepository
 
@@ -183,6 +183,28 @@ async def test_sqlite_connection_settings(tmp_path: Path) -> None:
                 for name in ["journal_mode", "synchronous", "foreign_keys", "busy_timeout"]
             }
         assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000}
+        # The worker thread's own connection (run_read / run_write) has the same settings.
+        worker_pragmas = await db.run_read(
+            lambda connection: {
+                name: connection.execute(text(f"PRAGMA {name}")).scalar()
+                for name in ["journal_mode", "synchronous", "foreign_keys", "busy_timeout"]
+            }
+        )
+        assert worker_pragmas == pragmas
+    finally:
+        await db.stop()
+
+
+async def test_sqlite_synchronous_normal_is_an_option(tmp_path: Path) -> None:
+    options = DatabaseOptions(sqlite_synchronous="normal")
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", options=options)
+    await db.start()
+    try:
+        pragma = text("PRAGMA synchronous")
+        for_writes = await db.run_write(lambda connection: connection.execute(pragma).scalar())
+        async with db.read_session() as session:
+            for_sessions = (await session.execute(pragma)).scalar()
+        assert for_writes == for_sessions == 1  # NORMAL
     finally:
         await db.stop()
 
