@@ -21,17 +21,14 @@ from bot.backends.remote_retry import (
     ChannelCancels,
     Failure,
     RetryPolicy,
-    parse_retry_after,
+    http_status_failure,
     redact_url,
-    stream_with_retries,
+    remote_reply,
 )
-from bot.backends.stops import cut_at_stops
 from bot.errors import (
     BackendError,
-    BackendRejected,
     BackendStreamBroken,
     BackendUnavailable,
-    GenerationCancelled,
     ModelLoadError,
 )
 
@@ -44,7 +41,6 @@ logger = logging.getLogger(__name__)
 NO_KEY = "chinwag-no-key"
 """Sent when no API key is configured: the client insists on one, and local servers ignore it."""
 MAX_STOP_SEQUENCES = 4  # the OpenAI API accepts at most four; the rest are applied locally only
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})  # and every 5xx
 
 
 class OpenAIChatBackend:
@@ -171,13 +167,18 @@ class OpenAIChatBackend:
             finally:
                 await stream.close()
 
-        texts = stream_with_retries(attempt, self._classify, self._retry, what=self._where)
-        with self._cancels.track(prompt.context_key) as cancelled:
-            async with aclosing(cut_at_stops(texts, stops)) as reply:
-                async for text in reply:
-                    if cancelled.is_set():
-                        raise GenerationCancelled(f"{prompt.context_key} was reset")
-                    yield text
+        reply = remote_reply(
+            attempt,
+            self._classify,
+            self._retry,
+            what=self._where,
+            stops=stops,
+            cancels=self._cancels,
+            context_key=prompt.context_key,
+        )
+        async with aclosing(reply):
+            async for text in reply:
+                yield text
 
     def _classify(self, exc: Exception) -> Failure:
         """The `openai` package's exceptions as `Failure`s. Messages carry the status and the
@@ -190,16 +191,7 @@ class OpenAIChatBackend:
         if isinstance(exc, openai.APIConnectionError):
             return Failure(BackendUnavailable(f"{where}: cannot connect or connection lost"), transient=True)
         if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            if status in RETRYABLE_STATUSES or status >= 500:
-                retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
-                return Failure(
-                    BackendUnavailable(f"{where}: HTTP {status}"), transient=True, retry_after_s=retry_after
-                )
-            return Failure(
-                BackendRejected(f"{where}: refused with HTTP {status} ({type(exc).__name__})", status),
-                transient=False,
-            )
+            return http_status_failure(where, exc.status_code, exc.response.headers.get("retry-after"), exc)
         if isinstance(exc, openai.APIError):  # an error event inside the stream
             return Failure(BackendStreamBroken(f"{where}: reported an error in the stream"), transient=False)
         if isinstance(exc, ValueError | TypeError | AttributeError | LookupError):

@@ -18,13 +18,22 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from bot.errors import BackendError, BackendStreamBroken, BackendUnavailable
+from bot.backends.stops import cut_at_stops
+from bot.errors import (
+    BackendError,
+    BackendRejected,
+    BackendStreamBroken,
+    BackendUnavailable,
+    GenerationCancelled,
+)
 
 logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})  # and every 5xx
 
 MAX_RETRY_AFTER_S = 30.0
 """A Retry-After longer than this is not waited for: the user gets the "not reachable" reply at
@@ -111,6 +120,44 @@ async def stream_with_retries(
             "%s: %s; retry %d of %d in %.2f s", what, failure.error, retry, policy.max_retries, delay
         )
         await sleep(delay)
+
+
+def http_status_failure(where: str, status: int, retry_after: str | None, exc: Exception) -> Failure:
+    """An HTTP error status as a `Failure`: 408/409/425/429 and 5xx are transient (honouring a
+    Retry-After header), any other status is the server refusing the request. The message names
+    the status and the exception type only: a server's error body may echo the API key."""
+    if status in RETRYABLE_STATUSES or status >= 500:
+        return Failure(
+            BackendUnavailable(f"{where}: HTTP {status}"),
+            transient=True,
+            retry_after_s=parse_retry_after(retry_after),
+        )
+    return Failure(
+        BackendRejected(f"{where}: refused with HTTP {status} ({type(exc).__name__})", status),
+        transient=False,
+    )
+
+
+async def remote_reply(
+    open_stream: Callable[[], AsyncIterator[str]],
+    classify: Classify,
+    policy: RetryPolicy,
+    *,
+    what: str,
+    stops: tuple[str, ...],
+    cancels: ChannelCancels,
+    context_key: str | None,
+) -> AsyncGenerator[str, None]:
+    """A remote backend's reply as the engine gets it: `stream_with_retries`, cut at the first of
+    `stops` (servers differ in whether they include the stop text), and ended with
+    `GenerationCancelled` once `context_key` is forgotten (a /reset)."""
+    texts = stream_with_retries(open_stream, classify, policy, what=what)
+    with cancels.track(context_key) as cancelled:
+        async with aclosing(cut_at_stops(texts, stops)) as reply:
+            async for text in reply:
+                if cancelled.is_set():
+                    raise GenerationCancelled(f"{context_key} was reset")
+                yield text
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -29,18 +29,15 @@ from bot.backends.remote_retry import (
     ChannelCancels,
     Failure,
     RetryPolicy,
-    parse_retry_after,
+    http_status_failure,
     redact_url,
-    stream_with_retries,
+    remote_reply,
 )
-from bot.backends.stops import cut_at_stops
 from bot.errors import (
     BackendError,
-    BackendRejected,
     BackendStreamBroken,
     BackendUnavailable,
     ConfigError,
-    GenerationCancelled,
     ModelLoadError,
 )
 
@@ -54,7 +51,6 @@ PROMPT_FORMATS = ("auto", "plain")
 NO_KEY = "chinwag-no-key"
 """Sent as the token when none is configured: given None, huggingface_hub would send this
 machine's own Hugging Face token (HF_TOKEN or the cached login) to whatever server base_url names."""
-RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})  # and every 5xx
 
 
 class TGIBackend:
@@ -184,13 +180,18 @@ class TGIBackend:
                     if not output.token.special:
                         yield output.token.text
 
-        texts = stream_with_retries(attempt, self._classify, self._retry, what=self._where)
-        with self._cancels.track(prompt.context_key) as cancelled:
-            async with aclosing(cut_at_stops(texts, stops)) as reply:
-                async for text in reply:
-                    if cancelled.is_set():
-                        raise GenerationCancelled(f"{prompt.context_key} was reset")
-                    yield text
+        reply = remote_reply(
+            attempt,
+            self._classify,
+            self._retry,
+            what=self._where,
+            stops=stops,
+            cancels=self._cancels,
+            context_key=prompt.context_key,
+        )
+        async with aclosing(reply):
+            async for text in reply:
+                yield text
 
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -213,16 +214,7 @@ class TGIBackend:
             return Failure(BackendUnavailable(f"{where}: overloaded"), transient=True)
         response = _response_of(exc)
         if response is not None:
-            status = response.status_code
-            if status in RETRYABLE_STATUSES or status >= 500:
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                return Failure(
-                    BackendUnavailable(f"{where}: HTTP {status}"), transient=True, retry_after_s=retry_after
-                )
-            return Failure(
-                BackendRejected(f"{where}: refused with HTTP {status} ({type(exc).__name__})", status),
-                transient=False,
-            )
+            return http_status_failure(where, response.status_code, response.headers.get("retry-after"), exc)
         if isinstance(exc, TextGenerationError):  # an error event inside the stream
             broken = BackendStreamBroken(f"{where}: reported a {type(exc).__name__} in the stream")
             return Failure(broken, transient=False)
