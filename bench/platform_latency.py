@@ -32,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+import traceback
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -60,13 +61,13 @@ from tests.fakes.web_harness import running_web, web_client
 
 ROOT = Path(__file__).resolve().parents[1]
 PLATFORMS = ("telegram", "discord", "web")
-_T = TypeVar("_T")
 BACKENDS = ("echo", "local")
 TELEGRAM_TOKEN = "123456:BENCH-token"
 DISCORD_TOKEN = "MTIz.BENCH-discord-token"
 DM_BASE = 600_000_000_000_000_000  # Discord DM channel ids: DM_BASE + channel number
 USER_BASE = 500_000_000_000_000_000  # Discord user ids: USER_BASE + channel number
 TELEGRAM_CHAT_BASE = 10_000  # Telegram private chats (= user ids): base + channel number
+_T = TypeVar("_T")
 QUESTIONS = (
     "What is the capital of France?",
     "Give me one tip for sleeping better.",
@@ -223,7 +224,9 @@ class TextCallLog:
 
 
 @asynccontextmanager
-async def telegram_platform(engine: RecordingEngine, database: Database) -> AsyncIterator[Exchange]:
+async def telegram_platform(
+    engine: RecordingEngine, database: Database, requests: Counter[str]
+) -> AsyncIterator[Exchange]:
     defaults = TelegramConfig()
     log = TextCallLog()
 
@@ -274,10 +277,13 @@ async def telegram_platform(engine: RecordingEngine, database: Database) -> Asyn
             yield exchange
         finally:
             await adapter.stop()
+            requests.update(call.method for call in fake.calls)
 
 
 @asynccontextmanager
-async def discord_platform(engine: RecordingEngine, database: Database) -> AsyncIterator[Exchange]:
+async def discord_platform(
+    engine: RecordingEngine, database: Database, requests: Counter[str]
+) -> AsyncIterator[Exchange]:
     defaults = DiscordConfig()
     log = TextCallLog()
 
@@ -337,10 +343,18 @@ async def discord_platform(engine: RecordingEngine, database: Database) -> Async
             yield exchange
         finally:
             await adapter.stop()
+            requests.update(f"{call.method} {_route(call.path)}" for call in fake.calls)
+
+
+def _route(path: str) -> str:
+    """A REST path with its ids replaced: `/channels/{id}/messages/{id}`."""
+    return "/".join("{id}" if part.isdigit() else part for part in path.split("/"))
 
 
 @asynccontextmanager
-async def web_platform(engine: RecordingEngine, database: Database) -> AsyncIterator[Exchange]:
+async def web_platform(
+    engine: RecordingEngine, database: Database, requests: Counter[str]
+) -> AsyncIterator[Exchange]:
     async with running_web(engine, ChatRepository(database)) as web, web_client(web) as client:
 
         async def exchange(channel: int, text: str, within: float) -> Sample:
@@ -379,7 +393,7 @@ async def web_platform(engine: RecordingEngine, database: Database) -> AsyncIter
 
 
 PLATFORM_FACTORIES: dict[
-    str, Callable[[RecordingEngine, Database], AbstractAsyncContextManager[Exchange]]
+    str, Callable[[RecordingEngine, Database, Counter[str]], AbstractAsyncContextManager[Exchange]]
 ] = {
     "telegram": telegram_platform,
     "discord": discord_platform,
@@ -448,7 +462,11 @@ async def run_platform(
     backend: Backend,
     args: argparse.Namespace,
     directory: Path,
+    *,
+    requests: Counter[str],
 ) -> list[RoundResult]:
+    """The warm-up message, the sequential and the concurrent round; `requests` counts the
+    platform API requests the adapter made (by method), warm-up included."""
     model = backend_name == "local"
     timeout = args.model_timeout if model else args.echo_timeout
     sequential = RoundResult(
@@ -466,7 +484,7 @@ async def run_platform(
             engine,
             database,
         ),
-        PLATFORM_FACTORIES[platform](engine, database) as exchange,
+        PLATFORM_FACTORIES[platform](engine, database, requests) as exchange,
     ):
         await exchange(0, message_text(backend_name, 0, 99), timeout)  # warm-up, not counted
         await run_round(exchange, sequential, 1, per_message_timeout=timeout)
@@ -547,6 +565,50 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+async def run_backend(
+    backend_name: str, args: argparse.Namespace, directory: Path, results: dict[str, Any]
+) -> list[RoundResult]:
+    """Every platform with one backend (loaded once); request counts and failures go to `results`."""
+    rounds: list[RoundResult] = []
+    backend = build_backend(
+        ModelConfig.model_validate(
+            {"backend": backend_name, "temperature": 0.0, "max_new_tokens": args.max_new_tokens}
+        )
+    )
+    loading = time.monotonic()
+    await backend.start()
+    if backend_name == "local":
+        results["model_load_s"] = round(time.monotonic() - loading, 2)
+        print(f"[local] model loaded in {results['model_load_s']:.1f} s", flush=True)
+    try:
+        for platform in args.platforms:
+            platform_started = time.monotonic()
+            requests: Counter[str] = Counter()
+            try:
+                done = await run_platform(platform, backend_name, backend, args, directory, requests=requests)
+            except Exception as error:  # one platform failing still reports the others
+                traceback.print_exc()
+                failure = f"{platform}/{backend_name}: {type(error).__name__}: {error}"
+                results["errors"].append(failure)
+                print(f"[{backend_name}] {platform}: FAILED ({failure})", flush=True)
+                continue
+            if requests:
+                messages = 1 + sum(len(r.samples) for r in done)
+                results["requests_per_message"][f"{platform}/{backend_name}"] = {
+                    method: round(count / messages, 2) for method, count in sorted(requests.items())
+                }
+            rounds.extend(done)
+            print(
+                f"[{backend_name}] {platform}: "
+                + "; ".join(f"{r.round} final p50 {secs(r.summary()['final_p50_s'])} s" for r in done)
+                + f" ({time.monotonic() - platform_started:.1f} s)",
+                flush=True,
+            )
+    finally:
+        await backend.stop()
+    return rounds
+
+
 async def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -563,32 +625,14 @@ async def main() -> int:
             "telegram": TelegramConfig().model_dump(include={"edit_interval_s", "poll_timeout_s"}),
             "discord": DiscordConfig().model_dump(include={"edit_interval_s", "first_post_delay_s"}),
         },
+        "model": ModelConfig().model_dump(include={"path", "dtype", "threads", "context_window", "batching"}),
     }
+    results["requests_per_message"] = {}
+    results["errors"] = []
     rounds: list[RoundResult] = []
     with tempfile.TemporaryDirectory(prefix="chinwag-platform-latency-") as tmp:
-        directory = Path(tmp)
         for backend_name in args.backends:
-            backend = build_backend(
-                ModelConfig(backend=backend_name, temperature=0.0, max_new_tokens=args.max_new_tokens)
-            )
-            loading = time.monotonic()
-            await backend.start()
-            if backend_name == "local":
-                results["model_load_s"] = round(time.monotonic() - loading, 2)
-                print(f"[local] model loaded in {results['model_load_s']:.1f} s", flush=True)
-            try:
-                for platform in args.platforms:
-                    platform_started = time.monotonic()
-                    done = await run_platform(platform, backend_name, backend, args, directory)
-                    rounds.extend(done)
-                    print(
-                        f"[{backend_name}] {platform}: "
-                        + "; ".join(f"{r.round} final p50 {secs(r.summary()['final_p50_s'])} s" for r in done)
-                        + f" ({time.monotonic() - platform_started:.1f} s)",
-                        flush=True,
-                    )
-            finally:
-                await backend.stop()
+            rounds += await run_backend(backend_name, args, Path(tmp), results)
     rows = [r.summary() for r in rounds]
     results["rounds"] = rows
     results["total_s"] = round(time.monotonic() - started, 1)
@@ -607,7 +651,9 @@ async def main() -> int:
     )
     for line in sorted(set(warnings.lines))[:10]:
         print("  " + line)
-    return 0
+    for failure in results["errors"]:
+        print("FAILED " + failure)
+    return 1 if results["errors"] else 0
 
 
 if __name__ == "__main__":
