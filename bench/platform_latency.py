@@ -99,6 +99,7 @@ class RoundResult:
     channels: int
     per_channel: int
     wall_s: float = 0.0
+    others_cpu: float = 0.0  # CPU cores other processes kept busy during the round, on average
     samples: list[Sample] = field(default_factory=list)
     wrong: int = 0  # echo: replies whose text is not the expected `echo[N]: message`
 
@@ -113,6 +114,7 @@ class RoundResult:
             "messages_per_channel": self.per_channel,
             "messages": len(self.samples),
             "wall_s": round(self.wall_s, 3),
+            "other_processes_cpu_cores": round(self.others_cpu, 2),
             "messages_per_s": round(len(self.samples) / self.wall_s, 2) if self.wall_s else 0.0,
             "final_p50_s": round(percentile(final, 50), 4),
             "final_p99_s": round(percentile(final, 99), 4),
@@ -123,6 +125,10 @@ class RoundResult:
             "engine_p50_s": round(percentile([s.engine_s for s in self.samples], 50), 4),
             "wrong_replies": self.wrong,
             "example_reply": self.samples[0].text[:300] if self.samples else "",
+            # Every message in the order the channels' users sent them: [first_s, final_s, engine_s].
+            "samples": [
+                [round(s.first_s, 4), round(s.final_s, 4), round(s.engine_s, 4)] for s in self.samples
+            ],
         }
 
 
@@ -410,6 +416,17 @@ def message_text(backend: str, channel: int, number: int) -> str:
     return QUESTIONS[(channel + number) % len(QUESTIONS)]
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds spent so far by the whole machine (all cores, /proc/stat) and by this process."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    ticks = os.sysconf("SC_CLK_TCK")
+    ours = os.times()
+    return busy / ticks, ours.user + ours.system
+
+
 async def run_round(
     exchange: Exchange,
     result: RoundResult,
@@ -430,10 +447,13 @@ async def run_round(
             samples.append(sample)
         return samples
 
+    cpu_before = cpu_seconds()
     started = time.monotonic()
     async with asyncio.timeout(per_message_timeout * result.per_channel + 30):
         per_user = await asyncio.gather(*(user(first_channel + offset) for offset in range(result.channels)))
     result.wall_s = time.monotonic() - started
+    machine, ours = (after - before for after, before in zip(cpu_seconds(), cpu_before, strict=True))
+    result.others_cpu = max(0.0, machine - ours) / result.wall_s
     result.samples = [sample for samples in per_user for sample in samples]
 
 
@@ -529,7 +549,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     header = (
         f"{'platform':<9} {'backend':<7} {'round':<10} {'n':>3} "
         f"{'final p50':>9} {'p99':>6} {'max':>6}  {'first p50':>9} {'p99':>6} {'max':>6}  "
-        f"{'engine p50':>10}  {'msg/s':>6}"
+        f"{'engine p50':>10}  {'msg/s':>6}  {'others':>6}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -538,12 +558,14 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             f"{row['platform']:<9} {row['backend']:<7} {shape:<10} {row['messages']:>3} "
             f"{secs(row['final_p50_s']):>9} {secs(row['final_p99_s']):>6} {secs(row['final_max_s']):>6}  "
             f"{secs(row['first_p50_s']):>9} {secs(row['first_p99_s']):>6} {secs(row['first_max_s']):>6}  "
-            f"{secs(row['engine_p50_s']):>10}  {row['messages_per_s']:>6.1f}"
+            f"{secs(row['engine_p50_s']):>10}  {row['messages_per_s']:>6.1f}  "
+            f"{row['other_processes_cpu_cores']:>6.2f}"
         )
     lines += [
         "seconds from the fake injecting the message: final = the last text delivered (last send/edit;",
         "web: last SSE delta), first = the first text visible, engine = the engine finished the reply;",
-        "seq = one channel, one message after another; con CxM = C channels at once, M messages each",
+        "seq = one channel, one message after another; con CxM = C channels at once, M messages each;",
+        "others = CPU cores other processes on this machine kept busy during the round (shared machine)",
     ]
     return "\n".join(lines)
 
