@@ -441,8 +441,10 @@ async def run_round(
         for number in range(result.per_channel):
             text = message_text(result.backend, channel, number)
             sample = await exchange(channel, text, per_message_timeout)
-            # Each earlier exchange left a message and its answer in the channel's history.
-            if result.backend == "echo" and sample.text != f"echo[{2 * number}]: {text}":
+            # Each earlier exchange left a message and its answer in the channel's history, of which
+            # the engine loads `chat.history_messages` at most.
+            history = min(2 * number, ChatConfig().history_messages)
+            if result.backend == "echo" and sample.text != f"echo[{history}]: {text}":
                 result.wrong += 1
             samples.append(sample)
         return samples
