@@ -1,1 +1,3 @@
-"""Benchmarks: `make bench` (`python -m bench`). Not part of `make test`."""
+"""Benchmarks: `make bench` (`python -m bench`) and `python -m bench.platform_latency`.
+
+Not part of `make test`."""
