@@ -101,6 +101,9 @@ async def model_mode(args: argparse.Namespace, mode: str, directory: Path) -> di
         dtype="bfloat16" if mode == "scheduler-bf16" else "float32",
         batching=None if mode == "baseline" else BatchingSettings(),
         truncation_slack=0.25,
+        # The default 120 s would cut the baseline's queued replies short at 64 channels (its
+        # 64th reply waits ~220 s), which made the baseline look faster than it is.
+        generation_timeout_s=3600.0,
     )
     started = time.perf_counter()
     await backend.start()

@@ -17,6 +17,7 @@ from bot.backends.base import Backend
 from bot.config import ChatConfig, ModelConfig, RateLimitConfig
 from bot.engine import ChatEngine
 from bot.events import ChatEvent
+from bot.reply import ReplyStatus
 from storage.db import Database, DatabaseOptions
 from storage.repository import ChatRepository
 
@@ -30,6 +31,7 @@ class Timed:
     first_chunk_s: float
     total_s: float
     text: str
+    answered: bool = True  # False: a notice (busy, timeout, error) instead of a model reply
 
 
 @dataclass(slots=True)
@@ -137,12 +139,14 @@ async def timed_reply(engine: ChatEngine, chat_event: ChatEvent) -> Timed:
     started = time.perf_counter()
     first: float | None = None
     parts: list[str] = []
-    async for chunk in engine.handle(chat_event):
+    reply = engine.handle(chat_event)
+    async for chunk in reply:
         if first is None:
             first = time.perf_counter() - started
         parts.append(chunk)
     total = time.perf_counter() - started
-    return Timed(first if first is not None else total, total, "".join(parts))
+    answered = reply.status is ReplyStatus.ANSWERED
+    return Timed(first if first is not None else total, total, "".join(parts), answered)
 
 
 async def measure(run: Callable[[], Any], count_tokens: Callable[[str], int]) -> Outcome:
@@ -154,4 +158,7 @@ async def measure(run: Callable[[], Any], count_tokens: Callable[[str], int]) ->
         outcome.wall_s = time.perf_counter() - started
     outcome.peak_rss_mb = memory.peak_mb
     outcome.tokens = sum(count_tokens(r.text) for r in outcome.replies)
+    failed = sum(1 for r in outcome.replies if not r.answered)
+    if failed:  # a workload whose replies did not all finish measures something else
+        raise RuntimeError(f"{failed} of {len(outcome.replies)} replies were not answered")
     return outcome
