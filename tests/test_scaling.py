@@ -50,15 +50,17 @@ class BotProcess:
         return "".join(self.log[-30:])
 
 
-async def start_bot(config: Path) -> BotProcess:
+async def bot_command(command: str, config: Path) -> asyncio.subprocess.Process:
+    """`python -m bot <command> --config <config>` with this checkout's code, no platform tokens,
+    stderr piped (the log)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     for name in ("TELEGRAM_TOKEN", "DISCORD_TOKEN", "CHINWAG_WEB_ADMIN_KEY"):
         env.pop(name, None)
-    process = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot",
-        "run",
+        command,
         "--config",
         str(config),
         cwd=ROOT,
@@ -67,7 +69,10 @@ async def start_bot(config: Path) -> BotProcess:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    return BotProcess(process)
+
+
+async def start_bot(config: Path) -> BotProcess:
+    return BotProcess(await bot_command("run", config))
 
 
 async def wait_listening(bot: BotProcess) -> None:
@@ -275,23 +280,7 @@ async def test_migrate_command_run_by_several_processes_at_once(tmp_path: Path, 
     """`python -m bot migrate` (the release step), three at once on an empty database: all succeed
     and the schema is at the newest revision."""
     config = write_config(tmp_path / "config.yaml", database_url)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    processes = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            "migrate",
-            "--config",
-            str(config),
-            cwd=ROOT,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        for _ in range(3)
-    ]
+    processes = [await bot_command("migrate", config) for _ in range(3)]
     try:
         async with asyncio.timeout(STARTUP_S):
             outputs = [await process.communicate() for process in processes]
