@@ -190,7 +190,7 @@ class _Client(discord.Client):
     def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
         super().__init__(**options)
         self._adapter = adapter
-        self.tree = app_commands.CommandTree(self)
+        self.tree: app_commands.CommandTree[_Client] = app_commands.CommandTree(self)
 
     async def setup_hook(self) -> None:
         await self._adapter._setup_commands(self)
@@ -202,6 +202,11 @@ class _Client(discord.Client):
         # discord.py runs each handler as a task, started in gateway order; nothing is awaited
         # before the engine gets the event, so the engine sees each channel's messages in order.
         self._adapter._on_message(message)
+
+
+class _ShardedClient(_Client, discord.AutoShardedClient):
+    """`_Client` over discord.py's `AutoShardedClient`: `discord.shard_count` set without
+    `discord.shard_id` runs every shard in this process."""
 
 
 class DiscordAdapter:
@@ -234,6 +239,8 @@ class DiscordAdapter:
             if config.shard_id is not None and config.shard_count is not None
             else None
         )
+        # All shards in this process (discord.py's AutoShardedClient): the shard count, or None.
+        self._all_shards = config.shard_count if config.shard_id is None else None
         self._api_base = config.api_base
         self._gateway_url = config.gateway_url
         self._admins = frozenset(config.admins)
@@ -287,7 +294,11 @@ class DiscordAdapter:
             # One shard per process: the gateway sends this process the events of the guilds
             # with (guild_id >> 22) % shard_count == shard_id, and direct messages to shard 0.
             shard_options = {"shard_id": self._shard[0], "shard_count": self._shard[1]}
-        self._client = _Client(
+        client_class = _ShardedClient if self._all_shards is not None else _Client
+        if self._all_shards is not None:
+            # Every shard in this process, one gateway connection each.
+            shard_options = {"shard_count": self._all_shards}
+        self._client = client_class(
             self,
             intents=intents,
             allowed_mentions=discord.AllowedMentions.none(),

@@ -171,14 +171,15 @@ class DiscordConfig(_Section):
     drain_s: float = Field(default=10.0, ge=0)
     slash_commands: bool = True
     backfill_max_age_s: float = Field(default=3600.0, ge=0)
-    # Sharding over several processes: this process runs shard `shard_id` of `shard_count`.
+    # Sharding: `shard_count` alone runs every shard in this process (discord.py's
+    # AutoShardedClient); with `shard_id` too, this process runs that one shard (one per process).
     shard_count: int | None = Field(default=None, ge=1, le=100_000)
     shard_id: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _shard_pair(self) -> DiscordConfig:
-        if (self.shard_count is None) != (self.shard_id is None):
-            raise ValueError("shard_id and shard_count go together (set both, or neither)")
+        if self.shard_id is not None and self.shard_count is None:
+            raise ValueError("shard_id needs shard_count (this process runs shard shard_id of shard_count)")
         if self.shard_count is not None and self.shard_id is not None and self.shard_id >= self.shard_count:
             raise ValueError(f"shard_id must be below shard_count ({self.shard_count})")
         return self

@@ -1,9 +1,11 @@
-"""Discord sharding over processes: `discord.shard_id` of `discord.shard_count` per process."""
+"""Discord sharding: `discord.shard_count` alone runs every shard in one process (discord.py's
+AutoShardedClient); with `discord.shard_id`, each process runs one shard."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import discord
 import pytest
 from pydantic import SecretStr
 
@@ -12,6 +14,8 @@ from bot.config import DiscordConfig, parse_settings
 from bot.errors import ConfigError
 from tests.conftest import EngineFactory
 from tests.fakes.discord_server import GUILD_ID, FakeDiscord
+
+DM = 600_000_000_000_000_001
 
 TOKEN = "MTIz.TEST-discord-token-never-logged"
 
@@ -23,7 +27,7 @@ async def fake() -> AsyncIterator[FakeDiscord]:
 
 
 async def start_shard(
-    fake: FakeDiscord, make_engine: EngineFactory, shard_id: int, count: int
+    fake: FakeDiscord, make_engine: EngineFactory, shard_id: int | None, count: int
 ) -> DiscordAdapter:
     config = DiscordConfig(
         token=SecretStr(TOKEN),
@@ -54,6 +58,21 @@ async def test_a_process_identifies_as_its_shard_and_only_shard_0_publishes_comm
         await adapter.stop()
 
 
+async def test_shard_count_alone_runs_every_shard_in_this_process(
+    fake: FakeDiscord, make_engine: EngineFactory
+) -> None:
+    adapter = await start_shard(fake, make_engine, None, 1)
+    try:
+        assert isinstance(adapter._client, discord.AutoShardedClient)
+        assert fake.identify_payloads[-1]["shard"] == [0, 1]
+        fake.push_message(DM, "hi")
+        await fake.wait_for(lambda: fake.texts(DM) == ["echo[0]: hi"])
+        # One process holds every shard: it publishes the commands.
+        assert {command["name"] for command in fake.commands} == {"help", "reset", "system", "temperature"}
+    finally:
+        await adapter.stop()
+
+
 def test_guilds_are_spread_by_discords_formula_and_direct_messages_go_to_shard_0() -> None:
     assert shard_for(None, 4) == 0
     assert shard_for(GUILD_ID, 1) == 0
@@ -64,8 +83,7 @@ def test_guilds_are_spread_by_discords_formula_and_direct_messages_go_to_shard_0
 @pytest.mark.parametrize(
     ("discord", "message"),
     [
-        ({"shard_id": 0}, "shard_id and shard_count go together"),
-        ({"shard_count": 2}, "shard_id and shard_count go together"),
+        ({"shard_id": 0}, "shard_id needs shard_count"),
         ({"shard_id": 2, "shard_count": 2}, "shard_id must be below shard_count"),
     ],
 )

@@ -596,6 +596,7 @@ class FakeDiscord:
         await self._notify()
 
     def _ready(self) -> dict[str, Any]:
+        identified = self.identify_payloads[-1] if self.identify_payloads else {}
         return {
             "v": 10,
             "user": self.bot_user,
@@ -605,6 +606,9 @@ class FakeDiscord:
             "application": {"id": str(APPLICATION_ID), "flags": 0},
             "private_channels": [],
             "relationships": [],
+            # Discord echoes the shard the client identified as (discord.py's AutoShardedClient
+            # reads it); absent for an unsharded session.
+            **({"shard": identified["shard"]} if "shard" in identified else {}),
         }
 
     async def _send(self, socket: web.WebSocketResponse, frame: dict[str, Any]) -> None:
