@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.backends.base import Backend
 from bot.config import ChatConfig, ModelConfig, RateLimitConfig
@@ -20,6 +20,8 @@ from bot.events import ChatEvent
 from bot.reply import ReplyStatus
 from storage.db import Database, DatabaseOptions
 from storage.repository import ChatRepository
+
+E = TypeVar("E", bound=ChatEngine)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -96,6 +98,33 @@ class PeakMemory:
         self.peak_mb = max(self.peak_mb, rss_mb())
 
 
+def bench_engine(
+    repository: ChatRepository, backend: Backend, *, max_new_tokens: int, engine_type: type[E]
+) -> E:
+    """The engine every benchmark measures: greedy, no rate limit, and a generation timeout no
+    queued reply can reach (the default 120 s once cut the baseline's replies short)."""
+    return engine_type(
+        repository,
+        backend,
+        ModelConfig(temperature=0.0, max_new_tokens=max_new_tokens, generation_timeout_s=3600),
+        ChatConfig(rate_limit=RateLimitConfig(messages=1_000_000, per_seconds=1)),
+    )
+
+
+@asynccontextmanager
+async def fresh_sqlite(
+    directory: Path, name: str, options: DatabaseOptions | None = None
+) -> AsyncIterator[Database]:
+    """A started `Database` on a new SQLite file in `directory` (a fresh directory per run:
+    nothing to clean up first)."""
+    database = Database(f"sqlite+aiosqlite:///{directory / name}.db", options=options)
+    await database.start()
+    try:
+        yield database
+    finally:
+        await database.stop()
+
+
 @asynccontextmanager
 async def engine_over_sqlite(
     backend: Backend,
@@ -105,22 +134,14 @@ async def engine_over_sqlite(
     name: str = "bench",
     options: DatabaseOptions | None = None,
 ) -> AsyncIterator[tuple[ChatEngine, ChatRepository]]:
-    """A `ChatEngine` with `backend` over a fresh SQLite file, greedy, no rate limit."""
-    path = directory / f"{name}.db"  # a fresh directory per run: nothing to clean up first
-    database = Database(f"sqlite+aiosqlite:///{path}", options=options)
-    await database.start()
-    repository = ChatRepository(database)
-    engine = ChatEngine(
-        repository,
-        backend,
-        ModelConfig(temperature=0.0, max_new_tokens=max_new_tokens, generation_timeout_s=3600),
-        ChatConfig(rate_limit=RateLimitConfig(messages=1_000_000, per_seconds=1)),
-    )
-    try:
-        yield engine, repository
-    finally:
-        await engine.close(grace_s=5)
-        await database.stop()
+    """`bench_engine` with `backend` over a fresh SQLite file."""
+    async with fresh_sqlite(directory, name, options) as database:
+        repository = ChatRepository(database)
+        engine = bench_engine(repository, backend, max_new_tokens=max_new_tokens, engine_type=ChatEngine)
+        try:
+            yield engine, repository
+        finally:
+            await engine.close(grace_s=5)
 
 
 def event(channel: str, text: str, message_id: str | None = None) -> ChatEvent:

@@ -44,10 +44,10 @@ from pydantic import SecretStr
 
 from adapters.discord import DiscordAdapter, discord_pieces
 from adapters.telegram import TelegramAdapter, telegram_pieces
-from bench.harness import percentile
+from bench.harness import bench_engine, fresh_sqlite, percentile
 from bot.app import build_backend
 from bot.backends.base import Backend
-from bot.config import ChatConfig, DiscordConfig, ModelConfig, RateLimitConfig, TelegramConfig
+from bot.config import ChatConfig, DiscordConfig, ModelConfig, TelegramConfig
 from bot.engine import ChatEngine
 from bot.events import ChatEvent
 from bot.reply import Reply
@@ -463,19 +463,16 @@ async def run_round(
 async def engine_on_fresh_sqlite(
     backend: Backend, directory: Path, name: str, max_new_tokens: int
 ) -> AsyncIterator[tuple[RecordingEngine, Database]]:
-    database = Database(f"sqlite+aiosqlite:///{directory / name}.db")
-    await database.start()
-    engine = RecordingEngine(
-        ChatRepository(database),
-        backend,
-        ModelConfig(temperature=0.0, max_new_tokens=max_new_tokens),
-        ChatConfig(rate_limit=RateLimitConfig(messages=1_000_000, per_seconds=1)),
-    )
-    try:
-        yield engine, database
-    finally:
-        await engine.close(grace_s=5.0)
-        await database.stop()
+    """The benchmarks' engine (`bench_engine`), recording its replies, over a fresh SQLite file;
+    the database too, which the Telegram adapter's inbox needs."""
+    async with fresh_sqlite(directory, name) as database:
+        engine = bench_engine(
+            ChatRepository(database), backend, max_new_tokens=max_new_tokens, engine_type=RecordingEngine
+        )
+        try:
+            yield engine, database
+        finally:
+            await engine.close(grace_s=5.0)
 
 
 async def run_platform(
