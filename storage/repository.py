@@ -292,7 +292,7 @@ class ChatRepository:
         )
         channel_id = connection.scalar(insert)
         if channel_id is None:
-            channel_id = connection.scalar(_channel_id_query(platform, external_id))
+            channel_id = _find_channel(connection, platform, external_id)
         if channel_id is None:  # cannot happen: channels are never deleted
             raise RuntimeError(f"channel {platform}:{external_id} vanished while being created")
         return channel_id
@@ -385,7 +385,7 @@ class ChatRepository:
         platform, external_id = split_channel_key(channel_key)
 
         def find(connection: Connection) -> tuple[_MessageRow, _MessageRow | None] | None:
-            channel_id = connection.scalar(_channel_id_query(platform, external_id))
+            channel_id = _find_channel(connection, platform, external_id)
             if channel_id is None:
                 return None
             # The UNIQUE (channel_id, platform_message_id) index finds the question...
