@@ -50,9 +50,10 @@ from bot.config import TelegramConfig
 from bot.engine import ChatEngine
 from bot.errors import ChinwagError, StorageError
 from bot.events import ChatEvent
+from bot.ports import InboxItem
 from bot.reply import Reply
 from storage.db import Database
-from storage.inbox import InboxItem, UpdateInbox
+from storage.inbox import UpdateInbox
 from storage.locks import Claim, claim_exclusive
 
 if TYPE_CHECKING:

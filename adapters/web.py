@@ -49,8 +49,8 @@ from bot.errors import ChinwagError, StorageError
 from bot.events import ChatEvent
 from bot.health import Readiness
 from bot.metrics import PrometheusMetrics
+from bot.ports import StoredMessage
 from bot.reply import Reply, ReplyStatus
-from storage.repository import StoredMessage
 
 if TYPE_CHECKING:
     from bot.app import Services

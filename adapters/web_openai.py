@@ -19,8 +19,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.backends.base import Conversation, SamplingOverrides, Turn
 from bot.errors import ChinwagError, RateLimited
+from bot.ports import Conversation, SamplingOverrides, Turn
 from bot.reply import Reply, ReplyStatus
 from bot.sanitize import sanitize_text
 

@@ -29,8 +29,9 @@ from bench.harness import Timed, event, percentile, timed_reply
 from bot.backends.echo import EchoBackend
 from bot.config import ChatConfig, ModelConfig, RateLimitConfig
 from bot.engine import ChatEngine
+from bot.ports import ChannelLocks, LocalChannelLocks
 from storage.db import Database
-from storage.locks import ChannelLocks, LocalChannelLocks, channel_locks_for
+from storage.locks import channel_locks_for
 from storage.repository import ChatRepository
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"

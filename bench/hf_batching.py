@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import batching_settings
-from bot.backends.base import PreparedPrompt, SamplingSettings
+from bot.backends.base import PreparedPrompt
 from bot.backends.local import LocalBackend
 from bot.backends.model_loading import load_model, resolve_model_source
 from bot.config import ModelConfig
+from bot.ports import SamplingSettings
 
 TOPICS = ("the sea", "mountains", "bread", "cats", "rain", "trains", "music", "chess", "tea", "bees")
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from bot.events import ChatEvent
-from storage.repository import Repository
+from bot.ports import Repository
 
 MAX_SYSTEM_PROMPT_CHARS = 4000
 MIN_TEMPERATURE = 0.0

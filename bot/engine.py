@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
-from bot.backends.base import Backend, Conversation, PreparedPrompt, SamplingOverrides, SamplingSettings, Turn
+from bot.backends.base import Backend, PreparedPrompt
 from bot.commands import RESET_COMMANDS, CommandHandler, Defaults, parse_command
 from bot.config import ChatConfig, ModelConfig
 from bot.errors import (
@@ -26,11 +26,19 @@ from bot.errors import (
 )
 from bot.events import ChatEvent
 from bot.metrics import EngineMetrics, NoMetrics
+from bot.ports import (
+    ChannelLocks,
+    Conversation,
+    LocalChannelLocks,
+    Repository,
+    SamplingOverrides,
+    SamplingSettings,
+    StoredMessage,
+    Turn,
+)
 from bot.ratelimit import RateLimiter, Verdict
 from bot.reply import Reply, ReplyStatus
 from bot.sanitize import clip, sanitize_text
-from storage.locks import ChannelLocks, LocalChannelLocks
-from storage.repository import Repository, StoredMessage
 
 logger = logging.getLogger(__name__)
 

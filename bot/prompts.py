@@ -40,8 +40,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from bot.backends.base import Conversation, PreparedPrompt, Turn
+from bot.backends.base import PreparedPrompt
 from bot.errors import ConfigError
+from bot.ports import Conversation, Turn
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -31,10 +30,9 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
+from bot.ports import InboxItem, InboxState
 from storage.db import Database
 from storage.models import Base, UTCDateTime, utcnow
-
-InboxState = Literal["pending", "done"]
 
 
 class InboundUpdate(Base):
@@ -57,15 +55,7 @@ class InboundUpdate(Base):
     )
 
 
-@dataclass(frozen=True, slots=True)
-class InboxItem:
-    """A stored update: the platform's id and its payload (a JSON object)."""
-
-    update_id: int
-    payload: dict[str, Any]
-
-
-class UpdateInbox:
+class UpdateInbox:  # implements bot.ports.UpdateInbox
     """The inbox rows of one platform on a `Database`. Every method is one short transaction and
     raises `StorageError` when the database fails."""
 

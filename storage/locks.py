@@ -27,13 +27,13 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Protocol
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.errors import StorageError
+from bot.ports import ChannelLocks, LocalChannelLocks
 from storage.db import Database
 
 _log = logging.getLogger(__name__)
@@ -42,15 +42,6 @@ _log = logging.getLogger(__name__)
 # Telegram poller): a different prefix hashes to a different key.
 _CHANNEL_NAMESPACE = b"chinwag:channel:"
 _CLAIM_NAMESPACE = b"chinwag:claim:"
-
-
-class ChannelLocks(Protocol):
-    """A mutual exclusion per channel key, shared by every process that uses the database."""
-
-    def hold(self, channel_key: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """Wait for the channel's lock and hold it for the `async with` block. Raises
-        `StorageError` when the lock cannot be taken (database down, waited too long)."""
-        ...
 
 
 def advisory_key(namespace: bytes, name: str) -> int:
@@ -63,15 +54,6 @@ def advisory_key(namespace: bytes, name: str) -> int:
 def channel_lock_key(channel_key: str) -> int:
     """The advisory lock key of `channel_key`."""
     return advisory_key(_CHANNEL_NAMESPACE, channel_key)
-
-
-class LocalChannelLocks:
-    """For SQLite: no database lock. One process per SQLite file, whose engine orders each channel."""
-
-    @contextlib.asynccontextmanager
-    async def hold(self, channel_key: str) -> AsyncIterator[None]:
-        """Returns at once."""
-        yield
 
 
 class PostgresChannelLocks:

@@ -2,136 +2,18 @@
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Connection, CursorResult, Row, Select, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
-from bot.backends.base import Role
+from bot.ports import UNSET, ChannelSettings, HistoryReader, Repository, Role, StoredMessage, _Unset
 from storage.db import Database
 from storage.models import Channel, Message
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One message as stored; `id` grows with every append, so it orders a channel's history."""
-
-    id: int
-    role: Role
-    content: str
-    author_id: str | None
-    author_name: str | None
-    platform_message_id: str | None
-    created_at: datetime  # timezone-aware, UTC
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelSettings:
-    """A channel's overrides; None means "use the configured default"."""
-
-    system_prompt: str | None = None
-    temperature: float | None = None
-
-
-class _Unset(enum.Enum):
-    """Type of `UNSET`: "leave this setting as it is" (None already means "clear it")."""
-
-    UNSET = enum.auto()
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Final = _Unset.UNSET
-
-
-class Repository(Protocol):
-    """What the engine needs from storage. `channel_key` is `"<platform>:<external id>"`.
-
-    Every method is its own short transaction and raises `StorageError` when the database fails,
-    `ValueError` for a malformed `channel_key` or a negative limit.
-    """
-
-    async def append_message(
-        self,
-        channel_key: str,
-        role: Role,
-        content: str,
-        *,
-        author_id: str | None = None,
-        author_name: str | None = None,
-        platform_message_id: str | None = None,
-    ) -> StoredMessage | None:
-        """Store a message (creating the channel on first use). None when `platform_message_id`
-        was already stored in this channel: a duplicate delivery, nothing changed."""
-        ...
-
-    async def recent_messages(
-        self, channel_key: str, *, limit: int, max_chars: int | None = None, max_id: int | None = None
-    ) -> list[StoredMessage]:
-        """The newest `limit` messages, oldest first. With `max_chars`, the oldest are dropped until
-        the contents total at most `max_chars` characters, but the newest one is always kept. With
-        `max_id`, only messages whose id is at most `max_id` count (the history as it stood when
-        that message was stored)."""
-        ...
-
-    async def answer_to(
-        self, channel_key: str, platform_message_id: str
-    ) -> tuple[StoredMessage, StoredMessage | None] | None:
-        """The stored message with `platform_message_id` and the assistant message answering it
-        (the channel's next message, when that is the assistant's; else None). None when no such
-        message is stored."""
-        ...
-
-    async def move_channel(self, old_key: str, new_key: str) -> None:
-        """Move `old_key`'s messages and settings to `new_key` in one transaction (e.g. a group
-        that got a new id). An existing `new_key` is merged: every message keeps its id, so the
-        histories interleave in the order they were written; the new channel's settings win, the
-        old ones fill those it has unset. An old message whose platform id the new channel already
-        holds is kept without that id. The old channel is left empty with default settings.
-        Nothing happens when `old_key` was never seen or equals `new_key`."""
-        ...
-
-    async def reset_channel(self, channel_key: str) -> int:
-        """Delete the channel's messages (its settings stay); returns how many were deleted."""
-        ...
-
-    async def get_settings(self, channel_key: str) -> ChannelSettings:
-        """The channel's settings; all None for a channel never seen (no row is created)."""
-        ...
-
-    async def set_settings(
-        self,
-        channel_key: str,
-        *,
-        system_prompt: str | _Unset | None = UNSET,
-        temperature: float | _Unset | None = UNSET,
-    ) -> ChannelSettings:
-        """Change the given settings (None clears one back to the default); returns them all.
-
-        A temperature that is not a finite number raises `ValueError`."""
-        ...
-
-    async def message_count(self, channel_key: str) -> int:
-        """How many messages the channel has stored."""
-        ...
-
-    async def last_platform_message_ids(self, platform: str) -> dict[str, str]:
-        """For every channel of `platform`: external id -> the platform id of the newest stored user
-        message (with a platform id) that is directly followed by an assistant message, i.e. the
-        newest message known to be answered. Channels with no such message are left out.
-
-        Adapters fetch what came after it when they (re)connect: that includes messages stored but
-        never answered (a crash between storing a message and storing its answer), which they hand
-        to the engine as redelivered. A message whose answer failed (a notice, nothing stored) and
-        that was followed by an answered one is not named again."""
-        ...
 
 
 def split_channel_key(channel_key: str) -> tuple[str, str]:
@@ -570,4 +452,7 @@ def _find_channel(connection: Connection, platform: str, external_id: str) -> in
 if TYPE_CHECKING:
     # mypy proves here that ChatRepository satisfies the protocol the engine types against.
     def _conforms(repository: ChatRepository) -> Repository:
+        return repository
+
+    def _reads_history(repository: ChatRepository) -> HistoryReader:
         return repository

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bot.backends.base import Conversation, Turn
 from bot.errors import ConfigError
+from bot.ports import Conversation, Turn
 from bot.prompts import CUT_MARKER, FORMAT_NAMES, PromptFormat, resolve_format
 from tests.backends.tiny_models import NO_SYSTEM_CHAT_TEMPLATE, SIMPLE_CHAT_TEMPLATE, make_tokenizer
 

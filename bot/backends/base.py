@@ -2,67 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-Role = Literal["user", "assistant"]
-
-
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """One earlier message of a conversation."""
-
-    role: Role
-    content: str
-
-
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    """What the engine asks a backend to answer: the system prompt, earlier turns (oldest first)
-    and the new user message."""
-
-    system_prompt: str
-    history: Sequence[Turn]
-    message: str
-    context_key: str | None = None
-    """The channel this conversation belongs to; backends that keep per-channel state (the local
-    model's KV cache) key it by this. None: a stateless request."""
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingSettings:
-    """How to generate one reply. `temperature == 0` means greedy decoding."""
-
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    repetition_penalty: float = 1.0
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class SamplingOverrides:
-    """Per-request sampling values (e.g. from an OpenAI-style request); None keeps the configured one."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_new_tokens: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def apply(self, base: SamplingSettings) -> SamplingSettings:
-        """`base` with these overrides; `max_new_tokens` never above the configured maximum, and
-        stop sequences added to the configured ones."""
-        settings = base
-        if self.temperature is not None:
-            settings = replace(settings, temperature=self.temperature)
-        if self.top_p is not None:
-            settings = replace(settings, top_p=self.top_p)
-        if self.max_new_tokens is not None:
-            settings = replace(settings, max_new_tokens=min(self.max_new_tokens, base.max_new_tokens))
-        if self.stop:
-            settings = replace(settings, stop=(*base.stop, *self.stop))
-        return settings
+from bot.ports import Conversation, SamplingSettings
 
 
 @dataclass(frozen=True, slots=True)

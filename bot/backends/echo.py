@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings
+from bot.backends.base import PreparedPrompt
+from bot.ports import Conversation, SamplingSettings
 
 
 class EchoBackend:

@@ -22,9 +22,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.backends.base import Backend, Conversation, PreparedPrompt, SamplingSettings, Turn
+from bot.backends.base import Backend, PreparedPrompt
 from bot.backends.model_loading import ModelSource, load_model, resolve_model_source
 from bot.errors import BackendError, ConfigError, GenerationTimeout, ModelLoadError
+from bot.ports import Conversation, SamplingSettings, Turn
 from bot.prompts import FORMAT_NAMES, PromptFormat, resolve_format, unknown_format
 
 if TYPE_CHECKING:

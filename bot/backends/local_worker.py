@@ -16,10 +16,11 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from bot.backends.base import PreparedPrompt, SamplingSettings
+from bot.backends.base import PreparedPrompt
 from bot.backends.model_loading import LoadedModel
 from bot.backends.stops import StopFilter
 from bot.errors import BackendError, GenerationCancelled
+from bot.ports import SamplingSettings
 
 _DECODE_KW: dict[str, Any] = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
 """How generated tokens become text, streamed or not (the two must agree)."""

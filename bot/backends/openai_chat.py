@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
-from bot.backends.base import ChatMessage, Conversation, PreparedPrompt, SamplingSettings
+from bot.backends.base import ChatMessage, PreparedPrompt
 from bot.backends.remote_prompt import budget_chars, fit_conversation
 from bot.backends.remote_retry import (
     ChannelCancels,
@@ -31,6 +31,7 @@ from bot.errors import (
     BackendUnavailable,
     ModelLoadError,
 )
+from bot.ports import Conversation, SamplingSettings
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.backends.base import Conversation, Turn
+from bot.ports import Conversation, Turn
 from bot.prompts import CUT_MARKER
 
 CHARS_PER_TOKEN = 4

@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, cast
 
-from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings
+from bot.backends.base import PreparedPrompt
 from bot.backends.remote_prompt import PLAIN_STOP, budget_chars, fit_conversation, render_plain
 from bot.backends.remote_retry import (
     ChannelCancels,
@@ -40,6 +40,7 @@ from bot.errors import (
     ConfigError,
     ModelLoadError,
 )
+from bot.ports import Conversation, SamplingSettings
 
 if TYPE_CHECKING:
     import httpx2

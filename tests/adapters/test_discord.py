@@ -18,11 +18,12 @@ from pydantic import SecretStr
 
 from adapters.discord import MESSAGE_LIMIT, DiscordAdapter, create, discord_pieces
 from bot.app import Services
-from bot.backends.base import PreparedPrompt, SamplingSettings
+from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
 from bot.config import DiscordConfig, Settings
 from bot.engine import ChatEngine
 from bot.errors import ChinwagError
+from bot.ports import SamplingSettings
 from storage.db import Database
 from tests.adapters.test_discord_events import LONG_TEXT, undo_fences
 from tests.conftest import EngineFactory

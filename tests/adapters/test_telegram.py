@@ -17,11 +17,12 @@ import pytest
 from pydantic import SecretStr
 
 from adapters.telegram import TelegramAdapter, create
-from bot.backends.base import PreparedPrompt, SamplingSettings
+from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
 from bot.config import Settings, TelegramConfig
 from bot.engine import ChatEngine
 from bot.errors import ChinwagError
+from bot.ports import SamplingSettings
 from storage.db import Database
 from storage.inbox import UpdateInbox
 from storage.repository import ChatRepository

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from bot.ports import InboxItem
 from storage.db import Database
-from storage.inbox import InboxItem, UpdateInbox
+from storage.inbox import UpdateInbox
 
 
 async def test_updates_are_stored_once_and_come_back_pending_in_order(database: Database) -> None:

@@ -13,8 +13,9 @@ from adapters.web import WebAdapter, WebOptions, create, is_private_channel
 from bot.app import Services
 from bot.config import Settings, parse_settings
 from bot.errors import ChinwagError, StorageError
+from bot.ports import StoredMessage
 from storage.db import Database
-from storage.repository import ChatRepository, StoredMessage
+from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
 from tests.fakes.web_harness import read_sse, running_web, web_client
 

@@ -7,7 +7,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from bot.backends.base import Turn
+from bot.ports import Turn
 from storage.repository import ChatRepository
 from tests.bot.doubles import FailingBackend, RecordingBackend
 from tests.conftest import EngineFactory

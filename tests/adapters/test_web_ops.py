@@ -14,13 +14,14 @@ from sqlalchemy.engine import make_url
 
 from adapters.web import WebAdapter, WebOptions, create
 from bot.app import Services, build_metrics
-from bot.backends.base import PreparedPrompt, SamplingSettings
+from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
 from bot.config import ChatConfig, ModelConfig, RateLimitConfig, Settings, WebConfig
 from bot.engine import ChatEngine
 from bot.errors import BackendError, StorageError
 from bot.health import Readiness, backend_check
 from bot.metrics import PrometheusMetrics
+from bot.ports import SamplingSettings
 from storage.db import Database
 from storage.repository import ChatRepository
 from tests.storage.conftest import Target, target

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 import bot.backends.model_loading as loading
-from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings
+from bot.backends.base import PreparedPrompt
 from bot.backends.local import LocalBackend
 from bot.backends.local_worker import end_of_turn_ids
+from bot.ports import Conversation, SamplingSettings
 from tests.backends.tiny_models import SIMPLE_CHAT_TEMPLATE, make_tokenizer, started
 
 LOG = "bot.backends.local"

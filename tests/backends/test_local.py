@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings, Turn
+from bot.backends.base import PreparedPrompt
 from bot.backends.batching_settings import BatchingSettings
 from bot.backends.local import LocalBackend
 from bot.backends.local_worker import IncrementalDecoder
 from bot.errors import BackendError, ConfigError, GenerationTimeout, ModelLoadError
+from bot.ports import Conversation, SamplingSettings, Turn
 from tests.backends.tiny_models import make_tokenizer, started
 
 WAIT = 30.0  # generous bound for any single await; tiny models answer in milliseconds

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import pytest
 
-from bot.backends.base import Conversation, SamplingOverrides, backend_ready
+from bot.backends.base import backend_ready
 from bot.backends.openai_chat import OpenAIChatBackend
 from bot.backends.remote_retry import RetryPolicy
 from bot.backends.tgi import TGIBackend
@@ -28,6 +28,7 @@ from bot.engine import (
     ChatEngine,
 )
 from bot.events import ChatEvent
+from bot.ports import Conversation, SamplingOverrides
 from bot.reply import ReplyStatus
 from storage.repository import ChatRepository
 from tests.conftest import EngineFactory

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.app import Application, build_backend
-from bot.backends.base import Conversation, Turn, backend_ready
+from bot.backends.base import backend_ready
 from bot.backends.echo import EchoBackend
 from bot.backends.openai_chat import OpenAIChatBackend
 from bot.backends.remote_prompt import CHARS_PER_TOKEN, budget_chars, fit_conversation, render_plain
@@ -26,6 +26,7 @@ from bot.backends.tgi import TGIBackend
 from bot.config import parse_settings
 from bot.errors import BackendRejected, BackendStreamBroken, BackendUnavailable, ConfigError
 from bot.events import ChatEvent
+from bot.ports import Conversation, Turn
 from bot.prompts import CUT_MARKER
 from tests.fakes.inference import free_port
 

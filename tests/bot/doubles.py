@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from bot.backends.base import Conversation, PreparedPrompt, SamplingSettings
+from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
 from bot.errors import BackendError
+from bot.ports import Conversation, SamplingSettings
 
 
 class RecordingBackend(EchoBackend):

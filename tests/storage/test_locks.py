@@ -13,20 +13,15 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from bot.backends.base import PreparedPrompt, SamplingSettings
+from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
 from bot.config import ChatConfig, ModelConfig, RateLimitConfig
 from bot.engine import ChatEngine
 from bot.errors import StorageError
 from bot.events import ChatEvent
+from bot.ports import LocalChannelLocks, SamplingSettings
 from storage.db import Database, DatabaseOptions
-from storage.locks import (
-    LocalChannelLocks,
-    PostgresChannelLocks,
-    channel_lock_key,
-    channel_locks_for,
-    claim_exclusive,
-)
+from storage.locks import PostgresChannelLocks, channel_lock_key, channel_locks_for, claim_exclusive
 from storage.repository import ChatRepository
 from tests.storage.conftest import Target
 

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import Connection, func, select, text
 
 from bot.errors import StorageError
+from bot.ports import UNSET, ChannelSettings, Repository
 from storage.db import Database
 from storage.models import Channel
-from storage.repository import UNSET, ChannelSettings, ChatRepository, Repository, split_channel_key
+from storage.repository import ChatRepository, split_channel_key
 
 from .conftest import Target
 

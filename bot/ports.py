@@ -1,0 +1,286 @@
+"""The core's ports: the types and interfaces the engine and the adapters need from the outside.
+
+The core owns them and storage implements them (`storage/` imports nothing else from `bot/` but
+this module and `bot.errors`). The composition root (`bot/app.py`) hands each adapter only the
+narrow capability it needs from here: a `HistoryReader` for the web page, the Telegram
+`UpdateInbox` and `ClaimRole`, `LastAnsweredIds` for Discord's backfill. No adapter ever gets the
+database itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal, Protocol
+
+# --- conversations (what a backend answers) ----------------------------------------------------
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One earlier message of a conversation."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """What the engine asks a backend to answer: the system prompt, earlier turns (oldest first)
+    and the new user message."""
+
+    system_prompt: str
+    history: Sequence[Turn]
+    message: str
+    context_key: str | None = None
+    """The channel this conversation belongs to; backends that keep per-channel state (the local
+    model's KV cache) key it by this. None: a stateless request."""
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingSettings:
+    """How to generate one reply. `temperature == 0` means greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOverrides:
+    """Per-request sampling values (e.g. from an OpenAI-style request); None keeps the configured one."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def apply(self, base: SamplingSettings) -> SamplingSettings:
+        """`base` with these overrides; `max_new_tokens` never above the configured maximum, and
+        stop sequences added to the configured ones."""
+        settings = base
+        if self.temperature is not None:
+            settings = replace(settings, temperature=self.temperature)
+        if self.top_p is not None:
+            settings = replace(settings, top_p=self.top_p)
+        if self.max_new_tokens is not None:
+            settings = replace(settings, max_new_tokens=min(self.max_new_tokens, base.max_new_tokens))
+        if self.stop:
+            settings = replace(settings, stop=(*base.stop, *self.stop))
+        return settings
+
+
+# --- stored history and settings ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message as stored; `id` grows with every append, so it orders a channel's history."""
+
+    id: int
+    role: Role
+    content: str
+    author_id: str | None
+    author_name: str | None
+    platform_message_id: str | None
+    created_at: datetime  # timezone-aware, UTC
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """A channel's overrides; None means "use the configured default"."""
+
+    system_prompt: str | None = None
+    temperature: float | None = None
+
+
+class _Unset(enum.Enum):
+    """Type of `UNSET`: "leave this setting as it is" (None already means "clear it")."""
+
+    UNSET = enum.auto()
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+
+
+class Repository(Protocol):
+    """What the engine needs from storage. `channel_key` is `"<platform>:<external id>"`.
+
+    Every method is its own short transaction and raises `StorageError` when the database fails,
+    `ValueError` for a malformed `channel_key` or a negative limit.
+    """
+
+    async def append_message(
+        self,
+        channel_key: str,
+        role: Role,
+        content: str,
+        *,
+        author_id: str | None = None,
+        author_name: str | None = None,
+        platform_message_id: str | None = None,
+    ) -> StoredMessage | None:
+        """Store a message (creating the channel on first use). None when `platform_message_id`
+        was already stored in this channel: a duplicate delivery, nothing changed."""
+        ...
+
+    async def recent_messages(
+        self, channel_key: str, *, limit: int, max_chars: int | None = None, max_id: int | None = None
+    ) -> list[StoredMessage]:
+        """The newest `limit` messages, oldest first. With `max_chars`, the oldest are dropped until
+        the contents total at most `max_chars` characters, but the newest one is always kept. With
+        `max_id`, only messages whose id is at most `max_id` count (the history as it stood when
+        that message was stored)."""
+        ...
+
+    async def answer_to(
+        self, channel_key: str, platform_message_id: str
+    ) -> tuple[StoredMessage, StoredMessage | None] | None:
+        """The stored message with `platform_message_id` and the assistant message answering it
+        (the channel's next message, when that is the assistant's; else None). None when no such
+        message is stored."""
+        ...
+
+    async def move_channel(self, old_key: str, new_key: str) -> None:
+        """Move `old_key`'s messages and settings to `new_key` in one transaction (e.g. a group
+        that got a new id). An existing `new_key` is merged: every message keeps its id, so the
+        histories interleave in the order they were written; the new channel's settings win, the
+        old ones fill those it has unset. An old message whose platform id the new channel already
+        holds is kept without that id. The old channel is left empty with default settings.
+        Nothing happens when `old_key` was never seen or equals `new_key`."""
+        ...
+
+    async def reset_channel(self, channel_key: str) -> int:
+        """Delete the channel's messages (its settings stay); returns how many were deleted."""
+        ...
+
+    async def get_settings(self, channel_key: str) -> ChannelSettings:
+        """The channel's settings; all None for a channel never seen (no row is created)."""
+        ...
+
+    async def set_settings(
+        self,
+        channel_key: str,
+        *,
+        system_prompt: str | _Unset | None = UNSET,
+        temperature: float | _Unset | None = UNSET,
+    ) -> ChannelSettings:
+        """Change the given settings (None clears one back to the default); returns them all.
+
+        A temperature that is not a finite number raises `ValueError`."""
+        ...
+
+    async def message_count(self, channel_key: str) -> int:
+        """How many messages the channel has stored."""
+        ...
+
+    async def last_platform_message_ids(self, platform: str) -> dict[str, str]:
+        """For every channel of `platform`: external id -> the platform id of the newest stored user
+        message (with a platform id) that is directly followed by an assistant message, i.e. the
+        newest message known to be answered. Channels with no such message are left out.
+
+        Adapters fetch what came after it when they (re)connect: that includes messages stored but
+        never answered (a crash between storing a message and storing its answer), which they hand
+        to the engine as redelivered. A message whose answer failed (a notice, nothing stored) and
+        that was followed by an answered one is not named again."""
+        ...
+
+
+# --- ordering across processes -----------------------------------------------------------------
+
+
+class ChannelLocks(Protocol):
+    """A mutual exclusion per channel key, shared by every process that uses the database."""
+
+    def hold(self, channel_key: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Wait for the channel's lock and hold it for the `async with` block. Raises
+        `StorageError` when the lock cannot be taken (database down, waited too long)."""
+        ...
+
+
+class LocalChannelLocks:
+    """No lock across processes: for one process per database (SQLite), where the engine's own
+    per-channel queue already orders each channel."""
+
+    @contextlib.asynccontextmanager
+    async def hold(self, channel_key: str) -> AsyncIterator[None]:
+        """Returns at once."""
+        yield
+
+
+# --- narrow capabilities for adapters ------------------------------------------------------------
+
+
+class HistoryReader(Protocol):
+    """Read-only access to a channel's stored history (the web page shows it)."""
+
+    async def recent_messages(
+        self, channel_key: str, *, limit: int, max_chars: int | None = None, max_id: int | None = None
+    ) -> list[StoredMessage]:
+        """The newest `limit` messages, oldest first (see `Repository.recent_messages`)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """A stored platform update: the platform's id and its payload (a JSON object)."""
+
+    update_id: int
+    payload: dict[str, Any]
+
+
+InboxState = Literal["pending", "done"]
+
+
+class UpdateInbox(Protocol):
+    """A durable inbox of one platform's raw updates (Telegram): an update is committed here
+    before it is confirmed to the platform and marked done once answered, so a crash loses none.
+    Every method is one short transaction and raises `StorageError` when the database fails."""
+
+    async def add(self, items: Sequence[InboxItem]) -> list[InboxItem]:
+        """Store `items` as pending; return those that were new, in the given order."""
+        ...
+
+    async def pending(self) -> list[InboxItem]:
+        """Every pending update, oldest update id first."""
+        ...
+
+    async def mark_done(self, update_id: int) -> None:
+        """Record that `update_id` was handled (its reply sent, or nothing to answer)."""
+        ...
+
+    async def state(self, update_id: int) -> InboxState | None:
+        """The update's state; None when it was never stored."""
+        ...
+
+    async def prune(self, older_than: timedelta) -> int:
+        """Delete done updates received more than `older_than` ago; returns how many."""
+        ...
+
+
+class Claim(Protocol):
+    """An exclusive role of this process among all processes on the database, held until
+    `release()` or the process ends."""
+
+    async def release(self) -> None:
+        """Give the role up. Idempotent."""
+        ...
+
+
+ClaimRole = Callable[[str], Awaitable[Claim | None]]
+"""Take the exclusive role with this name (it may be a secret: it is hashed) without waiting;
+None when another process holds it. Raises `StorageError` when the database fails."""
+
+LastAnsweredIds = Callable[[], Awaitable[Mapping[str, str]]]
+"""For one platform's channels: channel id -> the platform id of the newest stored user message
+that was answered (see `Repository.last_platform_message_ids`)."""
