@@ -26,13 +26,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench.harness import Timed, event, percentile, timed_reply
+from bot.app import build_engine
 from bot.backends.echo import EchoBackend
 from bot.config import ChatConfig, ModelConfig, RateLimitConfig
 from bot.engine import ChatEngine
 from bot.ports import ChannelLocks, LocalChannelLocks
 from storage.db import Database
 from storage.locks import channel_locks_for
-from storage.repository import ChatRepository
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 MODES = ("no-lock", "advisory-lock")
@@ -61,8 +61,8 @@ def summary(replies: list[Timed], wall_s: float) -> dict[str, float]:
 async def run_mode(
     database: Database, locks: ChannelLocks, workload: Callable[[ChatEngine], Awaitable[list[Timed]]]
 ) -> dict[str, float]:
-    engine = ChatEngine(
-        ChatRepository(database),
+    engine = build_engine(
+        database,
         EchoBackend(),
         ModelConfig(backend="echo"),
         ChatConfig(rate_limit=RateLimitConfig(messages=1_000_000, per_seconds=60)),

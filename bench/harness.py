@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from bot.app import build_engine
 from bot.backends.base import Backend
 from bot.config import ChatConfig, ModelConfig, RateLimitConfig
 from bot.engine import ChatEngine
@@ -20,8 +21,6 @@ from bot.events import ChatEvent
 from bot.reply import ReplyStatus
 from storage.db import Database, DatabaseOptions
 from storage.repository import ChatRepository
-
-E = TypeVar("E", bound=ChatEngine)
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -98,13 +97,11 @@ class PeakMemory:
         self.peak_mb = max(self.peak_mb, rss_mb())
 
 
-def bench_engine(
-    repository: ChatRepository, backend: Backend, *, max_new_tokens: int, engine_type: type[E]
-) -> E:
+def bench_engine(database: Database, backend: Backend, *, max_new_tokens: int) -> ChatEngine:
     """The engine every benchmark measures: greedy, no rate limit, and a generation timeout no
     queued reply can reach (the default 120 s once cut the baseline's replies short)."""
-    return engine_type(
-        repository,
+    return build_engine(
+        database,
         backend,
         ModelConfig(temperature=0.0, max_new_tokens=max_new_tokens, generation_timeout_s=3600),
         ChatConfig(rate_limit=RateLimitConfig(messages=1_000_000, per_seconds=1)),
@@ -137,7 +134,7 @@ async def engine_over_sqlite(
     """`bench_engine` with `backend` over a fresh SQLite file."""
     async with fresh_sqlite(directory, name, options) as database:
         repository = ChatRepository(database)
-        engine = bench_engine(repository, backend, max_new_tokens=max_new_tokens, engine_type=ChatEngine)
+        engine = bench_engine(database, backend, max_new_tokens=max_new_tokens)
         try:
             yield engine, repository
         finally:

@@ -50,6 +50,7 @@ from bot.backends.base import Backend
 from bot.config import ChatConfig, DiscordConfig, ModelConfig, TelegramConfig
 from bot.engine import ChatEngine
 from bot.events import ChatEvent
+from bot.ports import Conversation, SamplingOverrides
 from bot.reply import Reply
 from storage.db import Database
 from storage.repository import ChatRepository
@@ -132,20 +133,21 @@ class RoundResult:
         }
 
 
-class RecordingEngine(ChatEngine):
-    """The real engine; it also notes every `Reply` it hands out (the `index`-th of a channel key)
-    and when the engine finished it, so the benchmark knows a reply's final text and how long the
-    engine alone took (the adapters are not touched)."""
+class RecordingEngine:
+    """The real engine behind the adapters' `ChatService` port; it also notes every `Reply` the
+    engine hands out (the `index`-th of a channel key) and when the engine finished it, so the
+    benchmark knows a reply's final text and how long the engine alone took (the adapters are not
+    touched)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, engine: ChatEngine) -> None:
+        self._engine = engine
         self._count: defaultdict[str, int] = defaultdict(int)
         self._replies: dict[tuple[str, int], asyncio.Future[Reply]] = {}
         self._finished: dict[tuple[str, int], asyncio.Future[float]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
 
     def handle(self, event: ChatEvent) -> Reply:
-        reply = super().handle(event)
+        reply = self._engine.handle(event)
         slot = (event.channel_key, self._count[event.channel_key])
         self._count[event.channel_key] += 1
         self._future(self._replies, slot).set_result(reply)
@@ -153,6 +155,12 @@ class RecordingEngine(ChatEngine):
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         return reply
+
+    def move_channel(self, old_key: str, new_key: str) -> asyncio.Task[None]:
+        return self._engine.move_channel(old_key, new_key)
+
+    def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
+        return self._engine.complete(conversation, overrides, user_key)
 
     def handed_out(self, channel_key: str) -> int:
         """How many replies the engine handed out for `channel_key` so far."""
@@ -466,11 +474,9 @@ async def engine_on_fresh_sqlite(
     """The benchmarks' engine (`bench_engine`), recording its replies, over a fresh SQLite file;
     the database too, which the Telegram adapter's inbox needs."""
     async with fresh_sqlite(directory, name) as database:
-        engine = bench_engine(
-            ChatRepository(database), backend, max_new_tokens=max_new_tokens, engine_type=RecordingEngine
-        )
+        engine = bench_engine(database, backend, max_new_tokens=max_new_tokens)
         try:
-            yield engine, database
+            yield RecordingEngine(engine), database
         finally:
             await engine.close(grace_s=5.0)
 

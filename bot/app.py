@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 import sys
@@ -17,11 +16,12 @@ from adapters.base import Adapter
 from bot.backends.base import Backend
 from bot.backends.batching_settings import BatchingSettings
 from bot.backends.remote_retry import RetryPolicy
-from bot.config import BatchingConfig, ModelConfig, Settings
+from bot.config import BatchingConfig, ChatConfig, ModelConfig, Settings
 from bot.engine import ChatEngine
 from bot.errors import ConfigError
 from bot.health import Readiness, backend_check
-from bot.metrics import PrometheusMetrics
+from bot.metrics import EngineMetrics, PrometheusMetrics
+from bot.ports import ChannelLocks, Claim
 from storage.db import Database, DatabaseOptions
 from storage.locks import channel_locks_for
 from storage.repository import ChatRepository
@@ -130,22 +130,83 @@ def batching_settings(config: BatchingConfig) -> BatchingSettings | None:
     )
 
 
-# Platform adapter modules, in start-up order. Each exposes
-# `create(settings: Settings, services: Services) -> Adapter | None` (None: not configured, e.g. no
-# token) and is imported only when enabled, so a missing platform library never stops the others.
-ADAPTER_MODULES: tuple[str, ...] = ("web", "telegram", "discord")
+def build_engine(
+    database: Database,
+    backend: Backend,
+    model: ModelConfig,
+    chat: ChatConfig,
+    *,
+    locks: ChannelLocks | None = None,
+    metrics: EngineMetrics | None = None,
+) -> ChatEngine:
+    """The one place a `ChatEngine` is composed (the application, the tests and the benchmarks):
+    the repository over `database` and its channel locks (advisory locks on PostgreSQL, none on
+    SQLite; `locks` overrides them, for the benchmark that compares the two)."""
+    return ChatEngine(
+        ChatRepository(database),
+        backend,
+        model,
+        chat,
+        locks=locks if locks is not None else channel_locks_for(database),
+        metrics=metrics,
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class Services:
-    """What an adapter may use: the engine, and the storage seams adapters are allowed to touch
-    (none of the message history: that belongs to the engine); the readiness probe and the
-    metrics (None when off) for the web server's operations endpoints."""
+class _Running:
+    """What the adapter factories pick their capabilities from (the composition root's own)."""
 
     engine: ChatEngine
     database: Database
-    readiness: Readiness | None = None
-    metrics: PrometheusMetrics | None = None
+    readiness: Readiness
+    metrics: PrometheusMetrics | None
+
+
+def _web_adapter(settings: Settings, running: _Running) -> Adapter | None:
+    from adapters.web import create
+
+    return create(
+        settings.web,
+        settings.model,
+        running.engine,
+        ChatRepository(running.database),  # read through HistoryReader: the page shows history
+        readiness=running.readiness,
+        metrics=running.metrics,
+    )
+
+
+def _telegram_adapter(settings: Settings, running: _Running) -> Adapter | None:
+    from adapters.telegram import PLATFORM, create
+    from storage.inbox import UpdateInbox
+    from storage.locks import claim_exclusive
+
+    database = running.database
+
+    async def claim_role(name: str) -> Claim | None:
+        return await claim_exclusive(database, name)
+
+    return create(settings.telegram, running.engine, UpdateInbox(database, PLATFORM), claim_role)
+
+
+def _discord_adapter(settings: Settings, running: _Running) -> Adapter | None:
+    from adapters.discord import PLATFORM, create
+
+    repository = ChatRepository(running.database)
+
+    async def last_answered() -> dict[str, str]:
+        return await repository.last_platform_message_ids(PLATFORM)
+
+    return create(settings.discord, running.engine, last_answered)
+
+
+# The platform adapters in start-up order. Each factory imports its adapter only when that adapter
+# is enabled (a platform library that is not installed stops nobody who does not use it) and
+# returns None when it is not configured (no token).
+_ADAPTER_FACTORIES: tuple[tuple[str, Callable[[Settings, _Running], Adapter | None]], ...] = (
+    ("web", _web_adapter),
+    ("telegram", _telegram_adapter),
+    ("discord", _discord_adapter),
+)
 
 
 def database_options(settings: Settings) -> DatabaseOptions:
@@ -172,20 +233,23 @@ def build_metrics(settings: Settings) -> PrometheusMetrics | None:
         return None
 
 
-def build_adapters(settings: Settings, services: Services) -> list[Adapter]:
+def _build_adapters(settings: Settings, running: _Running) -> list[Adapter]:
     """The platform adapters enabled in `settings` that are configured to start."""
     adapters: list[Adapter] = []
-    for name in ADAPTER_MODULES:
+    for name, factory in _ADAPTER_FACTORIES:
         if not getattr(settings, name).enabled:
             continue
         try:
-            module = importlib.import_module(f"adapters.{name}")
+            adapter = factory(settings, running)
         except ModuleNotFoundError as error:
-            if error.name != f"adapters.{name}":
-                raise
-            logger.warning("the %s adapter is enabled but not available in this version yet", name)
-            continue
-        adapter = module.create(settings, services)
+            token = getattr(getattr(settings, name), "token", None)
+            if token is not None and not token.get_secret_value().strip():
+                logger.info("the %s adapter is enabled but has no token and no library: not started", name)
+                continue
+            raise ConfigError(
+                f"{name}.enabled: the {name} adapter needs the '{error.name}' package; install the "
+                "platforms extra (pip install 'chinwag[platforms]') or set it to false"
+            ) from None
         if adapter is None:
             logger.info("the %s adapter is enabled but not configured (no token): not started", name)
         else:
@@ -201,24 +265,23 @@ class Application:
 
     def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
         self.settings = settings
-        self._backend = backend if backend is not None else build_backend(settings.model)
+        self.backend = backend if backend is not None else build_backend(settings.model)
         self._stack = AsyncExitStack()
-        self._engine: ChatEngine | None = None
-        self._services: Services | None = None
+        self._running: _Running | None = None
 
     @property
     def engine(self) -> ChatEngine:
         """The running engine (only inside `async with`)."""
-        if self._engine is None:
+        if self._running is None:
             raise RuntimeError("the application is not started")
-        return self._engine
+        return self._running.engine
 
-    @property
-    def services(self) -> Services:
-        """What adapters get (only inside `async with`)."""
-        if self._services is None:
+    def adapters(self) -> list[Adapter]:
+        """The platform adapters the settings enable and configure, not started yet (only inside
+        `async with`). Raises `ConfigError` when an enabled adapter's library is missing."""
+        if self._running is None:
             raise RuntimeError("the application is not started")
-        return self._services
+        return _build_adapters(self.settings, self._running)
 
     async def __aenter__(self) -> Application:
         try:
@@ -227,23 +290,17 @@ class Application:
             )
             await database.start()
             self._stack.push_async_callback(database.stop)
-            await self._backend.start()
-            self._stack.push_async_callback(self._backend.stop)
+            await self.backend.start()
+            self._stack.push_async_callback(self.backend.stop)
             metrics = build_metrics(self.settings)
-            engine = ChatEngine(
-                ChatRepository(database),
-                self._backend,
-                self.settings.model,
-                self.settings.chat,
-                locks=channel_locks_for(database),
-                metrics=metrics,
+            engine = build_engine(
+                database, self.backend, self.settings.model, self.settings.chat, metrics=metrics
             )
             self._stack.push_async_callback(engine.close)
             if metrics is not None:
-                metrics.watch_queue(lambda: engine.stats.in_flight, _scheduler_depth(self._backend))
-            readiness = Readiness({"database": database.ping, "backend": backend_check(self._backend)})
-            self._engine = engine
-            self._services = Services(engine=engine, database=database, readiness=readiness, metrics=metrics)
+                metrics.watch_queue(lambda: engine.stats.in_flight, _scheduler_depth(self.backend))
+            readiness = Readiness({"database": database.ping, "backend": backend_check(self.backend)})
+            self._running = _Running(engine=engine, database=database, readiness=readiness, metrics=metrics)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -252,8 +309,7 @@ class Application:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._engine = None
-        self._services = None
+        self._running = None
         await self._stack.aclose()
 
 
@@ -265,7 +321,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     async with Application(settings) as app, AsyncExitStack() as adapters:
         started = []
-        for adapter in build_adapters(settings, app.services):
+        for adapter in app.adapters():
             await adapter.start()
             adapters.push_async_callback(adapter.stop)
             started.append(adapter.name)

@@ -9,12 +9,16 @@ database itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal, Protocol
+
+from bot.events import ChatEvent
+from bot.reply import Reply
 
 # --- conversations (what a backend answers) ----------------------------------------------------
 
@@ -284,3 +288,22 @@ None when another process holds it. Raises `StorageError` when the database fail
 LastAnsweredIds = Callable[[], Awaitable[Mapping[str, str]]]
 """For one platform's channels: channel id -> the platform id of the newest stored user message
 that was answered (see `Repository.last_platform_message_ids`)."""
+
+
+# --- what adapters ask of the engine ---------------------------------------------------------------
+
+
+class ChatService(Protocol):
+    """The engine as the adapters see it (`bot.engine.ChatEngine` implements it)."""
+
+    def handle(self, event: ChatEvent) -> Reply:
+        """Queue `event` (per channel, in call order) and return its reply at once."""
+        ...
+
+    def move_channel(self, old_key: str, new_key: str) -> asyncio.Task[None]:
+        """Queue moving `old_key`'s history and settings to `new_key` (a group that got a new id)."""
+        ...
+
+    def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
+        """Answer a stateless conversation (the caller sends the whole history)."""
+        ...

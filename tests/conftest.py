@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from bot.app import build_engine
 from bot.backends.base import Backend
 from bot.backends.echo import EchoBackend
 from bot.config import ChatConfig, ModelConfig, RateLimitConfig
@@ -33,8 +34,9 @@ def repository(database: Database) -> ChatRepository:
 
 
 @pytest.fixture
-async def make_engine(repository: ChatRepository) -> AsyncIterator[EngineFactory]:
-    """Build engines over the shared repository; every engine is closed at the end of the test."""
+async def make_engine(database: Database) -> AsyncIterator[EngineFactory]:
+    """Build engines over the shared database (as the application composes them); every engine is
+    closed at the end of the test."""
     engines: list[ChatEngine] = []
 
     async def factory(
@@ -47,8 +49,8 @@ async def make_engine(repository: ChatRepository) -> AsyncIterator[EngineFactory
         chat_settings = ChatConfig(
             rate_limit=RateLimitConfig(messages=rate_limit, per_seconds=60), **(chat or {})
         )
-        engine = ChatEngine(
-            repository,
+        engine = build_engine(
+            database,
             backend or EchoBackend(),
             ModelConfig(backend="echo", **(model or {})),
             chat_settings,
