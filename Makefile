@@ -36,9 +36,11 @@ run: install
 chat: install
 	@$(PY) -m bot chat --config $(CONFIG)
 
+# ruff, then the layering contracts in pyproject.toml ([tool.importlinter]): adapters -> core <- storage.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy
