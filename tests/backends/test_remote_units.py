@@ -230,7 +230,7 @@ async def test_the_bot_starts_while_the_server_is_down(kind: str, tmp_path: Path
     async with Application(settings) as app:
         answer = await app.engine.ask(ChatEvent("test", "c", "u", "Ann", "hello?"))
         assert "not reachable" in answer
-        assert not await backend_ready(app.services.engine._backend)
+        assert not await backend_ready(app.backend)
 
 
 async def test_backends_without_a_server_are_ready() -> None:
