@@ -1,4 +1,4 @@
-"""The database: async engine, short sessions and schema migrations (SQLite or PostgreSQL)."""
+"""The database: engines, short units of work and schema migrations (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from bot.errors import StorageError
@@ -47,10 +47,10 @@ _MAX_ERROR_TEXT = 300
 class DatabaseOptions:
     """Connection pool sizes (the `storage:` config keys of the same names).
 
-    Every process opens at most `pool_size + max_overflow` connections for its short sessions and,
-    on PostgreSQL, `lock_connections` more for the per-channel locks (one per channel being
-    answered, held while its reply is generated). The sum over all processes must stay under the
-    server's `max_connections` (100 by default).
+    Every process opens at most `pool_size + max_overflow` connections for its short units of
+    work and, on PostgreSQL, `lock_connections` more for the per-channel locks (one per channel
+    being answered, held while its reply is generated). The sum over all processes must stay
+    under the server's `max_connections` (100 by default).
     """
 
     pool_size: int = 5
@@ -67,16 +67,16 @@ class Database:
     """Owns the async engine. SQLite (`sqlite+aiosqlite://`) by default, PostgreSQL (`postgresql+asyncpg://`).
 
     `start()` connects and migrates the schema to the newest revision; `stop()` releases every
-    connection. Sessions are short units of work: `read_session()` for reads, `write_session()` for
-    anything that writes (it commits on success, rolls back on error). Database failures inside
-    either session surface as `StorageError` with a one-line message free of passwords.
+    connection. Data is read and written in short units of work: `run_read(work)` for reads,
+    `run_write(work)` for anything that writes (it commits on success, rolls back on error), where
+    `work(connection)` is synchronous SQL Core on a plain `Connection`. Database failures inside
+    either surface as `StorageError` with a one-line message free of passwords.
 
-    `run_read(work)` / `run_write(work)` run a synchronous unit of work (`work(connection)`, SQL
-    Core on a plain `Connection`) the same way; the repository's per-message operations use them
-    because on SQLite that is several times cheaper: the work runs on one dedicated thread with
-    the plain `sqlite3` driver, one thread hand-off per unit of work instead of one per statement,
-    fetch, begin and commit (aiosqlite), and without the ORM session's bookkeeping. On PostgreSQL
-    they run through `AsyncConnection.run_sync` on the async engine.
+    On SQLite the work runs on one dedicated thread with the plain `sqlite3` driver: one thread
+    hand-off per unit of work instead of one per statement, fetch, begin and commit (aiosqlite),
+    several times cheaper. On PostgreSQL it runs through `AsyncConnection.run_sync` on the async
+    engine. The async engine also runs the migrations at start, `ping()`, and (PostgreSQL) the
+    locks and claims of storage/locks.py.
     """
 
     def __init__(
@@ -100,9 +100,6 @@ class Database:
         self._lock_engine: AsyncEngine | None = None
         self._claim_engine: AsyncEngine | None = None
         self._write_engine: AsyncEngine | None = None
-        self._read_sessions: async_sessionmaker[AsyncSession] | None = None
-        self._write_sessions: async_sessionmaker[AsyncSession] | None = None
-        self._write_lock: asyncio.Lock | None = None
         # SQLite only: the one thread (and its synchronous engine) that runs `run_read`/`run_write`.
         self._sqlite_worker: SqliteWorker | None = None
 
@@ -120,7 +117,7 @@ class Database:
     def lock_engine(self) -> AsyncEngine | None:
         """PostgreSQL: the pool of `options.lock_connections` connections reserved for advisory
         locks held across a model call (kept apart so that they can never starve the short
-        sessions). None on SQLite and before `start()`."""
+        units of work). None on SQLite and before `start()`."""
         return self._lock_engine
 
     async def start(self) -> None:
@@ -150,9 +147,6 @@ class Database:
         connect_args = dict(self._connect_args)
         if self.dialect_name == "sqlite":
             await asyncio.to_thread(_create_parent_dir, self._url)
-            # SQLite takes one writer at a time. Queueing this process's writers here keeps them
-            # from polling the file lock against each other (busy_timeout covers other processes).
-            self._write_lock = asyncio.Lock()
         else:
             connect_args.setdefault("timeout", _PG_CONNECT_TIMEOUT_S)
         options = self.options
@@ -195,8 +189,6 @@ class Database:
                 )
             await connection.run_sync(_upgrade_to_head)
 
-        self._read_sessions = async_sessionmaker(self._engine, expire_on_commit=False)
-        self._write_sessions = async_sessionmaker(self._write_engine, expire_on_commit=False)
         if self.dialect_name == "sqlite":
             self._start_sqlite_thread(connect_args)
 
@@ -216,9 +208,7 @@ class Database:
         engines = [e for e in (self._claim_engine, self._lock_engine, self._engine) if e is not None]
         worker = self._sqlite_worker
         self._engine = self._write_engine = self._lock_engine = self._claim_engine = None
-        self._read_sessions = self._write_sessions = None
         self._sqlite_worker = None
-        self._write_lock = None
         if worker is not None:
             await worker.stop()
         for engine in engines:
@@ -242,27 +232,6 @@ class Database:
     def _on_sqlite_connect(self, dbapi_connection: Any, _connection_record: Any) -> None:
         _configure_sqlite_connection(dbapi_connection, self.options.sqlite_synchronous)
 
-    @contextlib.asynccontextmanager
-    async def read_session(self) -> AsyncIterator[AsyncSession]:
-        """A session for reads only; its transaction is rolled back at the end."""
-        if self._read_sessions is None:
-            raise RuntimeError("Database.start() has not been called")
-        async with self._storage_errors(), self._read_sessions() as session:
-            yield session
-
-    @contextlib.asynccontextmanager
-    async def write_session(self) -> AsyncIterator[AsyncSession]:
-        """A session in a write transaction: commits when the block ends, rolls back on error.
-
-        On SQLite the transaction starts with BEGIN IMMEDIATE, so a read followed by a write cannot
-        fail with SQLITE_BUSY halfway. Keep it short: it holds the database's write lock.
-        """
-        if self._write_sessions is None:
-            raise RuntimeError("Database.start() has not been called")
-        lock: contextlib.AbstractAsyncContextManager[Any] = self._write_lock or contextlib.nullcontext()
-        async with lock, self._storage_errors(), self._write_sessions() as session, session.begin():
-            yield session
-
     async def run_read(self, work: Callable[[Connection], T]) -> T:
         """`work(connection)` in a read transaction (rolled back at the end); returns its result.
 
@@ -278,9 +247,12 @@ class Database:
 
     async def run_write(self, work: Callable[[Connection], T]) -> T:
         """`work(connection)` in a write transaction, committed when it returns, rolled back when
-        it raises; returns its result. The same rules for `work` as in `run_read`."""
+        it raises; returns its result. The same rules for `work` as in `run_read`.
+
+        On SQLite the transaction starts with BEGIN IMMEDIATE, so a read followed by a write cannot
+        fail with SQLITE_BUSY halfway. Keep it short: it holds the database's write lock."""
         if self._sqlite_worker is not None:
-            # No in-process write lock here: the worker's single thread already orders these, and
+            # No in-process write lock: the worker's single thread already orders these, and
             # writes waiting together are committed together (storage/sqlite_worker.py).
             async with self._storage_errors():
                 return await self._sqlite_worker.run(work, write=True)

@@ -30,8 +30,13 @@ def head_revision() -> str | None:
 
 
 async def alembic_versions(database: Database) -> list[str]:
-    async with database.read_session() as session:
-        return list((await session.scalars(text("SELECT version_num FROM alembic_version"))).all())
+    return await database.run_read(
+        lambda connection: list(connection.scalars(text("SELECT version_num FROM alembic_version")))
+    )
+
+
+def select_one(connection: Connection) -> None:
+    connection.execute(text("SELECT 1"))
 
 
 async def test_migrated_schema_matches_the_models(database: Database) -> None:
@@ -46,9 +51,7 @@ async def test_migrated_schema_matches_the_models(database: Database) -> None:
         (fk,) = inspector.get_foreign_keys("messages")
         assert fk["options"].get("ondelete") == "CASCADE"
 
-    async with database.read_session() as session:
-        connection = await session.connection()
-        await connection.run_sync(check)
+    await database.run_read(check)
     assert await alembic_versions(database) == [head_revision()]
 
 
@@ -84,16 +87,14 @@ async def test_lifecycle_is_explicit_and_stop_is_idempotent(target: Target) -> N
     db = target.new_database()
     await db.stop()  # before start: nothing to do
     with pytest.raises(RuntimeError):
-        async with db.read_session():
-            pass
+        await db.run_read(select_one)
     await db.start()
     with pytest.raises(RuntimeError):
         await db.start()
     await db.stop()
     await db.stop()
     with pytest.raises(RuntimeError):
-        async with db.write_session():
-            pass
+        await db.run_write(select_one)
     await db.start()  # a stopped database can start again
     assert await ChatRepository(db).message_count("web:a") == 0
     await db.stop()
@@ -101,8 +102,11 @@ async def test_lifecycle_is_explicit_and_stop_is_idempotent(target: Target) -> N
 
 
 async def test_unknown_schema_revision_is_a_storage_error(target: Target, database: Database) -> None:
-    async with database.write_session() as session:
-        await session.execute(text("UPDATE alembic_version SET version_num = 'from_the_future'"))
+    await database.run_write(
+        lambda connection: connection.execute(
+            text("UPDATE alembic_version SET version_num = 'from_the_future'")
+        )
+    )
 
     newer = target.new_database()
     with pytest.raises(StorageError, match="from_the_future"):
@@ -177,20 +181,17 @@ async def test_sqlite_connection_settings(tmp_path: Path) -> None:
     await db.start()
     try:
         assert path.is_file()
-        async with db.read_session() as session:
-            pragmas = {
-                name: (await session.execute(text(f"PRAGMA {name}"))).scalar()
-                for name in ["journal_mode", "synchronous", "foreign_keys", "busy_timeout"]
-            }
-        assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000}
-        # The worker thread's own connection (run_read / run_write) has the same settings.
-        worker_pragmas = await db.run_read(
-            lambda connection: {
+
+        def pragmas(connection: Connection) -> dict[str, object]:
+            return {
                 name: connection.execute(text(f"PRAGMA {name}")).scalar()
                 for name in ["journal_mode", "synchronous", "foreign_keys", "busy_timeout"]
             }
-        )
-        assert worker_pragmas == pragmas
+
+        # The worker thread's connections serve every message: reads and writes alike.
+        expected = {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 5000}
+        assert await db.run_read(pragmas) == expected
+        assert await db.run_write(pragmas) == expected
     finally:
         await db.stop()
 
@@ -202,9 +203,8 @@ async def test_sqlite_synchronous_normal_is_an_option(tmp_path: Path) -> None:
     try:
         pragma = text("PRAGMA synchronous")
         for_writes = await db.run_write(lambda connection: connection.execute(pragma).scalar())
-        async with db.read_session() as session:
-            for_sessions = (await session.execute(pragma)).scalar()
-        assert for_writes == for_sessions == 1  # NORMAL
+        for_reads = await db.run_read(lambda connection: connection.execute(pragma).scalar())
+        assert for_writes == for_reads == 1  # NORMAL
     finally:
         await db.stop()
 
@@ -229,13 +229,19 @@ async def test_sqlite_writers_take_the_write_lock_up_front_and_readers_do_not(tm
     path = tmp_path / "bot.db"
     db = Database(f"sqlite+aiosqlite:///{path}")
     await db.start()
+
+    # The work runs on the worker thread, inside its transaction: ask another connection from there.
+    def write_that_has_only_read(connection: Connection) -> bool:
+        connection.execute(text("SELECT 1"))  # only a read so far
+        return _try_to_take_the_write_lock(path)
+
+    def read(connection: Connection) -> bool:
+        connection.execute(text("SELECT count(*) FROM messages"))
+        return _try_to_take_the_write_lock(path)
+
     try:
-        async with db.write_session() as session:
-            await session.execute(text("SELECT 1"))  # only a read so far
-            assert not await asyncio.to_thread(_try_to_take_the_write_lock, path)
-        async with db.read_session() as session:
-            await session.execute(text("SELECT count(*) FROM messages"))
-            assert await asyncio.to_thread(_try_to_take_the_write_lock, path)
+        assert not await db.run_write(write_that_has_only_read)
+        assert await db.run_read(read)
     finally:
         await db.stop()
 
@@ -244,7 +250,8 @@ async def test_deleting_a_channel_deletes_its_messages(database: Database) -> No
     # ON DELETE CASCADE needs foreign_keys=ON on SQLite.
     repo = ChatRepository(database)
     await repo.append_message("web:gone", "user", "bye")
-    async with database.write_session() as session:
-        await session.execute(text("DELETE FROM channels"))
-    async with database.read_session() as session:
-        assert (await session.execute(text("SELECT count(*) FROM messages"))).scalar() == 0
+    await database.run_write(lambda connection: connection.execute(text("DELETE FROM channels")))
+    messages = await database.run_read(
+        lambda connection: connection.scalar(text("SELECT count(*) FROM messages"))
+    )
+    assert messages == 0

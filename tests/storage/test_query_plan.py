@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Connection, func, insert, select, text
 
 from storage.db import Database
 from storage.models import Channel, Message
@@ -24,11 +24,12 @@ async def fill(database: Database) -> dict[str, int]:
     keys = ["web:big", *(f"web:small{i}" for i in range(30))]
     for key in keys:
         await repo.set_settings(key, temperature=0.5)  # creates the channel
-    async with database.read_session() as session:
-        ids = {
+    ids = await database.run_read(
+        lambda connection: {
             external_id: id_
-            for external_id, id_ in await session.execute(select(Channel.external_id, Channel.id))
+            for external_id, id_ in connection.execute(select(Channel.external_id, Channel.id))
         }
+    )
     now = datetime.now(UTC)
     rows = [
         {
@@ -39,26 +40,25 @@ async def fill(database: Database) -> dict[str, int]:
         }
         for i in range(4000)
     ]
-    async with database.write_session() as session:
-        await session.execute(insert(Message), rows)
+    await database.run_write(lambda connection: connection.execute(insert(Message), rows))
     # Fresh statistics, as a long-running database has them; no planner switches are touched.
-    async with database.write_session() as session:
-        await session.execute(text("ANALYZE"))
+    await database.run_write(lambda connection: connection.execute(text("ANALYZE")))
     return ids
 
 
 async def explain(database: Database, channel_id: int, limit: int, statement: Any = None) -> str:
-    async with database.read_session() as session:
-        if statement is None:
-            statement = recent_messages_statement(channel_id, limit)
-        statement = statement.compile(
-            dialect=session.get_bind().dialect, compile_kwargs={"literal_binds": True}
-        )
+    if statement is None:
+        statement = recent_messages_statement(channel_id, limit)
+
+    def plan(connection: Connection) -> str:
+        sql = statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
         if database.dialect_name == "sqlite":
-            rows = (await session.execute(text(f"EXPLAIN QUERY PLAN {statement}"))).all()
+            rows = connection.execute(text(f"EXPLAIN QUERY PLAN {sql}")).all()
             return "\n".join(str(row[-1]) for row in rows)
-        rows = (await session.execute(text(f"EXPLAIN {statement}"))).all()
+        rows = connection.execute(text(f"EXPLAIN {sql}")).all()
         return "\n".join(str(row[0]) for row in rows)
+
+    return await database.run_read(plan)
 
 
 async def test_recent_messages_is_an_index_range_scan(database: Database) -> None:
@@ -82,8 +82,11 @@ async def test_recent_messages_is_an_index_range_scan(database: Database) -> Non
 
 async def test_the_message_after_a_question_is_one_index_step(database: Database) -> None:
     ids = await fill(database)
-    async with database.read_session() as session:
-        last_big = await session.scalar(select(func.max(Message.id)).where(Message.channel_id == ids["big"]))
+    last_big = await database.run_read(
+        lambda connection: connection.scalar(
+            select(func.max(Message.id)).where(Message.channel_id == ids["big"])
+        )
+    )
     assert last_big is not None
     # The trap again: the big channel has no row after its last one, and 2,000 newer rows of others.
     for channel, after in [("big", last_big), ("small7", 0)]:

@@ -18,8 +18,9 @@ from .conftest import Target
 
 
 async def channel_rows(database: Database) -> int:
-    async with database.read_session() as session:
-        return (await session.scalar(select(func.count()).select_from(Channel))) or 0
+    return await database.run_read(
+        lambda connection: connection.scalar(select(func.count()).select_from(Channel)) or 0
+    )
 
 
 async def contents(repo: ChatRepository, key: str, limit: int = 100) -> list[str]:
@@ -266,26 +267,6 @@ async def test_the_repository_satisfies_the_protocol(repo: ChatRepository) -> No
     assert await as_protocol.message_count("web:none") == 0
 
 
-async def test_write_session_rolls_back_on_error_and_keeps_the_error(
-    repo: ChatRepository, database: Database
-) -> None:
-    with pytest.raises(ZeroDivisionError):
-        async with database.write_session() as session:
-            await session.execute(text("INSERT INTO channels (platform, external_id) VALUES ('web', 'gone')"))
-            raise ZeroDivisionError
-    assert await channel_rows(database) == 0
-
-
-async def test_database_errors_become_storage_errors(database: Database) -> None:
-    with pytest.raises(StorageError) as caught:
-        async with database.read_session() as session:
-            await session.execute(text("SELECT * FROM no_such_table"))
-    message = str(caught.value)
-    assert "no_such_table" in message
-    assert "\n" not in message
-    assert isinstance(caught.value.__cause__, Exception)  # the original stays for the log
-
-
 async def test_run_write_rolls_back_on_error_and_keeps_the_error(database: Database) -> None:
     def insert_then_fail(connection: Connection) -> None:
         connection.execute(text("INSERT INTO channels (platform, external_id) VALUES ('web', 'gone')"))
@@ -309,6 +290,7 @@ async def test_run_read_and_run_write_turn_database_errors_into_storage_errors(d
             await run(lambda connection: connection.execute(text("SELECT * FROM no_such_table")))
         assert "no_such_table" in str(caught.value)
         assert "\n" not in str(caught.value)
+        assert isinstance(caught.value.__cause__, Exception)  # the original stays for the log
 
 
 async def test_a_remembered_channel_id_survives_a_move_and_a_reset(repo: ChatRepository) -> None:
