@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from adapters.web import WebAdapter, WebOptions, create, is_private_channel
-from bot.app import Services
-from bot.config import Settings, parse_settings
+from adapters.web import WebAdapter, WebOptions, create
+from adapters.web_chat import is_private_channel
+from bot.config import ModelConfig, Settings, parse_settings
 from bot.errors import ChinwagError, StorageError
 from bot.ports import StoredMessage
-from storage.db import Database
 from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
 from tests.fakes.web_harness import read_sse, running_web, web_client
@@ -284,10 +283,19 @@ async def test_lifecycle_port_zero_stop_twice_and_a_taken_port(
 
 
 async def test_create_reads_the_web_settings_with_defaults(
-    database: Database, make_engine: EngineFactory
+    repository: ChatRepository, make_engine: EngineFactory
 ) -> None:
-    adapter = create(Settings(), Services(engine=await make_engine(), database=database))
+    settings = Settings()
+    engine = await make_engine()
+    adapter = create(settings.web, settings.model, engine, repository)
     assert adapter is not None and adapter.name == "web"
+    for model, served_as in ((ModelConfig(backend="echo"), "echo"), (ModelConfig(name="tiny"), "tiny")):
+        made = create(settings.web, model, engine, repository)
+        assert made is not None
+        transport = httpx.ASGITransport(app=made.app)  # a loopback client: no key needed
+        async with httpx.AsyncClient(transport=transport, base_url="http://bot") as client:
+            listed = (await client.get("/v1/models")).json()["data"]
+        assert [item["id"] for item in listed] == [served_as]
     settings = parse_settings(
         {
             "web": {
@@ -317,7 +325,7 @@ class BrokenHistory:
     """A repository whose database is down."""
 
     async def recent_messages(
-        self, channel_key: str, *, limit: int, max_chars: int | None = None
+        self, channel_key: str, *, limit: int, max_chars: int | None = None, max_id: int | None = None
     ) -> list[StoredMessage]:
         raise StorageError("database is locked")
 
