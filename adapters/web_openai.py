@@ -2,8 +2,8 @@
 
 The request's `messages` are the whole conversation (system messages become the system prompt,
 earlier user/assistant turns the history, the last user message the new message): nothing is read
-from or written to a channel's stored history. Answers come from a `Completer`, which is meant to
-`ChatEngine.complete` (it applies the backend, limits, timeout and logging).
+from or written to a channel's stored history. Answers come from a `Completer`: the web app
+passes `ChatEngine.complete`, which applies the backend, limits, timeout and logging.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
-class ChatMessage(BaseModel):
+class ChatMessageIn(BaseModel):
     """One message of the request's conversation."""
 
     model_config = ConfigDict(extra="ignore")
@@ -60,7 +60,7 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1000)
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=1000)
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -80,7 +80,7 @@ class ChatCompletionRequest(BaseModel):
         )
 
 
-def _text_of(message: ChatMessage, index: int) -> str:
+def _text_of(message: ChatMessageIn, index: int) -> str:
     if message.content is None:
         return ""
     if isinstance(message.content, str):

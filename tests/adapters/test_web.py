@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 import pytest
 
-from adapters.web import WebAdapter, WebOptions, create, is_private_channel
-from bot.app import Services
-from bot.config import Settings, parse_settings
+from adapters.web import WebAdapter, WebOptions, create
+from adapters.web_chat import is_private_channel
+from bot.backends.base import PreparedPrompt
+from bot.backends.echo import EchoBackend
+from bot.config import ModelConfig, Settings, parse_settings
+from bot.engine import RESET_SKIPPED_REPLY
 from bot.errors import ChinwagError, StorageError
-from bot.ports import StoredMessage
-from storage.db import Database
+from bot.ports import SamplingSettings, StoredMessage
 from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
 from tests.fakes.web_harness import read_sse, running_web, web_client
@@ -129,6 +131,58 @@ async def test_a_private_channel_is_its_holders_to_clear_and_configure(
     assert (await repository.get_settings("web:shared")).temperature is None
     assert is_private_channel(PRIVATE)
     assert not is_private_channel("p-short") and not is_private_channel("room-1")
+
+
+class HeldEcho(EchoBackend):
+    """Echo that holds the message "held" until `release` is set, and reports each reset."""
+
+    def __init__(self) -> None:
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+        self.resets: asyncio.Queue[str] = asyncio.Queue()
+
+    def forget(self, context_key: str) -> None:
+        self.resets.put_nowait(context_key)  # the engine calls this the moment it takes a /reset
+
+    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+        if prompt.text.endswith(": held"):
+            self.holding.set()
+            await self.release.wait()
+        async for chunk in super().generate(prompt, settings):
+            yield chunk
+
+
+async def test_a_reset_overtaken_by_another_reset_is_not_a_rate_limit(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = HeldEcho()
+    async with running_web(await make_engine(backend), repository) as web, web_client(web) as client:
+        url = f"/api/channels/{PRIVATE}"
+        async with asyncio.timeout(10), asyncio.TaskGroup() as tasks:
+            held = tasks.create_task(client.post(f"{url}/messages", json={"text": "held"}))
+            await backend.holding.wait()  # the channel's queue is blocked behind "held"
+            first = tasks.create_task(client.post(f"{url}/reset"))
+            await backend.resets.get()
+            second = tasks.create_task(client.post(f"{url}/reset"))
+            await backend.resets.get()  # both resets are queued; the second overtakes the first
+            backend.release.set()
+        history = (await client.get(f"{url}/messages")).json()["messages"]
+    assert held.result().status_code == 200
+    assert first.result().status_code == 200
+    assert first.result().json() == {"reply": RESET_SKIPPED_REPLY, "status": "notice"}
+    assert second.result().status_code == 200 and "cleared" in second.result().json()["reply"]
+    assert history == []
+
+
+async def test_a_reset_over_the_rate_limit_is_still_a_429(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    async with running_web(await make_engine(rate_limit=1), repository) as web, web_client(web) as client:
+        url = f"/api/channels/{PRIVATE}/reset"
+        allowed, notified, dropped = [await client.post(url) for _ in range(3)]
+    assert allowed.status_code == 200
+    assert notified.status_code == 429 and "wait" in notified.json()["error"]
+    assert dropped.status_code == 429
 
 
 @pytest.mark.parametrize("channel", ["bad%20id", "a.b", "x" * 129, "%C3%A9t%C3%A9"])
@@ -284,10 +338,19 @@ async def test_lifecycle_port_zero_stop_twice_and_a_taken_port(
 
 
 async def test_create_reads_the_web_settings_with_defaults(
-    database: Database, make_engine: EngineFactory
+    repository: ChatRepository, make_engine: EngineFactory
 ) -> None:
-    adapter = create(Settings(), Services(engine=await make_engine(), database=database))
+    settings = Settings()
+    engine = await make_engine()
+    adapter = create(settings.web, settings.model, engine, repository)
     assert adapter is not None and adapter.name == "web"
+    for model, served_as in ((ModelConfig(backend="echo"), "echo"), (ModelConfig(name="tiny"), "tiny")):
+        made = create(settings.web, model, engine, repository)
+        assert made is not None
+        transport = httpx.ASGITransport(app=made.app)  # a loopback client: no key needed
+        async with httpx.AsyncClient(transport=transport, base_url="http://bot") as client:
+            listed = (await client.get("/v1/models")).json()["data"]
+        assert [item["id"] for item in listed] == [served_as]
     settings = parse_settings(
         {
             "web": {
@@ -317,7 +380,7 @@ class BrokenHistory:
     """A repository whose database is down."""
 
     async def recent_messages(
-        self, channel_key: str, *, limit: int, max_chars: int | None = None
+        self, channel_key: str, *, limit: int, max_chars: int | None = None, max_id: int | None = None
     ) -> list[StoredMessage]:
         raise StorageError("database is locked")
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from adapters.web import WebAdapter, WebOptions, create
-from bot.app import Services, build_metrics
+from bot.app import build_metrics
 from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
 from bot.config import ChatConfig, ModelConfig, RateLimitConfig, Settings, WebConfig
@@ -245,7 +245,7 @@ async def test_metrics_can_be_switched_off(database: Database) -> None:
     assert build_metrics(Settings(web=WebConfig(port=0))) is not None
     repository = ChatRepository(database)
     engine = make_engine(repository, EchoBackend(), PrometheusMetrics())
-    adapter = create(settings, Services(engine=engine, database=database, metrics=PrometheusMetrics()))
+    adapter = create(settings.web, settings.model, engine, repository, metrics=PrometheusMetrics())
     assert adapter is not None
     await adapter.start()
     try:

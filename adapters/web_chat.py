@@ -1,0 +1,212 @@
+"""The chat page and its JSON/SSE API under `/api/`.
+
+Requests become `ChatEvent`s for the engine; the stored history is only read, through the
+`HistoryReader` port.
+
+Who may do what (the channel id is the capability):
+- a *private* channel id (`p-` followed by 22 to 126 of `[A-Za-z0-9_-]`, what the chat page makes
+  with 192 random bits and keeps in localStorage) belongs to whoever holds it: its holder may
+  reset it and change its `/system` and `/temperature` settings, for that channel only. Holding
+  the id already lets one read its whole history, so these rights add no new exposure;
+- any other (named) channel id can be chatted in by anyone, but resetting it or changing its
+  settings needs `Authorization: Bearer <web.admin_api_key>`;
+- the admin key makes every request an admin one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.web_http import ClientPseudonym, bearer_token, key_matches
+from bot.engine import RESET_SKIPPED_REPLY, ChatEngine
+from bot.errors import ChinwagError
+from bot.events import ChatEvent
+from bot.ports import HistoryReader
+from bot.reply import Reply, ReplyStatus
+
+PLATFORM = "web"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+CHANNEL_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+_PRIVATE_CHANNEL = re.compile(r"p-[A-Za-z0-9_-]{22,126}")
+MAX_HISTORY_LIMIT = 500
+# The page's scripts and styles are files of this server: nothing inline, nothing from elsewhere.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class MessageIn(BaseModel):
+    """`POST /api/channels/{id}/messages`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(max_length=32_000, description="the message; commands like /help work too")
+    author: str | None = Field(default=None, max_length=64, description="display name")
+    message_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="client id: a resend is answered once"
+    )
+
+
+class HistoryItem(BaseModel):
+    """One stored message."""
+
+    role: str
+    content: str
+    created_at: str
+
+
+ChannelId = Annotated[
+    str,
+    PathParam(
+        pattern=CHANNEL_ID_PATTERN,
+        description="the conversation's id: 1 to 128 of A-Z a-z 0-9 _ -",
+    ),
+]
+
+
+def is_private_channel(channel_id: str) -> bool:
+    """True for the unguessable ids the chat page makes: their holder owns the channel."""
+    return _PRIVATE_CHANNEL.fullmatch(channel_id) is not None
+
+
+def reset_http_status(status: ReplyStatus, text: str) -> int:
+    """The HTTP status answering a `/reset` that ended with `status` and `text`.
+
+    A reset overtaken by a later reset of the same channel is skipped with the engine's
+    `RESET_SKIPPED_REPLY`: that is 200, because the later reset, already queued, clears the
+    channel before anything the client sends next. Any other notice, or a dropped reset, is
+    the rate limit (429); a failure (e.g. the database is unreachable) cleared nothing (503).
+    """
+    if status is ReplyStatus.NOTICE and text == RESET_SKIPPED_REPLY:
+        return 200
+    if status in {ReplyStatus.NOTICE, ReplyStatus.DROPPED}:
+        return 429
+    if status is ReplyStatus.FAILED:
+        return 503
+    return 200
+
+
+def _sse(data: object, event: str | None = None) -> bytes:
+    prefix = f"event: {event}\n" if event else ""
+    return f"{prefix}data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _wants_stream(request: Request, stream: bool) -> bool:
+    return stream or "text/event-stream" in request.headers.get("accept", "")
+
+
+def build_chat_router(
+    engine: ChatEngine, history: HistoryReader, admin_api_key: str | None, author_id: ClientPseudonym
+) -> APIRouter:
+    """The chat page at `/` and the `/api/` routes of the page and of API clients."""
+    router = APIRouter()
+
+    def admin_token_ok(request: Request) -> bool:
+        return admin_api_key is not None and key_matches(bearer_token(request), [admin_api_key])
+
+    def require_admin(request: Request) -> None:
+        """401 without credentials, 403 with wrong ones (or when no admin key is configured)."""
+        if admin_api_key is None:
+            raise HTTPException(403, "this needs web.admin_api_key, which is not configured")
+        if bearer_token(request) is None:
+            raise HTTPException(401, "missing admin key", headers={"WWW-Authenticate": "Bearer"})
+        if not admin_token_ok(request):
+            raise HTTPException(403, "wrong admin key")
+
+    def to_event(request: Request, channel_id: str, body: MessageIn, *, is_admin: bool) -> ChatEvent:
+        return ChatEvent(
+            platform=PLATFORM,
+            channel=channel_id,
+            author_id=author_id(request),
+            author_name=(body.author or "web user").strip() or "web user",
+            text=body.text,
+            is_admin=is_admin,
+            is_direct=True,
+            message_id=body.message_id,
+        )
+
+    def submit(event: ChatEvent) -> Reply:
+        try:
+            return engine.handle(event)
+        except ChinwagError as error:  # the engine is shutting down
+            raise HTTPException(503, "the bot is shutting down") from error
+
+    async def stream_reply(reply: Reply) -> AsyncIterator[bytes]:
+        async for chunk in reply:
+            yield _sse({"delta": chunk})
+        await reply.text()
+        yield _sse({"status": reply.status.value}, event="done")
+
+    async def reply_response(request: Request, reply: Reply, stream: bool) -> Response:
+        if _wants_stream(request, stream):
+            return StreamingResponse(stream_reply(reply), media_type="text/event-stream", headers=SSE_HEADERS)
+        text = await reply.text()
+        # A silent reply (a resent message, a dropped flood message) produces no message.
+        return JSONResponse({"reply": None if reply.silent else text, "status": reply.status.value})
+
+    @router.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
+
+    @router.post("/api/channels/{channel_id}/messages", response_model=None)
+    async def post_message(
+        request: Request, channel_id: ChannelId, body: MessageIn, stream: bool = False
+    ) -> Response:
+        """Send a message; the reply as `{"reply", "status"}`, or as Server-Sent Events
+        (`data: {"delta"}` per chunk, then `event: done` with the status) with
+        `Accept: text/event-stream` or `?stream=true`."""
+        is_admin = admin_token_ok(request) or is_private_channel(channel_id)
+        reply = submit(to_event(request, channel_id, body, is_admin=is_admin))
+        return await reply_response(request, reply, stream)
+
+    @router.get("/api/channels/{channel_id}/messages")
+    async def get_messages(
+        channel_id: ChannelId, limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_LIMIT)] = 50
+    ) -> dict[str, list[HistoryItem]]:
+        """The channel's newest `limit` messages, oldest first."""
+        stored = await history.recent_messages(f"{PLATFORM}:{channel_id}", limit=limit)
+        return {
+            "messages": [
+                HistoryItem(role=item.role, content=item.content, created_at=item.created_at.isoformat())
+                for item in stored
+            ]
+        }
+
+    @router.post("/api/channels/{channel_id}/reset", response_model=None)
+    async def reset(request: Request, channel_id: ChannelId) -> Response:
+        """Clear the channel's history, in order with its pending messages (the engine's `/reset`).
+
+        Needs the admin key, except for a private channel's own holder."""
+        if not is_private_channel(channel_id):
+            require_admin(request)
+        reply = submit(to_event(request, channel_id, MessageIn(text="/reset"), is_admin=True))
+        text = await reply.text()
+        status = reset_http_status(reply.status, text)
+        if status == 429:
+            raise HTTPException(429, text or "too many requests, please wait")
+        if status != 200:
+            raise HTTPException(status, text)
+        return JSONResponse({"reply": text, "status": reply.status.value})
+
+    @router.get("/api/health")
+    async def health() -> dict[str, str]:
+        """Liveness probe."""
+        return {"status": "ok"}
+
+    return router
