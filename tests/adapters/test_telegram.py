@@ -28,6 +28,7 @@ from storage.inbox import UpdateInbox
 from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
+from tests.fakes.waiting import ReplyLog, wait_until
 
 TOKEN = "123456:TEST-token-never-logged"
 ADMIN_IN_CONFIG = 5150
@@ -66,7 +67,11 @@ async def start_adapter(
 async def replies(fake: FakeTelegram, chat_id: int, count: int, within: float = 10.0) -> list[str]:
     """Wait until the bot sent `count` messages to `chat_id` and their texts settled."""
     await fake.wait_for(lambda: len(fake.texts(chat_id)) >= count, within)
-    await asyncio.sleep(0.05)  # a final edit may follow the send
+    # A streamed first message gets its final edit after the reply is done: wait until every
+    # message shows the whole text of a finished reply.
+    await wait_until(
+        lambda: ReplyLog.of_this_test().all_final(fake.texts(chat_id)), within, what="the replies settle"
+    )
     return fake.texts(chat_id)
 
 
