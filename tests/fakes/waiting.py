@@ -23,10 +23,14 @@ POLL_S = 0.01
 
 
 async def wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0, *, what: str = ""
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout_s: float = 10.0,
+    *,
+    what: str = "",
+    poll_s: float = POLL_S,
 ) -> None:
     """Return once `predicate()` (a plain or async callable) is true; checked at once, then every
-    `POLL_S`. Raises `TimeoutError` naming `what` when it is still false after `timeout_s` (an
+    `poll_s`. Raises `TimeoutError` naming `what` when it is still false after `timeout_s` (an
     async predicate that hangs is cancelled at the deadline too)."""
     try:
         async with asyncio.timeout(timeout_s):
@@ -36,7 +40,7 @@ async def wait_until(
                     result = await result
                 if result:
                     return
-                await asyncio.sleep(POLL_S)
+                await asyncio.sleep(poll_s)  # the poll interval, not a wait for something to happen
     except TimeoutError:
         raise TimeoutError(f"still waiting after {timeout_s} s until {what or predicate}") from None
 
