@@ -12,11 +12,12 @@ import asyncio
 import inspect
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from bot.engine import ChatEngine
-from bot.events import ChatEvent
-from bot.reply import Reply
+if TYPE_CHECKING:  # annotations only: the fakes import nothing of the bot at run time
+    from bot.engine import ChatEngine
+    from bot.events import ChatEvent
+    from bot.reply import Reply
 
 # How often `wait_until` looks again: short next to any deadline, long enough not to hog the loop.
 POLL_S = 0.01
