@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from bot.config import ChatConfig, ModelConfig, RateLimitConfig
 from bot.engine import ChatEngine
 from storage.db import Database
 from storage.repository import ChatRepository
+from tests.fakes.waiting import ReplyLog
 
 EngineFactory = Callable[..., Awaitable[ChatEngine]]
 
@@ -33,8 +34,18 @@ def repository(database: Database) -> ChatRepository:
     return ChatRepository(database)
 
 
+@pytest.fixture(autouse=True)
+def reply_log() -> Iterator[ReplyLog]:
+    """Every reply this test's `make_engine` engines hand out: adapter tests wait until the
+    platform shows each one's final text (see `ReplyLog`), instead of sleeping."""
+    log = ReplyLog()
+    ReplyLog.current = log
+    yield log
+    ReplyLog.current = None
+
+
 @pytest.fixture
-async def make_engine(database: Database) -> AsyncIterator[EngineFactory]:
+async def make_engine(database: Database, reply_log: ReplyLog) -> AsyncIterator[EngineFactory]:
     """Build engines over the shared database (as the application composes them); every engine is
     closed at the end of the test."""
     engines: list[ChatEngine] = []
@@ -56,7 +67,7 @@ async def make_engine(database: Database) -> AsyncIterator[EngineFactory]:
             chat_settings,
         )
         engines.append(engine)
-        return engine
+        return reply_log.watch(engine)
 
     yield factory
     for engine in engines:

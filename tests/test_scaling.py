@@ -24,6 +24,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from tests.fakes.waiting import wait_until
 from tests.storage.conftest import pg_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -150,12 +151,13 @@ def write_config(path: Path, database_url: str) -> Path:
 
 
 async def wait_ready(client: httpx.AsyncClient, bot: BotProcess) -> None:
-    async with asyncio.timeout(STARTUP_S):
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get(f"{bot.url}/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
+    async def ready() -> bool:
+        with contextlib.suppress(httpx.TransportError):
+            return (await client.get(f"{bot.url}/readyz")).status_code == 200
+        return False
+
+    # Another process: its /readyz is polled (not too often: it is starting), no event to wait on.
+    await wait_until(ready, STARTUP_S, what=f"{bot.url}/readyz answers 200", poll_s=0.1)
 
 
 @dataclass(frozen=True)

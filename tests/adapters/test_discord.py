@@ -34,6 +34,7 @@ from tests.fakes.discord_server import (
     MANAGER_ROLE,
     FakeDiscord,
 )
+from tests.fakes.waiting import ReplyLog, wait_until
 
 TOKEN = "MTIz.TEST-discord-token-never-logged"
 ADMIN_IN_CONFIG = 5150
@@ -78,7 +79,13 @@ async def start_adapter(fake: FakeDiscord, make_engine: EngineFactory) -> AsyncI
 async def replies(fake: FakeDiscord, channel_id: int, count: int, within: float = 10.0) -> list[str]:
     """Wait until the bot posted `count` messages in `channel_id` and their texts settled."""
     await fake.wait_for(lambda: len(fake.texts(channel_id)) >= count, within)
-    await asyncio.sleep(0.05)  # a final edit may follow the send
+    # A streamed first message gets its final edit after the reply is done: wait until every
+    # message shows the whole text of a finished reply.
+    await wait_until(
+        lambda: ReplyLog.of_this_test().all_final(fake.texts(channel_id), discord_pieces),
+        within,
+        what="the replies settle",
+    )
     return fake.texts(channel_id)
 
 
@@ -117,8 +124,10 @@ async def test_guild_answers_only_mentions_replies_and_commands(
     texts = await replies(fake, GENERAL, 3)
     assert texts[1] == "echo[2]: and you?"
     assert texts[2].startswith("Commands:")
-    await asyncio.sleep(0.3)
-    assert len(fake.texts(GENERAL)) == 3
+    # A channel is answered strictly in order: once the marker's answer is posted, an answer to
+    # the other bot's command or to the bot would have been posted before it.
+    fake.push_message(GENERAL, mention("marker"), guild=True)
+    assert (await replies(fake, GENERAL, 4))[3:] == ["echo[4]: marker"]
 
 
 async def test_reset_by_a_manager_clears_and_by_a_member_is_refused(
@@ -264,8 +273,10 @@ async def test_an_event_the_library_cannot_parse_does_not_stop_receiving(
     await fake.wait_for(lambda: fake.identifies == 2, 10)  # logged, then connected afresh
     fake.push_message(DM, "still there?")
     assert await replies(fake, DM, 1) == ["echo[0]: still there?"]
-    await asyncio.sleep(0.2)
-    assert len(fake.texts(DM)) == 1  # the old socket is closed: nothing arrives twice
+    # The old socket is closed: nothing arrives twice. Checked with a marker: the DM is answered
+    # in order, so a second answer to the message would be posted before the marker's.
+    fake.push_message(DM, "marker")
+    assert await replies(fake, DM, 2) == ["echo[0]: still there?", "echo[2]: marker"]
 
 
 async def test_backfill_answers_what_arrived_while_the_bot_was_away(

@@ -23,6 +23,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from adapters.discord import DiscordAdapter
+from bot.commands import HELP_TEXT
 from bot.config import DiscordConfig
 from tests.conftest import EngineFactory
 from tests.fakes.discord_server import BOT_ID, Call, FakeDiscord
@@ -135,6 +136,24 @@ def push_addressed_messages(fake: FakeDiscord) -> dict[int, list[tuple[int, str]
     return expected
 
 
+async def answer_markers(fake: FakeDiscord, channels: tuple[int, ...]) -> None:
+    """Send "/help" in each channel and wait for its answer, then forget that answer again.
+
+    Each channel is answered strictly in order, so once the marker's answer is posted every answer
+    due before it (a duplicate included) has been posted: "nothing more arrives" without a pause.
+    A command is stored nowhere, so the stored histories stay as they were; dropping the answers
+    from `fake.sent` leaves the record of the conversation alone for the checks that follow.
+    """
+    markers = [
+        int(fake.push_message(channel, "/help", guild=channel != DM_CHANNEL)["id"]) for channel in channels
+    ]
+    await fake.wait_for(lambda: all(replies_per_message(fake)[marker] >= 1 for marker in markers), within=20)
+    for marker in markers:
+        [answer] = [sent for sent in fake.sent if sent.reference == marker]
+        assert answer.content == HELP_TEXT
+        fake.sent.remove(answer)
+
+
 def assert_each_answered_once(
     fake: FakeDiscord, database: Path, expected: Mapping[int, list[tuple[int, str]]]
 ) -> None:
@@ -201,7 +220,8 @@ async def test_kill_9_while_replies_are_pending_then_restart_answers_each_exactl
             first.kill()
             await first.wait()
     fake.on_call = None
-    await asyncio.sleep(fake.post_delay_s + 0.2)  # posts the process sent before dying land
+    # Posts the process sent before dying (accepted, then held by the slow API) land.
+    await fake.wait_for(lambda: fake.posts_in_flight == 0, within=10)
     posted_before = len(fake.sent)
     assert posted_before < KILL_AT_POST
     at_kill = Counter(role for channel in CHANNELS for role, _ in stored_history(database, channel))
@@ -215,7 +235,7 @@ async def test_kill_9_while_replies_are_pending_then_restart_answers_each_exactl
     try:
         await wait_until_identified(fake, 2)
         await fake.wait_for(lambda: all(replies_per_message(fake)[i] >= 1 for i in all_ids), within=20)
-        await asyncio.sleep(0.5)  # a duplicate would show up now
+        await answer_markers(fake, CHANNELS)  # a duplicate would have been posted before them
     finally:
         await stop_bot(second)
 
@@ -259,7 +279,9 @@ async def test_a_new_session_after_a_long_outage_fetches_what_arrived_meanwhile(
         await fake.wait_for(lambda: len(fake.sent) >= 2, within=10)
         fake.push_message(channel, mention("after"), guild=True)
         await fake.wait_for(lambda: len(fake.sent) >= 3, within=10)
-        await asyncio.sleep(0.3)  # a duplicate would show up now
+        # The channel is answered in order: a duplicate would be posted before the marker's answer.
+        marker = fake.push_message(channel, "/help", guild=True)
+        await fake.wait_for(lambda: replies_per_message(fake)[int(marker["id"])] >= 1, within=10)
     finally:
         await adapter.stop()
     assert fake.resumes == 0
@@ -267,4 +289,5 @@ async def test_a_new_session_after_a_long_outage_fetches_what_arrived_meanwhile(
         (int(before["id"]), "echo[0]: before"),
         (int(during["id"]), "echo[2]: during the outage"),
         (fake.sent[2].reference, "echo[4]: after"),
+        (int(marker["id"]), HELP_TEXT),
     ]

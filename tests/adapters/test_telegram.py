@@ -28,6 +28,7 @@ from storage.inbox import UpdateInbox
 from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
+from tests.fakes.waiting import ReplyLog, wait_until
 
 TOKEN = "123456:TEST-token-never-logged"
 ADMIN_IN_CONFIG = 5150
@@ -66,7 +67,11 @@ async def start_adapter(
 async def replies(fake: FakeTelegram, chat_id: int, count: int, within: float = 10.0) -> list[str]:
     """Wait until the bot sent `count` messages to `chat_id` and their texts settled."""
     await fake.wait_for(lambda: len(fake.texts(chat_id)) >= count, within)
-    await asyncio.sleep(0.05)  # a final edit may follow the send
+    # A streamed first message gets its final edit after the reply is done: wait until every
+    # message shows the whole text of a finished reply.
+    await wait_until(
+        lambda: ReplyLog.of_this_test().all_final(fake.texts(chat_id)), within, what="the replies settle"
+    )
     return fake.texts(chat_id)
 
 
@@ -318,7 +323,12 @@ async def test_updates_are_committed_before_they_are_confirmed(
     await fake.wait_for(lambda: len(seen_at_confirmation) == 2)
     assert seen_at_confirmation[1] in ("pending", "done")
     await fake.wait_for(lambda: fake.unconfirmed == [], timeout=5)
-    assert await inbox.state(pushed["update_id"]) == "done"
+
+    async def marked_done() -> bool:
+        return await inbox.state(pushed["update_id"]) == "done"
+
+    # Marked done just after the answer is delivered, which is as far as `replies` waits.
+    await wait_until(marked_done, what="the answered update is marked done")
 
 
 async def test_the_token_never_reaches_the_logs(
@@ -401,7 +411,12 @@ async def test_edits_stickers_and_strange_updates_are_skipped_without_harm(
     assert await replies(fake, 111, 2) == ["echo[0]: hi", "echo[2]: still here"]
     assert fake.texts(GROUP) == []
     await fake.wait_for(lambda: fake.unconfirmed == [], timeout=5)
-    assert await UpdateInbox(database, "telegram").pending() == []
+
+    async def none_pending() -> bool:
+        return await UpdateInbox(database, "telegram").pending() == []
+
+    # The last update is marked done just after its answer is delivered: as far as `replies` waits.
+    await wait_until(none_pending, what="no update is left pending")
 
 
 async def test_a_long_emoji_reply_fits_telegrams_utf16_limit(

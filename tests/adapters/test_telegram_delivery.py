@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from bot.commands import HELP_TEXT
 from tests.fakes.telegram_server import Call, FakeTelegram
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,6 +96,22 @@ def answered(fake: FakeTelegram, chat: int) -> list[str]:
     return [re.sub(r"^echo\[\d+\]: ", "", text) for text in fake.texts(chat)]
 
 
+async def answer_markers(fake: FakeTelegram, chats: list[int]) -> None:
+    """Send "/help" to each chat and wait for its answer, then delete that answer again.
+
+    Each chat is answered strictly in order, so once the marker's answer is there every answer
+    due before it (a duplicate included) has been sent: "nothing more arrives" without a pause.
+    A command is stored nowhere, so the histories the tests check stay as they were; deleting the
+    answer leaves the chat as the conversation left it.
+    """
+    for chat in chats:
+        fake.push_message(chat, "/help")
+    await fake.wait_for(lambda: all(fake.texts(chat)[-1:] == [HELP_TEXT] for chat in chats), timeout=30)
+    for chat in chats:
+        [marker_answer] = [message for message in fake.sent if message.chat_id == chat][-1:]
+        fake.delete(marker_answer)
+
+
 async def restart_until_answered(config: Path, fake: FakeTelegram, chats: list[int], database: Path) -> None:
     """Start the bot again, wait until every message has a reply and the inbox is done, stop it."""
     bot = await start_bot(config)
@@ -102,7 +119,8 @@ async def restart_until_answered(config: Path, fake: FakeTelegram, chats: list[i
         total = len(chats) * PER_CHAT
         await fake.wait_for(lambda: sum(len(fake.texts(chat)) for chat in chats) >= total, timeout=60)
         await fake.wait_for(lambda: inbox_states(database).get("pending", 0) == 0, timeout=10)
-        await asyncio.sleep(0.5)  # a duplicate would show up now
+        await answer_markers(fake, chats)
+        await fake.wait_for(lambda: fake.unconfirmed == [], timeout=10)  # the markers' updates too
         bot.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             assert await bot.wait() == 0
@@ -196,7 +214,7 @@ async def test_kill_9_before_the_batch_is_stored_gets_it_redelivered(
     second = await start_bot(config)
     try:
         await fake.wait_for(lambda: len(fake.texts(301)) >= 2, timeout=60)
-        await asyncio.sleep(0.5)
+        await answer_markers(fake, [301])  # a duplicate would have been sent before the marker's
         second.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             assert await second.wait() == 0

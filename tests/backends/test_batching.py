@@ -27,6 +27,7 @@ from bot.ports import Conversation, SamplingSettings, Turn
 from storage.repository import ChatRepository
 from tests.backends.tiny_models import started
 from tests.conftest import EngineFactory
+from tests.fakes.waiting import wait_until
 
 WAIT = 60.0
 QUESTIONS = (
@@ -108,8 +109,8 @@ async def test_batched_greedy_equals_unbatched_greedy_token_for_token(
     assert list(together[: len(QUESTIONS)]) == expected
     assert scheduler.grouped_prefills >= 1  # new prompts were encoded several at once
     assert scheduler.peak_batch >= 4  # and generated together
-    await asyncio.sleep(0.05)
-    assert scheduler.depth == 0
+    # The model thread retires a finished row after handing over its last text.
+    await wait_until(lambda: scheduler.depth == 0, WAIT, what="the scheduler has no rows left")
 
 
 async def test_a_request_joining_a_running_batch_gets_the_same_text_as_alone(batched: LocalBackend) -> None:
@@ -143,8 +144,7 @@ async def test_full_queue_answers_busy_and_cancelling_frees_the_slot(
         running = backend.generate(prompt, greedy(900))
         assert await asyncio.wait_for(anext(running), WAIT)
         waiting = asyncio.create_task(text_of(backend.generate(prompt, greedy(5))))
-        await asyncio.sleep(0.05)
-        assert scheduler.depth == 2
+        await wait_until(lambda: scheduler.depth == 2, WAIT, what="the second request is queued")
         with pytest.raises(BackendBusy):
             await text_of(backend.generate(prompt, greedy(5)))
         await running.aclose()  # frees the slot: the waiting one runs now
@@ -168,8 +168,8 @@ async def test_forget_cancels_the_channel_and_drops_its_context(batched: LocalBa
     with pytest.raises(GenerationCancelled):
         await text_of(stream)
     assert await asyncio.wait_for(other, WAIT)  # another channel is not disturbed
-    await asyncio.sleep(0.05)
-    assert "chan" not in scheduler.contexts
+    # The model thread drops the context when it handles the cancellation, after the stream ended.
+    await wait_until(lambda: "chan" not in scheduler.contexts, WAIT, what="the context is dropped")
     assert "other" in scheduler.contexts
 
 

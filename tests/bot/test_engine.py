@@ -13,6 +13,7 @@ from bot.reply import ReplyStatus
 from storage.repository import ChatRepository
 from tests.bot.doubles import FailingBackend, RecordingBackend, SlowEchoBackend
 from tests.conftest import EngineFactory
+from tests.fakes.waiting import wait_until
 
 
 def user(
@@ -275,8 +276,11 @@ async def test_move_channel_carries_history_and_settings_and_keeps_order(
     slow = engine.handle(user("blocked", channel="new"))
     move = engine.move_channel("test:new", "test:newer")
     after = engine.handle(user("after", channel="newer"))
-    await asyncio.sleep(0.05)
-    assert not move.done() and not after.done
+    await wait_until(lambda: "blocked" in backend.started, what="the blocked message is generating")
+    # A message of another channel answered meanwhile: "after" had the same chance to run, were
+    # it not waiting for the move.
+    assert await engine.ask(user("meanwhile", channel="elsewhere")) == "echo[0]: meanwhile"
+    assert not move.done() and not after.done and "after" not in backend.started
     gate.set()
     await move
     assert await after.text() == "echo[8]: after"
@@ -384,7 +388,8 @@ async def test_close_abandons_in_flight_replies_without_storing_them(
 ) -> None:
     engine = await make_engine(FailingBackend())
     reply = engine.handle(user("hang forever"))
-    await asyncio.sleep(0.05)
+    # The backend yields "thinking" and hangs: the question is stored, the generation under way.
+    await wait_until(lambda: reply.text_so_far() == "thinking", what="the generation started")
     await engine.close(grace_s=0.1)
     assert reply.done and reply.status is ReplyStatus.FAILED
     assert await history(repository) == [("user", "hang forever")]

@@ -218,6 +218,9 @@ class FakeDiscord:
         self.on_call: Callable[[Call], None] | None = None
         # Seconds every message POST takes to answer (a slow API: the bot's replies back up).
         self.post_delay_s = 0.0
+        # Message POSTs accepted and not answered yet (waiting out `post_delay_s`): those still land
+        # even when the bot that sent them is gone. Changes are notified like every call.
+        self.posts_in_flight = 0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -417,11 +420,16 @@ class FakeDiscord:
                     status=429,
                     headers={"Via": "1.1 google", "Retry-After": str(max(1, round(fault.retry_after)))},
                 )
-        if self.post_delay_s and request.method == "POST" and path.endswith("/messages"):
-            await asyncio.sleep(self.post_delay_s)
+        delayed = bool(self.post_delay_s) and request.method == "POST" and path.endswith("/messages")
+        if delayed:
+            self.posts_in_flight += 1
         try:
+            if delayed:
+                await asyncio.sleep(self.post_delay_s)
             return await self._route(request, path, body)
         finally:
+            if delayed:
+                self.posts_in_flight -= 1
             await self._notify()
 
     async def _route(self, request: web.Request, path: str, body: Any) -> web.Response:

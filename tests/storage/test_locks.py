@@ -11,7 +11,9 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AsyncExitStack
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
@@ -23,13 +25,16 @@ from bot.ports import LocalChannelLocks, SamplingSettings
 from storage.db import Database, DatabaseOptions
 from storage.locks import PostgresChannelLocks, channel_lock_key, channel_locks_for, claim_exclusive
 from storage.repository import ChatRepository
+from tests.fakes.waiting import wait_until
 from tests.storage.conftest import Target
 
 pytestmark = pytest.mark.timeout(60)
 
 only_postgres = pytest.mark.parametrize("target", ["postgresql"], indirect=True)
 
-# Long enough for a blocked acquisition to show, short enough to keep the file fast.
+# Deliberately a pause: how long a waiter that PostgreSQL cannot show us (one waiting inside its
+# client for a free connection) gets to take a lock it must not; long enough for a wrongly granted
+# acquisition to show, short enough to keep the file fast.
 BLOCKED_FOR_S = 0.3
 PROMPTLY_S = 5.0
 
@@ -60,6 +65,29 @@ async def hold_until(
         await release.wait()
 
 
+async def wait_until_queued(target: Target, channel_key: str) -> None:
+    """Wait until a session waits on the server for `channel_key`'s lock: PostgreSQL lists it in
+    pg_locks, not granted (a bigint advisory key shows as its high and low 32 bits, objsubid 1)."""
+    unsigned = channel_lock_key(channel_key) % 2**64
+    dsn = make_url(target.url).set(drivername="postgresql").render_as_string(hide_password=False)
+    observer = await asyncpg.connect(dsn, timeout=PROMPTLY_S)
+
+    async def queued() -> bool:
+        waiting = await observer.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1",
+            unsigned >> 32,
+            unsigned & 0xFFFFFFFF,
+        )
+        return bool(waiting)
+
+    try:
+        await wait_until(queued, PROMPTLY_S, what=f"a session waits on the server for {channel_key}")
+    finally:
+        await observer.close()
+
+
 def test_keys_are_stable_signed_64_bit_and_distinct() -> None:
     key = channel_lock_key("discord:42")
     assert key == channel_lock_key("discord:42")
@@ -68,7 +96,9 @@ def test_keys_are_stable_signed_64_bit_and_distinct() -> None:
 
 
 @only_postgres
-async def test_a_channel_lock_excludes_another_client_until_released(clients: list[Database]) -> None:
+async def test_a_channel_lock_excludes_another_client_until_released(
+    target: Target, clients: list[Database]
+) -> None:
     first, second = locks_of(clients[0]), locks_of(clients[1])
     held, release = asyncio.Event(), asyncio.Event()
     holder = asyncio.create_task(hold_until(first, "web:room", held, release))
@@ -76,7 +106,7 @@ async def test_a_channel_lock_excludes_another_client_until_released(clients: li
 
     got_it = asyncio.Event()
     waiter = asyncio.create_task(hold_until(second, "web:room", got_it, asyncio.Event()))
-    await asyncio.sleep(BLOCKED_FOR_S)
+    await wait_until_queued(target, "web:room")
     assert not got_it.is_set(), "the second client got a lock the first one holds"
 
     release.set()
@@ -109,7 +139,9 @@ async def test_the_lock_is_released_when_the_block_raises(clients: list[Database
 
 
 @only_postgres
-async def test_the_lock_is_released_when_the_holder_is_cancelled(clients: list[Database]) -> None:
+async def test_the_lock_is_released_when_the_holder_is_cancelled(
+    target: Target, clients: list[Database]
+) -> None:
     first, second = locks_of(clients[0]), locks_of(clients[1])
     held = asyncio.Event()
     holder = asyncio.create_task(hold_until(first, "web:room", held, asyncio.Event()))
@@ -124,7 +156,7 @@ async def test_the_lock_is_released_when_the_holder_is_cancelled(clients: list[D
     again = asyncio.create_task(hold_until(first, "web:room", held_again, release))
     await asyncio.wait_for(held_again.wait(), PROMPTLY_S)
     queued = asyncio.create_task(hold_until(second, "web:room", asyncio.Event(), asyncio.Event()))
-    await asyncio.sleep(BLOCKED_FOR_S)
+    await wait_until_queued(target, "web:room")
     queued.cancel()
     await asyncio.gather(queued, return_exceptions=True)
     release.set()
@@ -154,6 +186,8 @@ async def test_at_most_max_held_locks_per_client(clients: list[Database]) -> Non
     await asyncio.wait_for(held.wait(), PROMPTLY_S)
     other = asyncio.Event()
     waiter = asyncio.create_task(hold_until(one_slot, "web:b", other, asyncio.Event()))
+    # Deliberate pause (see BLOCKED_FOR_S): this waiter queues inside the client, where neither
+    # PostgreSQL nor an event shows it; a second connection would take the lock meanwhile.
     await asyncio.sleep(BLOCKED_FOR_S)
     assert not other.is_set(), "a second connection was used although max_held is 1"
     release.set()

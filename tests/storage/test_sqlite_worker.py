@@ -4,6 +4,7 @@ together, a failing write rolled back alone."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy import Connection, create_engine, text
 
 from storage.sqlite_worker import SqliteWorker
+from tests.fakes.waiting import wait_until
 
 
 @pytest.fixture
@@ -81,16 +83,23 @@ async def test_a_read_queued_after_writes_sees_them(worker: SqliteWorker) -> Non
 
 
 async def test_a_caller_cancelled_mid_write_does_not_break_the_worker(worker: SqliteWorker) -> None:
+    # Threading events: the write runs on the worker thread, which must not touch the loop.
+    running, release = threading.Event(), threading.Event()
+
     def slow_insert(connection: Connection) -> None:
         connection.execute(text("INSERT INTO notes (body) VALUES ('kept')"))
-        count_to = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000)"
-        connection.execute(text(f"{count_to} SELECT count(*) FROM c"))  # a few tens of ms
+        running.set()
+        # Still under way until the caller is cancelled (bounded: never hangs the worker).
+        assert release.wait(timeout=10), "the test never released the write"
 
     caller = asyncio.ensure_future(worker.run(slow_insert, write=True))
-    await asyncio.sleep(0.001)  # the job is queued and running
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
+    try:
+        await wait_until(running.is_set, what="the write runs on the worker thread")
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    finally:
+        release.set()
     # The write itself completes (it was under way); the worker serves the next caller.
     assert await worker.run(insert("after"), write=True) >= 1
     assert await worker.run(bodies, write=False) == ["kept", "after"]
