@@ -56,6 +56,19 @@ logger = logging.getLogger(__name__)
 LIBRARY_API_BASE: str = discord.http.Route.BASE
 LIBRARY_GATEWAY: yarl.URL = DiscordWebSocket.DEFAULT_GATEWAY
 _BACKOFF = Backoff()
+# The `discord:` keys that tune the adapter, each passed as the keyword argument of its name.
+_TUNING = frozenset(
+    {
+        "channels",
+        "edit_interval_s",
+        "first_post_delay_s",
+        "typing_interval_s",
+        "ready_timeout_s",
+        "drain_s",
+        "slash_commands",
+        "backfill_max_age_s",
+    }
+)
 
 
 # --- the adapter -------------------------------------------------------------------------------
@@ -355,19 +368,7 @@ def create(
     names, per channel, the last message the store has an answer for (the backfill's fallback)."""
     if not has_token(config.token):
         return None
-    return DiscordAdapter(
-        config,
-        engine,
-        channels=config.channels,
-        edit_interval_s=config.edit_interval_s,
-        first_post_delay_s=config.first_post_delay_s,
-        typing_interval_s=config.typing_interval_s,
-        ready_timeout_s=config.ready_timeout_s,
-        drain_s=config.drain_s,
-        slash_commands=config.slash_commands,
-        last_seen=last_answered,
-        backfill_max_age_s=config.backfill_max_age_s,
-    )
+    return DiscordAdapter(config, engine, last_seen=last_answered, **config.model_dump(include=set(_TUNING)))
 
 
 __all__ = [

@@ -63,6 +63,9 @@ _PRUNE_EVERY_S = 3600.0
 # How much longer than the long-poll timeout a getUpdates answer may take before it counts as lost.
 _READ_MARGIN_S = 10.0
 
+# The `telegram:` keys that tune the adapter, each passed as the keyword argument of its name.
+_TUNING = frozenset({"poll_timeout_s", "edit_interval_s", "typing_interval_s", "admin_cache_s", "drain_s"})
+
 _T = TypeVar("_T")
 
 
@@ -406,17 +409,7 @@ def create(
     """The adapter for `config` (`telegram:`), or None when no token is configured."""
     if not has_token(config.token):
         return None
-    return TelegramAdapter(
-        config,
-        engine,
-        inbox,
-        claim_role,
-        poll_timeout_s=config.poll_timeout_s,
-        edit_interval_s=config.edit_interval_s,
-        typing_interval_s=config.typing_interval_s,
-        admin_cache_s=config.admin_cache_s,
-        drain_s=config.drain_s,
-    )
+    return TelegramAdapter(config, engine, inbox, claim_role, **config.model_dump(include=set(_TUNING)))
 
 
 __all__ = [
