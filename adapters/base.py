@@ -1,8 +1,10 @@
-"""What every platform adapter provides to the composition root."""
+"""What every platform adapter provides to the composition root, and the token rule they share."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, TypeGuard
+
+from pydantic import SecretStr
 
 
 class Adapter(Protocol):
@@ -21,3 +23,8 @@ class Adapter(Protocol):
     async def stop(self) -> None:
         """Stop receiving, finish or abandon in-flight replies, disconnect."""
         ...
+
+
+def has_token(secret: SecretStr | None) -> TypeGuard[SecretStr]:
+    """Whether a platform token is configured: set and not blank (`${TOKEN}` of an unset variable)."""
+    return secret is not None and bool(secret.get_secret_value().strip())

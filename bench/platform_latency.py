@@ -53,6 +53,8 @@ from bot.events import ChatEvent
 from bot.ports import Conversation, SamplingOverrides
 from bot.reply import Reply
 from storage.db import Database
+from storage.inbox import UpdateInbox
+from storage.locks import claim_exclusive
 from storage.repository import ChatRepository
 from tests.fakes.discord_server import Call as DiscordCall
 from tests.fakes.discord_server import FakeDiscord
@@ -254,7 +256,8 @@ async def telegram_platform(
         adapter = TelegramAdapter(
             config,
             engine,
-            database,
+            UpdateInbox(database, "telegram"),
+            lambda name: claim_exclusive(database, name),
             poll_timeout_s=defaults.poll_timeout_s,
             edit_interval_s=defaults.edit_interval_s,
             typing_interval_s=defaults.typing_interval_s,

@@ -16,15 +16,61 @@ MAX_TEMPERATURE = 2.0
 _DEFAULT_WORDS = frozenset({"default", "--default"})
 _COMMAND = re.compile(r"/(\S+)(?:\s+(.*))?", re.DOTALL)
 
-HELP_TEXT = """\
-Commands:
-/help: show this list
-/reset: forget this conversation (admins only)
-/system: show the system prompt; /system TEXT sets it for this chat, /system default restores it \
-(setting: admins only)
-/temperature: show the sampling temperature; /temperature X sets it (0 = deterministic, up to 2), \
-/temperature default restores it (setting: admins only)
-Anything else is a message to the model."""
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One command as the /help text and the platforms' command menus show it."""
+
+    name: str
+    summary: str
+    """One line for a command menu (Telegram's menu, Discord's slash commands)."""
+    usage: str
+    """The command's line in /help, after `/name: `."""
+    argument: str | None = None
+    """The optional argument's name (a Discord slash-command option); None: no argument."""
+    argument_summary: str = ""
+    admin_only: bool = False
+    """Only admins may run it at all (for the setting commands only setting is restricted)."""
+
+    @property
+    def menu_text(self) -> str:
+        """The menu description, naming who may run it."""
+        return f"{self.summary} (admins)" if self.admin_only else self.summary
+
+    @property
+    def help_line(self) -> str:
+        """The command's line in /help."""
+        return f"/{self.name}: {self.usage}" + (" (admins only)" if self.admin_only else "")
+
+
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec("help", "List the commands", "show this list"),
+    CommandSpec("reset", "Forget this conversation", "forget this conversation", admin_only=True),
+    CommandSpec(
+        "system",
+        "Show or set the system prompt",
+        "show the system prompt; /system TEXT sets it for this chat, /system default restores it "
+        "(setting: admins only)",
+        argument="text",
+        argument_summary="The new system prompt (admins); empty shows the current one",
+    ),
+    CommandSpec(
+        "temperature",
+        "Show or set the sampling temperature",
+        "show the sampling temperature; /temperature X sets it (0 = deterministic, up to 2), "
+        "/temperature default restores it (setting: admins only)",
+        argument="value",
+        argument_summary="The new temperature, 0 to 2 (admins); empty shows the current one",
+    ),
+)
+"""Every command the bot lists: /help, Telegram's menu and Discord's commands are derived from it."""
+
+COMMAND_NAMES = frozenset(spec.name for spec in COMMANDS)
+"""The listed commands' names (aliases such as /clear are understood but not listed)."""
+
+HELP_TEXT = "\n".join(
+    ["Commands:", *(spec.help_line for spec in COMMANDS), "Anything else is a message to the model."]
+)
 
 NOT_ALLOWED = "Sorry, only an admin is allowed to do that here."
 RESET_COMMANDS = frozenset({"reset", "clear"})
@@ -133,4 +179,14 @@ class CommandHandler:
         return f"Temperature set to {value:g} for this chat."
 
 
-__all__ = ["HELP_TEXT", "NOT_ALLOWED", "Command", "CommandHandler", "Defaults", "parse_command"]
+__all__ = [
+    "COMMANDS",
+    "COMMAND_NAMES",
+    "HELP_TEXT",
+    "NOT_ALLOWED",
+    "Command",
+    "CommandHandler",
+    "CommandSpec",
+    "Defaults",
+    "parse_command",
+]

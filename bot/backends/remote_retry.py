@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from bot.backends.stops import cut_at_stops
+from bot.backoff import Backoff
 from bot.errors import (
     BackendError,
     BackendRejected,
@@ -53,7 +55,7 @@ class RetryPolicy:
     ) -> float:
         """Seconds to wait before retry number `retry` (0-based)."""
         factor = 0.5 + (rng.random() if rng is not None else random.random())
-        backoff = self.backoff_s * (2.0**retry) * factor
+        backoff = Backoff(self.backoff_s, math.inf).delay(retry) * factor
         return max(backoff, retry_after_s or 0.0)
 
 

@@ -17,7 +17,6 @@ import pytest
 from pydantic import SecretStr
 
 from adapters.discord import MESSAGE_LIMIT, DiscordAdapter, create, discord_pieces
-from bot.app import Services
 from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
 from bot.config import DiscordConfig, Settings
@@ -25,6 +24,7 @@ from bot.engine import ChatEngine
 from bot.errors import ChinwagError
 from bot.ports import SamplingSettings
 from storage.db import Database
+from storage.repository import ChatRepository
 from tests.adapters.test_discord_events import LONG_TEXT, undo_fences
 from tests.conftest import EngineFactory
 from tests.fakes.discord_server import (
@@ -358,16 +358,17 @@ async def test_no_ready_in_time_fails_start_cleanly(fake: FakeDiscord, make_engi
 
 
 def test_create_needs_a_token(database: Database) -> None:
-    services = SimpleNamespace(engine=None, database=database)
-    assert create(Settings(), services) is None  # type: ignore[arg-type]
+    unused = SimpleNamespace()
+    assert create(Settings().discord, unused, unused) is None  # type: ignore[arg-type]
     settings = Settings(discord=DiscordConfig(token=SecretStr(TOKEN)))
-    assert isinstance(create(settings, services), DiscordAdapter)  # type: ignore[arg-type]
+    assert isinstance(create(settings.discord, unused, unused), DiscordAdapter)  # type: ignore[arg-type]
 
 
 async def test_a_restarted_bot_answers_what_arrived_while_it_was_away(
     fake: FakeDiscord, make_engine: EngineFactory, database: Database
 ) -> None:
-    """Backfill as `python -m bot run` wires it: `create()` asks the engine where each channel stopped."""
+    """Backfill as `python -m bot run` wires it: `create()` gets the repository's record of where
+    each channel stopped."""
     settings = Settings(
         discord=DiscordConfig(
             token=SecretStr(TOKEN),
@@ -377,8 +378,13 @@ async def test_a_restarted_bot_answers_what_arrived_while_it_was_away(
             ready_timeout_s=10.0,
         )
     )
-    services = Services(engine=await make_engine(), database=database)
-    first = create(settings, services)
+    engine = await make_engine()
+    repository = ChatRepository(database)
+
+    def last_answered() -> Awaitable[Mapping[str, str]]:
+        return repository.last_platform_message_ids("discord")
+
+    first = create(settings.discord, engine, last_answered)
     assert first is not None
     await first.start()
     fake.push_message(GENERAL, mention("before"), guild=True)
@@ -387,7 +393,7 @@ async def test_a_restarted_bot_answers_what_arrived_while_it_was_away(
 
     fake.push_message(GENERAL, mention("while away"), guild=True, deliver=False)
     fake.push_message(GENERAL, "chatter not for the bot", guild=True, deliver=False)
-    second = create(settings, services)
+    second = create(settings.discord, engine, last_answered)
     assert second is not None
     await second.start()
     try:

@@ -22,9 +22,10 @@ from bot.backends.echo import EchoBackend
 from bot.config import Settings, TelegramConfig
 from bot.engine import ChatEngine
 from bot.errors import ChinwagError
-from bot.ports import SamplingSettings
+from bot.ports import ClaimRole, SamplingSettings
 from storage.db import Database
 from storage.inbox import UpdateInbox
+from storage.locks import claim_exclusive
 from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
@@ -54,7 +55,7 @@ async def start_adapter(
         config = TelegramConfig(token=SecretStr(TOKEN), base_url=fake.base_url, admins=(ADMIN_IN_CONFIG,))
         options.setdefault("poll_timeout_s", 1)
         options.setdefault("edit_interval_s", 0.2)
-        adapter = TelegramAdapter(config, engine or await make_engine(), database, **options)
+        adapter = TelegramAdapter(config, engine or await make_engine(), *ports(database), **options)
         adapters.append(adapter)
         await adapter.start()
         return adapter
@@ -62,6 +63,11 @@ async def start_adapter(
     yield start
     for adapter in adapters:
         await adapter.stop()
+
+
+def ports(database: Database) -> tuple[UpdateInbox, ClaimRole]:
+    """The storage capabilities the composition root hands the adapter: its inbox and role claims."""
+    return UpdateInbox(database, "telegram"), lambda name: claim_exclusive(database, name)
 
 
 async def replies(fake: FakeTelegram, chat_id: int, count: int, within: float = 10.0) -> list[str]:
@@ -348,7 +354,7 @@ async def test_a_refused_token_fails_start_cleanly(
     fake: FakeTelegram, database: Database, make_engine: EngineFactory
 ) -> None:
     config = TelegramConfig(token=SecretStr("999:wrong-token"), base_url=fake.base_url)
-    adapter = TelegramAdapter(config, await make_engine(), database)
+    adapter = TelegramAdapter(config, await make_engine(), *ports(database))
     with pytest.raises(ChinwagError, match="token was refused") as caught:
         await adapter.start()
     assert "wrong-token" not in str(caught.value)
@@ -358,21 +364,21 @@ async def test_a_refused_token_fails_start_cleanly(
 
 async def test_an_unreachable_api_fails_start_cleanly(database: Database, make_engine: EngineFactory) -> None:
     config = TelegramConfig(token=SecretStr(TOKEN), base_url="http://127.0.0.1:9/bot")
-    adapter = TelegramAdapter(config, await make_engine(), database)
+    adapter = TelegramAdapter(config, await make_engine(), *ports(database))
     with pytest.raises(ChinwagError, match="cannot reach"):
         await adapter.start()
     await adapter.stop()
 
 
 def test_create_needs_a_token() -> None:
-    services = SimpleNamespace(engine=None, database=None)
-    assert create(Settings(), services) is None  # type: ignore[arg-type]
+    unused = SimpleNamespace()
+    assert create(Settings().telegram, unused, unused, unused) is None  # type: ignore[arg-type]
     with_token = Settings(telegram=TelegramConfig(token=SecretStr(TOKEN)))
-    assert isinstance(create(with_token, services), TelegramAdapter)  # type: ignore[arg-type]
+    assert isinstance(create(with_token.telegram, unused, unused, unused), TelegramAdapter)  # type: ignore[arg-type]
 
 
 def test_create_passes_the_configured_timings() -> None:
-    services = SimpleNamespace(engine=None, database=None)
+    unused = SimpleNamespace()
     config = TelegramConfig(
         token=SecretStr(TOKEN),
         poll_timeout_s=7,
@@ -381,9 +387,10 @@ def test_create_passes_the_configured_timings() -> None:
         admin_cache_s=0.0,
         drain_s=3.0,
     )
-    adapter = create(Settings(telegram=config), services)  # type: ignore[arg-type]
+    adapter = create(Settings(telegram=config).telegram, unused, unused, unused)  # type: ignore[arg-type]
     assert adapter is not None
-    assert (adapter._poll_timeout_s, adapter._edit_interval_s, adapter._typing_interval_s) == (7, 0.5, 2.0)
+    pacing = adapter._pacing
+    assert (adapter._poll_timeout_s, pacing.edit_interval_s, pacing.typing_interval_s) == (7, 0.5, 2.0)
     assert (adapter._chat_admins._ttl_s, adapter._drain_s) == (0.0, 3.0)
 
 

@@ -305,6 +305,7 @@ async def test_a_second_process_refuses_to_poll_the_same_telegram_bot(clients: l
     from adapters.telegram import TelegramAdapter
     from bot.config import TelegramConfig
     from bot.errors import ChinwagError
+    from storage.inbox import UpdateInbox
 
     token = "123456:TEST-telegram-token"
     held = await claim_exclusive(clients[0], f"telegram-poller:{token}")  # the first process polls
@@ -312,7 +313,8 @@ async def test_a_second_process_refuses_to_poll_the_same_telegram_bot(clients: l
     engine = ChatEngine(ChatRepository(clients[1]), EchoBackend(), ModelConfig(backend="echo"), ChatConfig())
     # An address where nothing listens: the refusal must come before any call to Telegram.
     config = TelegramConfig(token=SecretStr(token), base_url="http://127.0.0.1:9/bot")
-    adapter = TelegramAdapter(config, engine, clients[1])
+    inbox = UpdateInbox(clients[1], "telegram")
+    adapter = TelegramAdapter(config, engine, inbox, lambda name: claim_exclusive(clients[1], name))
     try:
         with pytest.raises(ChinwagError, match="already polls this bot") as raised:
             await adapter.start()

@@ -1,0 +1,144 @@
+"""Streaming a `Reply` into a chat platform: the one delivery path of the chat adapters.
+
+A platform supplies a `Sink` for each reply (post, edit, typing, its limits and error mapping);
+`deliver` does the rest, the same for every platform: typing shown until the reply is done, the
+first text posted and then edited at most once per `edit_interval_s` (the platform's edit budget),
+the final text split into the platform's messages, the first of them quoting the user's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from bot.reply import Reply
+
+M = TypeVar("M")
+
+
+class Sink(Protocol[M]):
+    """Where one reply goes on a platform; `M` is the platform's posted-message object."""
+
+    def pieces(self, text: str) -> list[str]:
+        """`text` as the platform's messages: each within its limit, blank ones dropped."""
+        ...
+
+    async def send(self, text: str, *, quote: bool) -> M:
+        """Post a message; with `quote`, as a reply to the user's message (where there is one)."""
+        ...
+
+    async def edit(self, message: M, text: str) -> bool:
+        """Set `message`'s text; False when the platform refuses (e.g. the message was deleted)."""
+        ...
+
+    async def typing(self) -> None:
+        """Show "typing…" once. Never raises a platform error: the indicator is cosmetic."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """A platform's budget: at most one edit per `edit_interval_s`, typing renewed every
+    `typing_interval_s`, and `first_post_delay_s` waited before the first post (so a quick reply
+    is posted once, complete, instead of as a message and an edit)."""
+
+    edit_interval_s: float
+    typing_interval_s: float
+    first_post_delay_s: float = 0.0
+
+
+async def deliver(reply: Reply, sink: Sink[M], pacing: Pacing) -> None:
+    """Render `reply` through `sink`: typing, a streamed first message, then the split final text.
+
+    A silent reply posts nothing. When the streamed message cannot be edited any more (deleted?),
+    the whole reply is posted anew. Platform errors of `send` propagate.
+    """
+    typing = asyncio.create_task(keep_typing(reply, sink, pacing.typing_interval_s))
+    try:
+        streamed = await _stream(reply, sink, pacing)  # unpacked apart: mypy would solve M as M | None
+        first, shown, shown_at = streamed
+        if reply.silent:
+            return
+        pieces = sink.pieces(await reply.text())
+        quote = True
+        if first is not None and pieces:
+            if pieces[0] != shown:
+                # The final edit keeps the pace too.
+                wait = shown_at + pacing.edit_interval_s - asyncio.get_running_loop().time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            if pieces[0] == shown or await sink.edit(first, pieces[0]):
+                pieces = pieces[1:]
+                quote = False
+            # else: the streamed message is gone: the reply is posted anew, quoting again.
+        for piece in pieces:
+            await sink.send(piece, quote=quote)
+            quote = False  # only the first message of a reply quotes the user's
+    finally:
+        typing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await typing
+
+
+_Streamed = tuple[M | None, str, float]
+"""The streamed message (None when none was posted), its text, and the loop time it last changed."""
+
+
+async def _stream(reply: Reply, sink: Sink[M], pacing: Pacing) -> _Streamed[M]:
+    """Show the reply while it is produced: the first text as a message, then edits at most every
+    `edit_interval_s`. Returns that message (None if none was sent), its text and the loop time it
+    was last changed."""
+    changed = asyncio.Event()
+
+    async def follow() -> None:
+        async for _ in reply:
+            changed.set()
+        changed.set()
+
+    reader = asyncio.create_task(follow())
+    first: M | None = None
+    shown = ""
+    shown_at = 0.0
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            await changed.wait()
+            changed.clear()
+            if reply.done:
+                break
+            preview = _preview(reply, sink)
+            if not preview or preview == shown:
+                continue
+            if first is None:
+                if pacing.first_post_delay_s > 0:
+                    await asyncio.wait({reader}, timeout=pacing.first_post_delay_s)
+                    if reply.done:
+                        break
+                    preview = _preview(reply, sink)
+                first = await sink.send(preview, quote=True)
+            elif not await sink.edit(first, preview):
+                break  # stop streaming into a message that cannot be edited; the end posts anew
+            shown = preview
+            shown_at = loop.time()
+            await asyncio.wait({reader}, timeout=pacing.edit_interval_s)
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    return first, shown, shown_at
+
+
+def _preview(reply: Reply, sink: Sink[M]) -> str:
+    """The first message's worth of what the reply produced so far ("" before any text)."""
+    so_far = sink.pieces(reply.text_so_far())
+    return so_far[0] if so_far else ""
+
+
+async def keep_typing(reply: Reply, sink: Sink[M], interval_s: float) -> None:
+    """Show "typing…" every `interval_s` until the reply is done."""
+    while not reply.done:
+        await sink.typing()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reply.text(), timeout=interval_s)
