@@ -12,8 +12,8 @@ import getpass
 import threading
 from typing import BinaryIO, TextIO
 
-from bot.engine import ChatEngine
 from bot.events import ChatEvent
+from bot.ports import ChatService
 from bot.sanitize import decode_text
 
 CHANNEL = "local"
@@ -35,7 +35,7 @@ class ConsoleAdapter:
 
     def __init__(
         self,
-        engine: ChatEngine,
+        engine: ChatService,
         *,
         stdin: BinaryIO,
         stdout: TextIO,

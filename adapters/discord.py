@@ -44,10 +44,9 @@ from adapters.discord_commands import answer_command, setup_commands
 from adapters.discord_events import MESSAGE_LIMIT, PLATFORM, TEXT_COMMANDS, discord_pieces, to_event
 from bot.backoff import Backoff
 from bot.config import DiscordConfig
-from bot.engine import ChatEngine
 from bot.errors import ChinwagError
 from bot.events import ChatEvent
-from bot.ports import LastAnsweredIds
+from bot.ports import ChatService, LastAnsweredIds
 from bot.reply import Reply
 
 logger = logging.getLogger(__name__)
@@ -56,19 +55,6 @@ logger = logging.getLogger(__name__)
 LIBRARY_API_BASE: str = discord.http.Route.BASE
 LIBRARY_GATEWAY: yarl.URL = DiscordWebSocket.DEFAULT_GATEWAY
 _BACKOFF = Backoff()
-# The `discord:` keys that tune the adapter, each passed as the keyword argument of its name.
-_TUNING = frozenset(
-    {
-        "channels",
-        "edit_interval_s",
-        "first_post_delay_s",
-        "typing_interval_s",
-        "ready_timeout_s",
-        "drain_s",
-        "slash_commands",
-        "backfill_max_age_s",
-    }
-)
 
 
 # --- the adapter -------------------------------------------------------------------------------
@@ -116,7 +102,7 @@ class DiscordAdapter:
     def __init__(
         self,
         config: DiscordConfig,
-        engine: ChatEngine,
+        engine: ChatService,
         *,
         channels: Iterable[int] = (),
         edit_interval_s: float = 1.5,
@@ -362,13 +348,25 @@ class DiscordSink:
 
 
 def create(
-    config: DiscordConfig, engine: ChatEngine, last_answered: LastAnsweredIds
+    config: DiscordConfig, engine: ChatService, last_answered: LastAnsweredIds
 ) -> DiscordAdapter | None:
     """The adapter for `config` (`discord:`), or None when no token is configured. `last_answered`
     names, per channel, the last message the store has an answer for (the backfill's fallback)."""
     if not has_token(config.token):
         return None
-    return DiscordAdapter(config, engine, last_seen=last_answered, **config.model_dump(include=set(_TUNING)))
+    return DiscordAdapter(
+        config,
+        engine,
+        channels=config.channels,
+        edit_interval_s=config.edit_interval_s,
+        first_post_delay_s=config.first_post_delay_s,
+        typing_interval_s=config.typing_interval_s,
+        ready_timeout_s=config.ready_timeout_s,
+        drain_s=config.drain_s,
+        slash_commands=config.slash_commands,
+        last_seen=last_answered,
+        backfill_max_age_s=config.backfill_max_age_s,
+    )
 
 
 __all__ = [

@@ -11,9 +11,9 @@ from discord import app_commands
 
 from adapters.discord_events import PLATFORM, discord_pieces, is_admin
 from bot.commands import COMMANDS, CommandSpec
-from bot.engine import ChatEngine
 from bot.errors import ChinwagError
 from bot.events import ChatEvent
+from bot.ports import ChatService
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _slash_command(spec: CommandSpec, run: RunCommand) -> app_commands.Command[A
 
 
 async def answer_command(
-    interaction: discord.Interaction, text: str, engine: ChatEngine, admins: Collection[int]
+    interaction: discord.Interaction, text: str, engine: ChatService, admins: Collection[int]
 ) -> None:
     """Hand a slash command to the engine as the text command and answer the interaction."""
     direct = interaction.guild_id is None

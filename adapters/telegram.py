@@ -48,10 +48,9 @@ from adapters.telegram_events import (
 from adapters.telegram_sending import BACKOFF, Target, TelegramSink, request, retry_after_s
 from bot.commands import COMMANDS, parse_command
 from bot.config import TelegramConfig
-from bot.engine import ChatEngine
 from bot.errors import ChinwagError, StorageError
 from bot.events import ChatEvent
-from bot.ports import Claim, ClaimRole, InboxItem, UpdateInbox
+from bot.ports import ChatService, Claim, ClaimRole, InboxItem, UpdateInbox
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +63,6 @@ _PRUNE_EVERY_S = 3600.0
 _READ_MARGIN_S = 10.0
 
 # The `telegram:` keys that tune the adapter, each passed as the keyword argument of its name.
-_TUNING = frozenset({"poll_timeout_s", "edit_interval_s", "typing_interval_s", "admin_cache_s", "drain_s"})
-
 _T = TypeVar("_T")
 
 
@@ -103,7 +100,7 @@ class TelegramAdapter:
     def __init__(
         self,
         config: TelegramConfig,
-        engine: ChatEngine,
+        engine: ChatService,
         inbox: UpdateInbox,
         claim_role: ClaimRole,
         *,
@@ -404,12 +401,22 @@ class TelegramAdapter:
 
 
 def create(
-    config: TelegramConfig, engine: ChatEngine, inbox: UpdateInbox, claim_role: ClaimRole
+    config: TelegramConfig, engine: ChatService, inbox: UpdateInbox, claim_role: ClaimRole
 ) -> TelegramAdapter | None:
     """The adapter for `config` (`telegram:`), or None when no token is configured."""
     if not has_token(config.token):
         return None
-    return TelegramAdapter(config, engine, inbox, claim_role, **config.model_dump(include=set(_TUNING)))
+    return TelegramAdapter(
+        config,
+        engine,
+        inbox,
+        claim_role,
+        poll_timeout_s=config.poll_timeout_s,
+        edit_interval_s=config.edit_interval_s,
+        typing_interval_s=config.typing_interval_s,
+        admin_cache_s=config.admin_cache_s,
+        drain_s=config.drain_s,
+    )
 
 
 __all__ = [

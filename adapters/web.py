@@ -20,11 +20,10 @@ import uvicorn
 from adapters.web_app import DEFAULT_MODEL_NAME, DEFAULT_SYSTEM_PROMPT, build_app
 from adapters.web_options import WebOptions
 from bot.config import ModelConfig, WebConfig
-from bot.engine import ChatEngine
 from bot.errors import ChinwagError
 from bot.health import Readiness
 from bot.metrics import PrometheusMetrics
-from bot.ports import HistoryReader
+from bot.ports import ChatService, HistoryReader
 
 # HistoryReader and WebOptions are part of this module's interface: its callers name them.
 __all__ = ["HistoryReader", "WebAdapter", "WebOptions", "create"]
@@ -47,7 +46,7 @@ class WebAdapter:
 
     def __init__(
         self,
-        engine: ChatEngine,
+        engine: ChatService,
         history: HistoryReader,
         options: WebOptions,
         *,
@@ -139,7 +138,7 @@ class WebAdapter:
 def create(
     web: WebConfig,
     model: ModelConfig,
-    engine: ChatEngine,
+    engine: ChatService,
     history: HistoryReader,
     *,
     readiness: Readiness | None = None,

@@ -19,17 +19,16 @@ from adapters.web_openai import build_openai_router
 from adapters.web_ops import build_ops_router
 from adapters.web_options import WebOptions
 from bot.config import ModelConfig
-from bot.engine import ChatEngine
 from bot.health import Readiness
 from bot.metrics import PrometheusMetrics
-from bot.ports import HistoryReader
+from bot.ports import ChatService, HistoryReader
 
 DEFAULT_MODEL_NAME = "chinwag"
 DEFAULT_SYSTEM_PROMPT = ModelConfig().system_prompt
 
 
 def build_app(
-    engine: ChatEngine,
+    engine: ChatService,
     history: HistoryReader,
     options: WebOptions,
     *,

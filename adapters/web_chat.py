@@ -27,10 +27,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.web_http import ClientPseudonym, bearer_token, key_matches
-from bot.engine import RESET_SKIPPED_REPLY, ChatEngine
+from bot.engine import RESET_SKIPPED_REPLY
 from bot.errors import ChinwagError
 from bot.events import ChatEvent
-from bot.ports import HistoryReader
+from bot.ports import ChatService, HistoryReader
 from bot.reply import Reply, ReplyStatus
 
 PLATFORM = "web"
@@ -112,7 +112,7 @@ def _wants_stream(request: Request, stream: bool) -> bool:
 
 
 def build_chat_router(
-    engine: ChatEngine, history: HistoryReader, admin_api_key: str | None, author_id: ClientPseudonym
+    engine: ChatService, history: HistoryReader, admin_api_key: str | None, author_id: ClientPseudonym
 ) -> APIRouter:
     """The chat page at `/` and the `/api/` routes of the page and of API clients."""
     router = APIRouter()

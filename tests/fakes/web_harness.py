@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 
 from adapters.web import HistoryReader, WebAdapter, WebOptions
-from bot.engine import ChatEngine
+from bot.ports import ChatService
 
 
 @asynccontextmanager
 async def running_web(
-    engine: ChatEngine, history: HistoryReader, **options: Any
+    engine: ChatService, history: HistoryReader, **options: Any
 ) -> AsyncIterator[WebAdapter]:
     """A started `WebAdapter` on a free loopback port; stopped on exit."""
     adapter = WebAdapter(engine, history, WebOptions(host="127.0.0.1", port=0, **options))
