@@ -73,10 +73,6 @@ STREAM_BROKEN_REPLY = (
     "\n\n(The model server's answer broke off or came garbled, so I didn't keep it. Please try again.)"
 )
 
-# Platforms whose user is the local operator: no flood protection (a piped file of 100 lines is
-# legitimate there).
-UNLIMITED_PLATFORMS = frozenset({"console"})
-
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
@@ -284,7 +280,7 @@ class ChatEngine:
             await asyncio.wait(pending)
 
     def _rate_verdict(self, event: ChatEvent) -> Verdict:
-        if event.platform in UNLIMITED_PLATFORMS:
+        if not event.rate_limited:
             return Verdict.ALLOW
         return self._limiter.check(event.user_key)
 
