@@ -148,16 +148,6 @@ class ChatEngine:
 
         return self._order.queue((old_key, new_key), move, name=f"chinwag:move:{old_key}")
 
-    async def last_platform_message_ids(self, platform: str) -> dict[str, str]:
-        """Channel id -> platform id of the newest stored user message that was answered (directly
-        followed by a stored assistant message), for `platform`'s channels.
-
-        Adapters that can fetch missed messages (Discord's channel history) start after these and
-        hand what they fetch over as redelivered: a message stored but not answered before a crash
-        is then answered now, one answered already gets its stored answer again.
-        """
-        return await self._repository.last_platform_message_ids(platform)
-
     async def ask(self, event: ChatEvent) -> str:
         """Handle `event` and return the whole reply text."""
         return await self.handle(event).text()
