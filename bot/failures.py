@@ -23,7 +23,7 @@ from bot.errors import (
 )
 from bot.reply import Reply, ReplyStatus
 
-if TYPE_CHECKING:  # bot.metrics reads ERROR_KINDS from here
+if TYPE_CHECKING:  # bot.metrics reads FAILURES from here
     from bot.metrics import EngineMetrics
 
 logger = logging.getLogger(__name__)
@@ -156,9 +156,6 @@ FAILURES: tuple[Failure, ...] = (
 
 # What a generation may raise that the policy turns into a reply (a StorageError cannot come from it).
 GENERATION_ERRORS: tuple[type[BaseException], ...] = (BackendError, MemoryError)
-
-# The `kind` label of the failed-replies metric, each once, in table order.
-ERROR_KINDS: tuple[str, ...] = tuple(dict.fromkeys(failure.kind for failure in FAILURES))
 
 
 def failure_for(error: BaseException) -> Failure | None:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-# The `kind` label of chinwag_generation_errors_total: the kinds of the failure policy's table.
-from bot.failures import ERROR_KINDS
+from bot.failures import FAILURES
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -20,6 +19,9 @@ if TYPE_CHECKING:
 # Reply latency, from the message reaching the engine to the reply stored: a local CPU model takes
 # seconds to minutes, an echo or a fast inference server milliseconds.
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+# The `kind` label of chinwag_generation_errors_total: each kind of the failure policy's table, once.
+ERROR_KINDS: tuple[str, ...] = tuple(dict.fromkeys(failure.kind for failure in FAILURES))
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
