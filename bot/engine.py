@@ -18,7 +18,7 @@ from bot.config import ChatConfig, ModelConfig
 from bot.conversation import ConversationReader
 from bot.errors import GenerationTimeout, RateLimited, StorageError
 from bot.events import ChatEvent
-from bot.failures import GENERATION_ERRORS, SHUTDOWN_NOTICE, notice_after, report_failure, report_unexpected
+from bot.failures import GENERATION_ERRORS, SHUTDOWN_NOTICE, notice_after, report_error, report_unexpected
 from bot.metrics import EngineMetrics, NoMetrics
 from bot.ordering import ChannelOrder, Slot
 from bot.ports import (
@@ -239,7 +239,7 @@ class ChatEngine:
                     return ReplyStatus.COMMAND
                 return await self._answer(event, text, reply, received)
         except StorageError as error:
-            return await report_failure(error, reply, self._metrics, event.channel_key, saved=False)
+            return await report_error(error, reply, self._metrics, event.channel_key, saved=False)
 
     async def _answer(self, event: ChatEvent, text: str, reply: Reply, received: float) -> ReplyStatus:
         text, input_cut = clip(text, self._chat.max_input_chars)
@@ -310,7 +310,7 @@ class ChatEngine:
             prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
             parts = await self._generate(self._backend.generate(prompt, sampling), reply)
         except GENERATION_ERRORS as error:
-            return await report_failure(error, reply, self._metrics, where, saved=saved)
+            return await report_error(error, reply, self._metrics, where, saved=saved)
         return _Generated("".join(parts), prompt, len(parts))
 
     async def _generate(self, prompt_stream: AsyncGenerator[str, None], reply: Reply) -> list[str]:

@@ -1,5 +1,5 @@
 """The failure policy: for each error a reply can end with, what the user reads, the status the
-reply finishes with, the metric kind it counts as and how it is logged. One table, `FAILURES`.
+reply finishes with, the metric kind it counts as and how it is logged. One table, `ERROR_RULES`.
 
 Notices follow the rule of `notice_after`: one that follows streamed text keeps its leading blank
 line, one with nothing streamed before it drops it. No text of a failed reply is ever stored.
@@ -23,7 +23,7 @@ from bot.errors import (
 )
 from bot.reply import Reply, ReplyStatus
 
-if TYPE_CHECKING:  # bot.metrics reads FAILURES from here
+if TYPE_CHECKING:  # bot.metrics reads ERROR_RULES from here
     from bot.metrics import EngineMetrics
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ STREAM_BROKEN_REPLY = (
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
+class ErrorRule:
     """One row of the policy: `error` (a class or a tuple of them, as `isinstance` takes) maps to
     the rest.
 
@@ -82,9 +82,9 @@ class Failure:
 
 
 # First match wins: subclasses come before their base (every generation error is a BackendError).
-FAILURES: tuple[Failure, ...] = (
+ERROR_RULES: tuple[ErrorRule, ...] = (
     # Not a failure for the user: nothing was tried, they may simply ask again.
-    Failure(
+    ErrorRule(
         BackendBusy,
         "busy",
         ReplyStatus.NOTICE,
@@ -92,7 +92,7 @@ FAILURES: tuple[Failure, ...] = (
         logging.WARNING,
         "backend busy, %s not answered: %s",
     ),
-    Failure(
+    ErrorRule(
         GenerationCancelled,
         "cancelled",
         ReplyStatus.FAILED,
@@ -100,7 +100,7 @@ FAILURES: tuple[Failure, ...] = (
         logging.INFO,
         "generation in %s cancelled: %s",
     ),
-    Failure(
+    ErrorRule(
         GenerationTimeout,
         "timeout",
         ReplyStatus.FAILED,
@@ -108,7 +108,7 @@ FAILURES: tuple[Failure, ...] = (
         logging.WARNING,
         "generation timed out in %s: %s",
     ),
-    Failure(
+    ErrorRule(
         BackendUnavailable,
         "unavailable",
         ReplyStatus.FAILED,
@@ -118,7 +118,7 @@ FAILURES: tuple[Failure, ...] = (
         stateless_notice="\n\n" + UNAVAILABLE_STATELESS_REPLY,
     ),
     # A refusal will not go away by itself: the operator must look, hence ERROR.
-    Failure(
+    ErrorRule(
         BackendRejected,
         "rejected",
         ReplyStatus.FAILED,
@@ -126,7 +126,7 @@ FAILURES: tuple[Failure, ...] = (
         logging.ERROR,
         "model server refused the request for %s: %s",
     ),
-    Failure(
+    ErrorRule(
         BackendStreamBroken,
         "stream_broken",
         ReplyStatus.FAILED,
@@ -135,7 +135,7 @@ FAILURES: tuple[Failure, ...] = (
         "reply stream broke in %s: %s",
     ),
     # Any other backend error is a bug or a broken model: keep the traceback.
-    Failure(
+    ErrorRule(
         (BackendError, MemoryError),
         "backend",
         ReplyStatus.FAILED,
@@ -144,7 +144,7 @@ FAILURES: tuple[Failure, ...] = (
         "generation failed in %s: %s",
         traceback=True,
     ),
-    Failure(
+    ErrorRule(
         StorageError,
         "storage",
         ReplyStatus.FAILED,
@@ -158,9 +158,9 @@ FAILURES: tuple[Failure, ...] = (
 GENERATION_ERRORS: tuple[type[BaseException], ...] = (BackendError, MemoryError)
 
 
-def failure_for(error: BaseException) -> Failure | None:
+def rule_for(error: BaseException) -> ErrorRule | None:
     """The row for `error`, or None when the policy does not know it (an unexpected error)."""
-    return next((failure for failure in FAILURES if isinstance(error, failure.error)), None)
+    return next((rule for rule in ERROR_RULES if isinstance(error, rule.error)), None)
 
 
 def notice_after(reply: Reply, notice: str) -> str:
@@ -169,18 +169,18 @@ def notice_after(reply: Reply, notice: str) -> str:
     return notice if reply.text_so_far() else notice.lstrip()
 
 
-async def report_failure(
+async def report_error(
     error: BaseException, reply: Reply, metrics: EngineMetrics, where: str, *, saved: bool
 ) -> ReplyStatus:
     """Log and count `error` and push its notice into `reply`; return the status to finish with.
-    `error` must have a row (see `failure_for`); `saved`: the user's message is in the history."""
-    failure = failure_for(error)
-    if failure is None:
+    `error` must have a row (see `rule_for`); `saved`: the user's message is in the history."""
+    rule = rule_for(error)
+    if rule is None:
         raise ValueError(f"no failure policy for {type(error).__name__}") from error
-    logger.log(failure.log_level, failure.log, where, error, exc_info=error if failure.traceback else None)
-    metrics.generation_failed(failure.kind)
-    await reply.push(notice_after(reply, failure.text(error, saved=saved)))
-    return failure.status
+    logger.log(rule.log_level, rule.log, where, error, exc_info=error if rule.traceback else None)
+    metrics.generation_failed(rule.kind)
+    await reply.push(notice_after(reply, rule.text(error, saved=saved)))
+    return rule.status
 
 
 async def report_unexpected(reply: Reply, what: str) -> ReplyStatus:

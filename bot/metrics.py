@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from bot.failures import FAILURES
+from bot.failures import ERROR_RULES
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 # The `kind` label of chinwag_generation_errors_total: each kind of the failure policy's table, once.
-ERROR_KINDS: tuple[str, ...] = tuple(dict.fromkeys(failure.kind for failure in FAILURES))
+ERROR_KINDS: tuple[str, ...] = tuple(dict.fromkeys(rule.kind for rule in ERROR_RULES))
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

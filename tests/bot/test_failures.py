@@ -16,15 +16,15 @@ from bot.errors import (
 )
 from bot.failures import (
     BUSY_REPLY,
-    FAILURES,
+    ERROR_RULES,
     GENERATION_ERRORS,
     REJECTED_REPLY,
     SAVED_NOTE,
     STORAGE_FAILED_REPLY,
     UNAVAILABLE_REPLY,
     UNAVAILABLE_STATELESS_REPLY,
-    failure_for,
     notice_after,
+    rule_for,
 )
 from bot.metrics import ERROR_KINDS, PrometheusMetrics
 from bot.reply import Reply, ReplyStatus
@@ -45,25 +45,25 @@ from bot.reply import Reply, ReplyStatus
     ],
 )
 def test_each_error_finds_its_own_row(error: BaseException, kind: str, status: ReplyStatus) -> None:
-    failure = failure_for(error)
-    assert failure is not None
-    assert (failure.kind, failure.status) == (kind, status)
+    rule = rule_for(error)
+    assert rule is not None
+    assert (rule.kind, rule.status) == (kind, status)
 
 
 def test_no_row_is_shadowed_by_an_earlier_one_and_an_unknown_error_has_none() -> None:
-    for failure in FAILURES:
-        classes = failure.error if isinstance(failure.error, tuple) else (failure.error,)
+    for rule in ERROR_RULES:
+        classes = rule.error if isinstance(rule.error, tuple) else (rule.error,)
         for error_class in classes:
-            assert failure_for(error_class("x")) is failure
+            assert rule_for(error_class("x")) is rule
             # The engine catches GENERATION_ERRORS around a generation; storage errors elsewhere.
-            assert issubclass(error_class, GENERATION_ERRORS) != (failure.kind == "storage")
-    assert failure_for(ValueError("a bug")) is None
+            assert issubclass(error_class, GENERATION_ERRORS) != (rule.kind == "storage")
+    assert rule_for(ValueError("a bug")) is None
 
 
 def test_texts_say_saved_only_for_a_stored_message() -> None:
-    unavailable = failure_for(BackendUnavailable("down"))
-    rejected = failure_for(BackendRejected("no", status=401))
-    unknown_status = failure_for(BackendRejected("no"))
+    unavailable = rule_for(BackendUnavailable("down"))
+    rejected = rule_for(BackendRejected("no", status=401))
+    unknown_status = rule_for(BackendRejected("no"))
     assert unavailable is not None and rejected is not None and unknown_status is not None
     assert unavailable.text(BackendUnavailable("down"), saved=True) == "\n\n" + UNAVAILABLE_REPLY
     assert unavailable.text(BackendUnavailable("down"), saved=False) == "\n\n" + UNAVAILABLE_STATELESS_REPLY
@@ -86,7 +86,7 @@ async def test_a_notice_keeps_its_blank_line_only_after_streamed_text() -> None:
 
 
 def test_every_kind_of_the_table_is_exported_at_zero_from_the_start() -> None:
-    assert set(ERROR_KINDS) == {failure.kind for failure in FAILURES}
+    assert set(ERROR_KINDS) == {rule.kind for rule in ERROR_RULES}
     assert {"unavailable", "rejected", "stream_broken"} <= set(ERROR_KINDS)
     text = PrometheusMetrics().render().decode()
     for kind in ERROR_KINDS:
