@@ -71,6 +71,7 @@ class ConsoleAdapter:
             text=text,
             is_admin=True,
             is_direct=True,
+            rate_limited=False,  # the local operator: no flood protection
         )
         reply = self._engine.handle(event)
         if self._interactive:

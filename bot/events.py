@@ -15,6 +15,8 @@ class ChatEvent:
     `redelivered` means the adapter is re-processing a message it may have handled before a crash:
     if it was stored already, its stored answer is given again (or generated now if it has none)
     instead of the silent duplicate an ordinary repeat gets.
+    `rate_limited` False exempts the author from the per-user rate limit: set by an adapter whose
+    user is the bot's own operator (the terminal, where a piped file of 100 lines is legitimate).
     """
 
     platform: str
@@ -26,6 +28,7 @@ class ChatEvent:
     is_direct: bool = False
     message_id: str | None = None
     redelivered: bool = False
+    rate_limited: bool = True
 
     @property
     def channel_key(self) -> str:

@@ -1,6 +1,6 @@
 """What the engine reports for monitoring, and its Prometheus implementation.
 
-The engine only sees `EngineMetrics` (four calls); `PrometheusMetrics` keeps the
+The engine only sees `EngineMetrics` (three calls); `PrometheusMetrics` keeps the
 `prometheus-client` objects in a registry of its own, not the library's global one, so that
 several applications in one process (tests) never collide. `prometheus-client` is imported only
 here, when metrics are on (the `ops` extra).
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from bot.failures import ERROR_RULES
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -18,8 +20,8 @@ if TYPE_CHECKING:
 # seconds to minutes, an echo or a fast inference server milliseconds.
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
-# The `kind` label of chinwag_generation_errors_total.
-ERROR_KINDS = ("busy", "cancelled", "timeout", "backend", "storage")
+# The `kind` label of chinwag_generation_errors_total: each kind of the failure policy's table, once.
+ERROR_KINDS: tuple[str, ...] = tuple(dict.fromkeys(rule.kind for rule in ERROR_RULES))
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -180,7 +180,7 @@ class PromptFormat(ABC):
 
     def _prepared(self, rendered: _Rendered, kept: int, *, message_cut: bool) -> PreparedPrompt:
         return PreparedPrompt(
-            text=rendered.text,
+            input_text=rendered.text,
             history_used=kept,
             message_cut=message_cut,
             token_ids=tuple(rendered.ids),

@@ -40,18 +40,20 @@ def long_history(n: int) -> list[Turn]:
 
 def test_plain_format_text_and_stop(tok: Any) -> None:
     prompt = fmt("plain", tok).render(CHAT, 1000)
-    assert prompt.text == "System: Be nice.\nUser: hi\nAssistant: hello\nUser: cats?\nUser: dogs!\nAssistant:"
+    assert prompt.input_text == (
+        "System: Be nice.\nUser: hi\nAssistant: hello\nUser: cats?\nUser: dogs!\nAssistant:"
+    )
     assert prompt.stop == ("\nUser:",)
     assert prompt.history_used == 3
-    assert list(prompt.token_ids) == tok.encode(prompt.text)
+    assert list(prompt.token_ids) == tok.encode(prompt.input_text)
     no_system = fmt("plain", tok).render(Conversation("", [], "dogs!"), 1000)
-    assert no_system.text == "User: dogs!\nAssistant:"
+    assert no_system.input_text == "User: dogs!\nAssistant:"
 
 
 def test_dialogpt_format_joins_with_eos_and_drops_the_system_prompt(tok: Any) -> None:
     prompt = fmt("dialogpt", tok).render(CHAT, 1000)
     eos = tok.eos_token_id
-    assert prompt.text == "hi<|endoftext|>hello<|endoftext|>cats?<|endoftext|>dogs!<|endoftext|>"
+    assert prompt.input_text == "hi<|endoftext|>hello<|endoftext|>cats?<|endoftext|>dogs!<|endoftext|>"
     expected: list[int] = []
     for text in ("hi", "hello", "cats?", "dogs!"):
         expected += [*tok.encode(text, add_special_tokens=False), eos]
@@ -62,19 +64,19 @@ def test_dialogpt_format_joins_with_eos_and_drops_the_system_prompt(tok: Any) ->
 def test_seq2seq_format_is_newline_joined_with_the_tokenizers_specials() -> None:
     bb = make_tokenizer("blenderbot")
     prompt = resolve_format("auto", bb, is_encoder_decoder=True).render(CHAT, 1000)
-    assert prompt.text == "hi\nhello\ncats?\ndogs!"
+    assert prompt.input_text == "hi\nhello\ncats?\ndogs!"
     assert list(prompt.token_ids) == bb.encode("hi\nhello\ncats?\ndogs!")
     assert prompt.token_ids[-1] == bb.eos_token_id
 
 
 def test_chat_template_format_uses_a_system_message(tok: Any) -> None:
     prompt = fmt("chat_template", tok).render(CHAT, 1000)
-    assert prompt.text == (
+    assert prompt.input_text == (
         "<|im_start|>system\nBe nice.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
         "<|im_start|>assistant\nhello<|im_end|>\n<|im_start|>user\ncats?<|im_end|>\n"
         "<|im_start|>user\ndogs!<|im_end|>\n<|im_start|>assistant\n"
     )
-    assert list(prompt.token_ids) == tok.encode(prompt.text, add_special_tokens=False)
+    assert list(prompt.token_ids) == tok.encode(prompt.input_text, add_special_tokens=False)
 
 
 def test_strict_template_gets_system_in_first_user_turn_and_merged_roles() -> None:
@@ -82,7 +84,7 @@ def test_strict_template_gets_system_in_first_user_turn_and_merged_roles() -> No
     f = fmt("chat_template", strict)
     chat = Conversation("Be nice.", [Turn("assistant", "welcome"), Turn("user", "a"), Turn("user", "b")], "c")
     prompt = f.render(chat, 1000)
-    assert prompt.text == "<|im_start|>user\nBe nice.\n\na\nb\nc<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt.input_text == "<|im_start|>user\nBe nice.\n\na\nb\nc<|im_end|>\n<|im_start|>assistant\n"
     assert prompt.history_used == 2  # the leading assistant turn cannot start the prompt
 
 
@@ -115,7 +117,7 @@ def test_exact_fit_keeps_everything_one_token_less_drops_the_oldest(name: str, t
     assert tighter == f.render(replace(CHAT, history=CHAT.history[1:]), 10_000)
     assert not tighter.message_cut
     if f.uses_system_prompt:
-        assert "Be nice." in tighter.text
+        assert "Be nice." in tighter.input_text
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -130,7 +132,7 @@ def test_kept_turns_are_the_most_that_fit(name: str, tok: Any) -> None:
         if kept < len(history):
             more = Conversation("Be nice.", history[len(history) - kept - 1 :], "And now?")
             assert len(f.render(more, 10**6).token_ids) > budget
-        assert prompt.text.count(": ") >= kept  # every kept turn is in the text
+        assert prompt.input_text.count(": ") >= kept  # every kept turn is in the text
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -143,11 +145,11 @@ def test_huge_message_is_cut_in_the_middle_and_fits(name: str, tok: Any) -> None
     assert prompt.history_used == 0
     assert len(prompt.token_ids) <= 100
     assert len(prompt.token_ids) > 80  # the message uses the room it has
-    assert "BEGIN" in prompt.text
-    assert CUT_MARKER in prompt.text
-    assert "END" in prompt.text.split(CUT_MARKER)[1]
+    assert "BEGIN" in prompt.input_text
+    assert CUT_MARKER in prompt.input_text
+    assert "END" in prompt.input_text.split(CUT_MARKER)[1]
     if f.uses_system_prompt:
-        assert "Be nice." in prompt.text
+        assert "Be nice." in prompt.input_text
 
 
 @pytest.mark.parametrize("name", ["chat_template", "plain"])
@@ -156,8 +158,8 @@ def test_huge_system_prompt_is_cut_as_a_last_resort(name: str, tok: Any) -> None
     system = "RULES " + " ".join(f"rule{i}" for i in range(2000))
     prompt = f.render(Conversation(system, long_history(4), "short question"), 120)
     assert len(prompt.token_ids) <= 120
-    assert "short question" in prompt.text
-    assert "RULES" in prompt.text
+    assert "short question" in prompt.input_text
+    assert "RULES" in prompt.input_text
     assert not prompt.message_cut
 
 

@@ -10,8 +10,8 @@ from bot.ports import Conversation, SamplingSettings
 
 
 @dataclass(frozen=True, slots=True)
-class ChatMessage:
-    """One message of a chat-completions request (the `openai` backend sends these)."""
+class PromptMessage:
+    """One message of a prompt sent as chat messages (see `PreparedPrompt.messages`)."""
 
     role: Literal["system", "user", "assistant"]
     content: str
@@ -21,22 +21,28 @@ class ChatMessage:
 class PreparedPrompt:
     """A conversation rendered for one model family and cut to fit its context window.
 
+    It takes one of two shapes, as the backend's model reads it:
+
+    - `input_text`, the whole input as one text, for a text-in, text-out model: a decoder-only
+      model's prompt (the reply continues it), a seq2seq model's encoder input (the reply is
+      decoded on its own), the prompt a tgi server gets; the echo backend's text to echo.
+      `token_ids` are its tokens where the backend tokenizes locally (else empty).
+    - `messages`, for servers that apply the chat template themselves (the openai backend);
+      `input_text` is then empty.
+
     `history_used` counts the earlier turns that made it into the prompt (the echo backend reports
     it); `message_cut` says the new message alone was too long and was shortened, which the engine
-    tells the user. `context_key` is the conversation's. `text` is the decoder prompt (or the
-    encoder input for seq2seq models); `token_ids` are its tokens where the backend tokenizes
-    locally. `stop` holds stop sequences the prompt format needs (e.g. "\\nUser:") on top of the
-    configured ones. `messages` holds the conversation as chat messages for backends whose server
-    applies the chat template itself (the `openai` backend); empty otherwise.
+    tells the user. `context_key` is the conversation's. `stop` holds stop sequences the prompt
+    format needs (e.g. "\\nUser:") on top of the configured ones.
     """
 
-    text: str
+    input_text: str
     history_used: int
     message_cut: bool = False
     token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = field(default_factory=tuple)
     context_key: str | None = None
-    messages: tuple[ChatMessage, ...] = ()
+    messages: tuple[PromptMessage, ...] = ()
 
 
 class Backend(Protocol):

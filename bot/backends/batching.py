@@ -28,22 +28,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
-from transformers.generation.logits_process import (
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopPLogitsWarper,
-)
 
 from bot.backends.batching_settings import BatchingSettings
 from bot.backends.context_cache import ContextCache, KeyValues, PrefixHit
 from bot.backends.local_worker import GenerationJob, IncrementalDecoder, ModelWorker
+from bot.backends.row_sampler import RowSampler
 from bot.backends.stops import StopFilter
 from bot.errors import BackendBusy, BackendError, GenerationCancelled
 
@@ -54,60 +49,6 @@ logger = logging.getLogger("bot.backends.batching")
 _IDLE_PREFILL_TOKENS = 2048
 
 
-class _Sampler:
-    """Picks one row's next token from its logits: repetition penalty, then greedy or
-    temperature + top-p sampling (the order `generate` applies them in)."""
-
-    def __init__(self, job: GenerationJob, capacity: int) -> None:
-        """`capacity`: the most tokens the row will hold (prompt + new tokens)."""
-        settings = job.settings
-        self._penalty = (
-            RepetitionPenaltyLogitsProcessor(settings.repetition_penalty)
-            if settings.repetition_penalty != 1.0
-            else None
-        )
-        self._greedy = settings.temperature <= 0
-        self._warpers: list[Any] = []
-        if not self._greedy:
-            if settings.temperature != 1.0:
-                self._warpers.append(TemperatureLogitsWarper(settings.temperature))
-            if settings.top_p < 1.0:
-                self._warpers.append(TopPLogitsWarper(settings.top_p))
-        # The row's tokens as a tensor, filled as they come: rebuilding it from the whole list at
-        # every step cost more than the penalty itself once prompts run to a thousand tokens.
-        self._seen = torch.empty((1, capacity), dtype=torch.long) if self.needs_ids else None
-        self._seen_count = 0
-
-    @property
-    def plain_greedy(self) -> bool:
-        """Greedy without a penalty: the argmax of the logits, which the batch takes for all such
-        rows at once."""
-        return self._greedy and not self.needs_ids
-
-    @property
-    def needs_ids(self) -> bool:
-        return self._penalty is not None or bool(self._warpers)
-
-    def next_token(self, logits: torch.Tensor, ids: Sequence[int]) -> int:
-        """`logits`: `[vocab]` for this row; `ids`: every token of the row so far (it only grows)."""
-        scores = logits.unsqueeze(0).float()
-        if self._seen is not None:
-            if len(ids) > self._seen.shape[1]:  # cannot happen: capacity covers prompt + max_new
-                self._seen = torch.tensor([list(ids)], dtype=torch.long)
-            elif len(ids) > self._seen_count:
-                self._seen[0, self._seen_count : len(ids)] = torch.tensor(ids[self._seen_count :])
-            self._seen_count = len(ids)
-            seen = self._seen[:, : len(ids)]
-            if self._penalty is not None:
-                scores = self._penalty(seen, scores)
-            for warper in self._warpers:
-                scores = warper(seen, scores)
-        if self._greedy:
-            return int(scores.argmax(dim=-1).item())
-        probabilities = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probabilities, num_samples=1).item())
-
-
 @dataclass(slots=True)
 class _Request:
     """One generation from submission to its end."""
@@ -115,7 +56,7 @@ class _Request:
     job: GenerationJob
     prompt_ids: list[int]
     max_new: int
-    sampler: _Sampler
+    sampler: RowSampler
     decoder: IncrementalDecoder
     stops: StopFilter
     submitted: float = field(default_factory=time.perf_counter)
@@ -314,7 +255,7 @@ class BatchScheduler:
             job=job,
             prompt_ids=ids,
             max_new=max_new,
-            sampler=_Sampler(job, len(ids) + max_new),
+            sampler=RowSampler(job.settings, len(ids) + max_new),
             decoder=IncrementalDecoder(self._worker.tokenizer),
             stops=StopFilter((*job.settings.stop, *job.prompt.stop)),
         )

@@ -32,16 +32,16 @@ class EchoBackend:
         return True
 
     async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
-        """Keep every turn the engine chose; the prompt text is the reply to give."""
+        """Keep every turn the engine chose; the input text is the reply to give."""
         return PreparedPrompt(
-            text=f"echo[{len(conversation.history)}]: {conversation.message}",
+            input_text=f"echo[{len(conversation.history)}]: {conversation.message}",
             history_used=len(conversation.history),
         )
 
     async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
         """Yield the reply word by word (whitespace kept), so streaming paths get exercised."""
         start = 0
-        text = prompt.text
+        text = prompt.input_text
         while start < len(text):
             end = text.find(" ", start + 1)
             end = len(text) if end == -1 else end

@@ -180,7 +180,7 @@ class ModelWorker:
         """The prompt's token ids (tokenised here when the prompt came without them)."""
         if prompt.token_ids:
             return list(prompt.token_ids)
-        return list(self.tokenizer.encode(prompt.text, add_special_tokens=True))
+        return list(self.tokenizer.encode(prompt.input_text, add_special_tokens=True))
 
     def max_new_tokens(self, prompt_len: int, wanted: int) -> int:
         """`wanted`, capped by the room the window leaves. Raises `BackendError` when none."""

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
-from bot.backends.base import ChatMessage, PreparedPrompt
+from bot.backends.base import PreparedPrompt, PromptMessage
 from bot.backends.remote_prompt import budget_chars, fit_conversation
 from bot.backends.remote_retry import (
     ChannelCancels,
@@ -126,13 +126,13 @@ class OpenAIChatBackend:
     async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
         """The conversation as chat messages, fitted to the context window in characters."""
         fitted = fit_conversation(conversation, budget_chars(self._context_window, max_new_tokens))
-        messages: list[ChatMessage] = []
+        messages: list[PromptMessage] = []
         if fitted.system_prompt:
-            messages.append(ChatMessage("system", fitted.system_prompt))
-        messages.extend(ChatMessage(turn.role, turn.content) for turn in fitted.history)
-        messages.append(ChatMessage("user", fitted.message))
+            messages.append(PromptMessage("system", fitted.system_prompt))
+        messages.extend(PromptMessage(turn.role, turn.content) for turn in fitted.history)
+        messages.append(PromptMessage("user", fitted.message))
         return PreparedPrompt(
-            text=fitted.message,
+            input_text="",  # the conversation goes as `messages`
             history_used=len(fitted.history),
             message_cut=fitted.message_cut,
             context_key=conversation.context_key,

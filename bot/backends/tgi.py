@@ -139,7 +139,7 @@ class TGIBackend:
         """The plain prompt, fitted to the context window in characters, with the "\\nUser:" stop."""
         fitted = fit_conversation(conversation, budget_chars(self._context_window, max_new_tokens))
         return PreparedPrompt(
-            text=render_plain(fitted),
+            input_text=render_plain(fitted),
             history_used=len(fitted.history),
             message_cut=fitted.message_cut,
             stop=(PLAIN_STOP,),
@@ -176,7 +176,9 @@ class TGIBackend:
             )
             client._async_client = http  # the shared pool; see the module docstring
             async with client:
-                stream = await client.text_generation(prompt.text, stream=True, details=True, **parameters)
+                stream = await client.text_generation(
+                    prompt.input_text, stream=True, details=True, **parameters
+                )
                 async for output in stream:
                     if not output.token.special:
                         yield output.token.text

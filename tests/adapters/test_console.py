@@ -47,6 +47,14 @@ def test_piped_chat_prints_one_reply_per_line_and_remembers_across_runs(tmp_path
     assert second.stdout.decode().splitlines() == ["echo[4]: still me"]
 
 
+def test_the_terminal_is_not_rate_limited(tmp_path: Path) -> None:
+    # The local operator may pipe a file: more lines than the limit allows all get answered.
+    path = config(tmp_path, extra="chat:\n  rate_limit:\n    messages: 1\n")
+    result = chat(path, b"one\ntwo\nthree\n")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == ["echo[0]: one", "echo[2]: two", "echo[4]: three"]
+
+
 def test_commands_work_in_the_terminal(tmp_path: Path) -> None:
     result = chat(config(tmp_path), b"hello\n/reset\nagain\n/temperature 0\n/temperature\n")
     lines = result.stdout.decode().splitlines()

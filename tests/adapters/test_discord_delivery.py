@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from adapters.discord import DiscordAdapter
 from bot.commands import HELP_TEXT
 from bot.config import DiscordConfig
+from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
 from tests.fakes.discord_server import BOT_ID, Call, FakeDiscord
 
@@ -247,7 +248,7 @@ async def test_kill_9_while_replies_are_pending_then_restart_answers_each_exactl
 
 
 async def test_a_new_session_after_a_long_outage_fetches_what_arrived_meanwhile(
-    fake: FakeDiscord, make_engine: EngineFactory
+    fake: FakeDiscord, make_engine: EngineFactory, repository: ChatRepository
 ) -> None:
     """RESUME refused (the session expired): the client IDENTIFYs, nothing is replayed, and the
     new session's backfill answers the message sent during the outage, once; the one answered
@@ -256,7 +257,7 @@ async def test_a_new_session_after_a_long_outage_fetches_what_arrived_meanwhile(
     config = DiscordConfig(token=SecretStr(TOKEN), api_base=fake.api_base, gateway_url=fake.gateway_url)
 
     async def last_seen() -> Mapping[str, str]:
-        return await engine.last_platform_message_ids("discord")
+        return await repository.last_platform_message_ids("discord")
 
     adapter = DiscordAdapter(
         config,

@@ -20,9 +20,9 @@ from bot.backends.base import PreparedPrompt
 from bot.backends.batching_settings import BatchingSettings
 from bot.backends.dtype_choice import bfloat16_is_faster, cpu_has_native_bf16
 from bot.backends.local import LocalBackend
-from bot.engine import BUSY_REPLY, CANCELLED_NOTICE
 from bot.errors import BackendBusy, GenerationCancelled
 from bot.events import ChatEvent
+from bot.failures import BUSY_REPLY, CANCELLED_NOTICE
 from bot.ports import Conversation, SamplingSettings, Turn
 from storage.repository import ChatRepository
 from tests.backends.tiny_models import started

@@ -43,8 +43,8 @@ async def test_bundled_smollm2_answers_greedily(smollm2: LocalBackend) -> None:
     assert smollm2.prompt_format == "chat_template"
     assert smollm2.load_origin in {"gguf-cache", "gguf-converted"}
     prompt = await smollm2.prepare(QUESTION, max_new_tokens=8)
-    assert prompt.text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
-    assert prompt.text.endswith("<|im_start|>assistant\n")
+    assert prompt.input_text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")
+    assert prompt.input_text.endswith("<|im_start|>assistant\n")
 
     first = await asyncio.wait_for(reply(smollm2, prompt), 60)
     assert first.strip()

@@ -101,17 +101,17 @@ async def test_dialogpt_prompt_joins_turns_with_eos(gpt2: LocalBackend) -> None:
         return list(tok.encode(text, add_special_tokens=False))
 
     turns = ["Hello there", "I am fine, thank you.", "Do you like cats or dogs better?"]
-    assert prompt.text == "".join(t + "<|endoftext|>" for t in turns)
+    assert prompt.input_text == "".join(t + "<|endoftext|>" for t in turns)
     assert list(prompt.token_ids) == [i for t in turns for i in (*enc(t), eos)]
     assert prompt.history_used == 2
-    assert "terse" not in prompt.text  # DialoGPT has no system prompt
+    assert "terse" not in prompt.input_text  # DialoGPT has no system prompt
     assert gpt2.prompt_format == "dialogpt"
     assert gpt2.context_window == 1024
 
 
 async def test_seq2seq_encoder_input_is_newline_joined_history(blenderbot: LocalBackend) -> None:
     prompt = await blenderbot.prepare(CHAT, max_new_tokens=16)
-    assert prompt.text == "Hello there\nI am fine, thank you.\nDo you like cats or dogs better?"
+    assert prompt.input_text == "Hello there\nI am fine, thank you.\nDo you like cats or dogs better?"
     assert prompt.token_ids[-1] == make_tokenizer("blenderbot").eos_token_id  # the tokenizer's </s>
     assert prompt.history_used == 2
     # The encoder window is the model's 64 positions, whatever max_new_tokens says.
@@ -120,7 +120,7 @@ async def test_seq2seq_encoder_input_is_newline_joined_history(blenderbot: Local
     cut = await blenderbot.prepare(long_chat, max_new_tokens=1000)
     assert 0 < cut.history_used < 40
     assert len(cut.token_ids) <= 64
-    assert cut.text.endswith("\nAnd you?")
+    assert cut.input_text.endswith("\nAnd you?")
 
 
 async def test_prepare_keeps_room_for_the_reply(gpt2: LocalBackend) -> None:
@@ -175,7 +175,7 @@ async def test_stop_string_ends_the_reply_before_it(gpt2: LocalBackend) -> None:
     assert "".join(chunks) == expected
     # A prompt format's own stop (the plain format's "\nUser:") applies too.
     with_prompt_stop = PreparedPrompt(
-        prompt.text, prompt.history_used, token_ids=prompt.token_ids, stop=(stop,)
+        prompt.input_text, prompt.history_used, token_ids=prompt.token_ids, stop=(stop,)
     )
     assert "".join(await collect(gpt2.generate(with_prompt_stop, greedy(24)))) == expected
 
@@ -226,11 +226,11 @@ async def test_timeout_raises_and_backend_still_works(tiny_gpt2_dir: Path, tmp_p
 
 
 async def test_model_errors_become_backend_errors_and_the_backend_recovers(gpt2: LocalBackend) -> None:
-    bad = PreparedPrompt(text="?", history_used=0, token_ids=(10**6,))  # no such embedding row
+    bad = PreparedPrompt(input_text="?", history_used=0, token_ids=(10**6,))  # no such embedding row
     with pytest.raises(BackendError) as caught:
         await collect(gpt2.generate(bad, greedy(4)))
     assert caught.value.__cause__ is not None
-    too_long = PreparedPrompt(text="?", history_used=0, token_ids=(5,) * 1024)
+    too_long = PreparedPrompt(input_text="?", history_used=0, token_ids=(5,) * 1024)
     with pytest.raises(BackendError, match="no room"):
         await collect(gpt2.generate(too_long, greedy(4)))
     prompt = await gpt2.prepare(CHAT, max_new_tokens=8)
@@ -239,7 +239,7 @@ async def test_model_errors_become_backend_errors_and_the_backend_recovers(gpt2:
 
 async def test_prompt_without_token_ids_is_tokenized(gpt2: LocalBackend) -> None:
     prompt = await gpt2.prepare(CHAT, max_new_tokens=8)
-    text_only = PreparedPrompt(text=prompt.text, history_used=prompt.history_used)
+    text_only = PreparedPrompt(input_text=prompt.input_text, history_used=prompt.history_used)
     expected = "".join(await collect(gpt2.generate(prompt, greedy(8))))
     assert "".join(await collect(gpt2.generate(text_only, greedy(8)))) == expected
 
@@ -249,8 +249,10 @@ async def test_chat_template_format_and_end_of_turn(tiny_gpt2_dir: Path, tmp_pat
     await backend.start()
     try:
         prompt = await backend.prepare(CHAT, max_new_tokens=8)
-        assert prompt.text.startswith("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHello")
-        assert prompt.text.endswith(
+        assert prompt.input_text.startswith(
+            "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHello"
+        )
+        assert prompt.input_text.endswith(
             "<|im_start|>user\nDo you like cats or dogs better?<|im_end|>\n<|im_start|>assistant\n"
         )
         assert "".join(await collect(backend.generate(prompt, greedy(8))))

@@ -18,16 +18,15 @@ from bot.backends.base import backend_ready
 from bot.backends.openai_chat import OpenAIChatBackend
 from bot.backends.remote_retry import RetryPolicy
 from bot.backends.tgi import TGIBackend
-from bot.engine import (
-    EMPTY_MODEL_REPLY,
+from bot.engine import EMPTY_MODEL_REPLY, ChatEngine
+from bot.events import ChatEvent
+from bot.failures import (
     REJECTED_REPLY,
     SAVED_NOTE,
     STREAM_BROKEN_REPLY,
     UNAVAILABLE_REPLY,
     UNAVAILABLE_STATELESS_REPLY,
-    ChatEngine,
 )
-from bot.events import ChatEvent
 from bot.ports import Conversation, SamplingOverrides
 from bot.reply import ReplyStatus
 from storage.repository import ChatRepository

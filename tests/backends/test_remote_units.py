@@ -235,3 +235,23 @@ async def test_the_bot_starts_while_the_server_is_down(kind: str, tmp_path: Path
 
 async def test_backends_without_a_server_are_ready() -> None:
     assert await backend_ready(EchoBackend())
+
+
+async def test_an_openai_prompt_goes_as_messages_and_a_tgi_prompt_as_one_text() -> None:
+    conversation = Conversation(
+        system_prompt="Be brief.",
+        history=[Turn("user", "hi"), Turn("assistant", "hello")],
+        message="cats?",
+        context_key="test:c1",
+    )
+    chat = await OpenAIChatBackend(base_url="http://127.0.0.1:9/v1", model_name="m").prepare(conversation, 16)
+    assert chat.input_text == ""
+    assert [(m.role, m.content) for m in chat.messages] == [
+        ("system", "Be brief."),
+        ("user", "hi"),
+        ("assistant", "hello"),
+        ("user", "cats?"),
+    ]
+    plain = await TGIBackend(base_url="http://127.0.0.1:9").prepare(conversation, 16)
+    assert plain.messages == ()
+    assert plain.input_text == "System: Be brief.\nUser: hi\nAssistant: hello\nUser: cats?\nAssistant:"

@@ -37,7 +37,7 @@ class SlowEchoBackend(EchoBackend):
         self.started: list[str] = []
 
     async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
-        message = prompt.text.split(": ", 1)[1]
+        message = prompt.input_text.split(": ", 1)[1]
         self.started.append(message)
         gate = self.gates.get(message)
         if gate is not None:
@@ -56,10 +56,10 @@ class FailingBackend(EchoBackend):
 
     async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
         try:
-            if "explode" in prompt.text:
+            if "explode" in prompt.input_text:
                 yield "half a rep"
                 raise self.error
-            if "hang" in prompt.text:
+            if "hang" in prompt.input_text:
                 yield "thinking"
                 await asyncio.sleep(3600)
             async for chunk in super().generate(prompt, settings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -371,6 +372,20 @@ async def test_a_flood_gets_one_notice_and_no_generation(
     assert len(backend.conversations) == 3
     # Another user in the same channel is not affected.
     assert (await engine.ask(user("hello", author="u2"))).startswith("echo[6]")
+
+
+async def test_an_event_the_adapter_marks_not_rate_limited_is_never_limited(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine(rate_limit=1)
+    operator = [replace(user(f"line {i}"), rate_limited=False) for i in range(3)]
+    assert [await engine.ask(event) for event in operator] == [
+        "echo[0]: line 0",
+        "echo[2]: line 1",
+        "echo[4]: line 2",
+    ]
+    assert await engine.ask(user("flood")) == "echo[6]: flood"  # the limit still counts others
+    assert "wait" in (await engine.ask(user("flood again"))).lower()
 
 
 async def test_history_budget_limits_what_the_prompt_gets(make_engine: EngineFactory) -> None:
