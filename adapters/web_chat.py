@@ -27,7 +27,6 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.web_http import ClientPseudonym, bearer_token, key_matches
-from bot.engine import RESET_SKIPPED_REPLY
 from bot.errors import ChinwagError
 from bot.events import ChatEvent
 from bot.ports import ChatService, HistoryReader
@@ -85,16 +84,14 @@ def is_private_channel(channel_id: str) -> bool:
     return _PRIVATE_CHANNEL.fullmatch(channel_id) is not None
 
 
-def reset_http_status(status: ReplyStatus, text: str) -> int:
-    """The HTTP status answering a `/reset` that ended with `status` and `text`.
+def reset_http_status(status: ReplyStatus) -> int:
+    """The HTTP status answering a `/reset` that ended with `status`.
 
-    A reset overtaken by a later reset of the same channel is skipped with the engine's
-    `RESET_SKIPPED_REPLY`: that is 200, because the later reset, already queued, clears the
-    channel before anything the client sends next. Any other notice, or a dropped reset, is
-    the rate limit (429); a failure (e.g. the database is unreachable) cleared nothing (503).
+    A reset overtaken by a later reset of the same channel (`SUPERSEDED`) is 200: the later
+    reset, already queued, clears the channel before anything the client sends next. A notice or
+    a dropped reset is the rate limit (429); a failure (e.g. the database is unreachable) cleared
+    nothing (503).
     """
-    if status is ReplyStatus.NOTICE and text == RESET_SKIPPED_REPLY:
-        return 200
     if status in {ReplyStatus.NOTICE, ReplyStatus.DROPPED}:
         return 429
     if status is ReplyStatus.FAILED:
@@ -197,7 +194,7 @@ def build_chat_router(
             require_admin(request)
         reply = submit(to_event(request, channel_id, MessageIn(text="/reset"), is_admin=True))
         text = await reply.text()
-        status = reset_http_status(reply.status, text)
+        status = reset_http_status(reply.status)
         if status == 429:
             raise HTTPException(429, text or "too many requests, please wait")
         if status != 200:

@@ -201,7 +201,7 @@ class ChatEngine:
             if slot.superseded:
                 logger.info("message in %s skipped: the channel was reset after it came", event.channel_key)
                 await reply.push(RESET_SKIPPED_REPLY)
-                status = ReplyStatus.NOTICE
+                status = ReplyStatus.SUPERSEDED
             else:
                 status = await self._process(event, reply, verdict, received)
             await reply.finish(status)

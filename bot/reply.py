@@ -14,6 +14,7 @@ class ReplyStatus(Enum):
     ANSWERED = "answered"  # the model answered; the reply is stored in the history
     COMMAND = "command"  # a command was handled
     NOTICE = "notice"  # a polite notice instead of generating (empty message, rate limit, busy)
+    SUPERSEDED = "superseded"  # a /reset came after this message was queued: not answered, the text says so
     DUPLICATE = "duplicate"  # this platform message was seen already: send nothing
     DROPPED = "dropped"  # rate-limited again after the notice: send nothing
     FAILED = "failed"  # generation or storage failed; the text is an error message for the user

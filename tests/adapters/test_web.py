@@ -169,7 +169,7 @@ async def test_a_reset_overtaken_by_another_reset_is_not_a_rate_limit(
         history = (await client.get(f"{url}/messages")).json()["messages"]
     assert held.result().status_code == 200
     assert first.result().status_code == 200
-    assert first.result().json() == {"reply": RESET_SKIPPED_REPLY, "status": "notice"}
+    assert first.result().json() == {"reply": RESET_SKIPPED_REPLY, "status": "superseded"}
     assert second.result().status_code == 200 and "cleared" in second.result().json()["reply"]
     assert history == []
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from bot.engine import RESET_SKIPPED_REPLY
 from bot.errors import ChinwagError
 from bot.events import ChatEvent
 from bot.reply import ReplyStatus
@@ -107,6 +108,24 @@ async def test_reset_by_admin_clears_only_that_channel(
     assert await history(repository) == []
     assert len(await history(repository, "c2")) == 2
     assert await engine.ask(user("again")) == "echo[0]: again"
+
+
+async def test_a_message_queued_before_a_reset_is_not_answered_after_it(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    backend = SlowEchoBackend()
+    backend.gates["held"] = asyncio.Event()
+    engine = await make_engine(backend)
+    held = engine.handle(user("held"))
+    await wait_until(lambda: backend.started == ["held"], what="the held message generates")
+    queued = engine.handle(user("queued"))
+    reset = engine.handle(user("/reset", admin=True))
+    backend.gates["held"].set()
+    assert await queued.text() == RESET_SKIPPED_REPLY
+    assert queued.status is ReplyStatus.SUPERSEDED and not queued.silent
+    assert "cleared" in (await reset.text()).lower()
+    assert held.done and backend.started == ["held"]  # "queued" never reached the model
+    assert await history(repository) == []
 
 
 @pytest.mark.parametrize(
