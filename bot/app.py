@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from adapters.base import Adapter
-from bot.backends.base import Backend
+from bot.backends.base import Backend, QueueReporting
 from bot.backends.batching_settings import BatchingSettings
 from bot.backends.remote_retry import RetryPolicy
 from bot.config import BatchingConfig, ChatConfig, ModelConfig, Settings
@@ -298,7 +298,8 @@ class Application:
             )
             self._stack.push_async_callback(engine.close)
             if metrics is not None:
-                metrics.watch_queue(lambda: engine.stats.in_flight, _scheduler_depth(self.backend))
+                backend_depth = self.backend.queue_depth if isinstance(self.backend, QueueReporting) else None
+                metrics.watch_queue(lambda: engine.stats.in_flight, backend_depth)
             readiness = Readiness({"database": database.ping, "backend": backend_check(self.backend)})
             self._running = _Running(engine=engine, database=database, readiness=readiness, metrics=metrics)
         except BaseException:
@@ -332,15 +333,3 @@ async def serve(settings: Settings) -> None:
         logger.info("Chinwag is up; press Ctrl-C to stop")
         await stop.wait()
         logger.info("shutting down")
-
-
-def _scheduler_depth(backend: Backend) -> Callable[[], int] | None:
-    """The local backend's batch scheduler depth, when it has one (read at each scrape)."""
-    if not hasattr(backend, "scheduler"):
-        return None
-
-    def depth() -> int:
-        scheduler = getattr(backend, "scheduler", None)
-        return int(getattr(scheduler, "depth", 0)) if scheduler is not None else 0
-
-    return depth

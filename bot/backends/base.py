@@ -87,6 +87,16 @@ class Pingable(Protocol):
         ...
 
 
+@runtime_checkable
+class QueueReporting(Protocol):
+    """A backend with a queue of its own in front of the model (the local backend's batch
+    scheduler), reported as a metrics gauge."""
+
+    def queue_depth(self) -> int:
+        """Requests waiting for or in the model right now; 0 when the queue is not running."""
+        ...
+
+
 async def backend_ready(backend: Backend) -> bool:
     """Whether `backend` can answer now: its `ping()` when it has one, else True (a backend
     without a remote part is ready once started)."""

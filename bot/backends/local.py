@@ -126,6 +126,11 @@ class LocalBackend:
         """The batch scheduler when batching runs (after `start`), else None."""
         return self._running.scheduler if self._running else None
 
+    def queue_depth(self) -> int:
+        """See `QueueReporting`: the batch scheduler's depth (0 without batching or before `start`)."""
+        scheduler = self.scheduler
+        return scheduler.depth if scheduler is not None else 0
+
     @property
     def context_window(self) -> int | None:
         """Tokens the prompt and reply share (encoder input for seq2seq); None before `start`."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.backends.base import PreparedPrompt
+from bot.backends.base import PreparedPrompt, QueueReporting
 from bot.backends.batching_settings import BatchingSettings
 from bot.backends.dtype_choice import bfloat16_is_faster, cpu_has_native_bf16
 from bot.backends.local import LocalBackend
@@ -145,14 +145,16 @@ async def test_full_queue_answers_busy_and_cancelling_frees_the_slot(
         assert await asyncio.wait_for(anext(running), WAIT)
         waiting = asyncio.create_task(text_of(backend.generate(prompt, greedy(5))))
         await wait_until(lambda: scheduler.depth == 2, WAIT, what="the second request is queued")
+        assert isinstance(backend, QueueReporting) and backend.queue_depth() == 2  # the metrics gauge
         with pytest.raises(BackendBusy):
             await text_of(backend.generate(prompt, greedy(5)))
         await running.aclose()  # frees the slot: the waiting one runs now
         assert await asyncio.wait_for(waiting, WAIT)
         assert await text_of(backend.generate(prompt, greedy(5)))
-        assert scheduler.depth == 0
+        assert scheduler.depth == backend.queue_depth() == 0
     finally:
         await backend.stop()
+    assert backend.queue_depth() == 0  # stopped: no queue, not an error
 
 
 async def test_forget_cancels_the_channel_and_drops_its_context(batched: LocalBackend) -> None:
