@@ -25,8 +25,8 @@ from bot.health import Readiness
 from bot.metrics import PrometheusMetrics
 from bot.ports import ChatService, HistoryReader
 
-# HistoryReader and WebOptions are part of this module's interface: its callers name them.
-__all__ = ["HistoryReader", "WebAdapter", "WebOptions", "create"]
+# WebOptions is part of this module's interface (callers that build a `WebAdapter` name it).
+__all__ = ["WebAdapter", "WebOptions", "create"]
 
 logger = logging.getLogger(__name__)
 

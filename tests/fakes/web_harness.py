@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from adapters.web import HistoryReader, WebAdapter, WebOptions
-from bot.ports import ChatService
+from adapters.web import WebAdapter, WebOptions
+from bot.ports import ChatService, HistoryReader
 
 
 @asynccontextmanager
