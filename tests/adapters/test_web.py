@@ -145,7 +145,7 @@ class HeldEcho(EchoBackend):
         self.resets.put_nowait(context_key)  # the engine calls this the moment it takes a /reset
 
     async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
-        if prompt.text.endswith(": held"):
+        if prompt.input_text.endswith(": held"):
             self.holding.set()
             await self.release.wait()
         async for chunk in super().generate(prompt, settings):
