@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -104,17 +103,12 @@ class DiscordAdapter:
         config: DiscordConfig,
         engine: ChatService,
         *,
-        channels: Iterable[int] = (),
-        edit_interval_s: float = 1.5,
-        first_post_delay_s: float = 0.5,
-        typing_interval_s: float = 8.0,
-        ready_timeout_s: float = 30.0,
-        guild_ready_timeout_s: float = 2.0,
-        drain_s: float = 10.0,
-        slash_commands: bool = True,
         last_seen: LastAnsweredIds | None = None,
-        backfill_max_age_s: float = 3600.0,
+        guild_ready_timeout_s: float = 2.0,
     ) -> None:
+        """Every tuning value comes from `config` (`discord:`); `last_seen` enables backfill (see
+        adapters/discord_backfill.py); `guild_ready_timeout_s` is discord.py's wait for the guilds
+        after READY (tests shorten it)."""
         if not has_token(config.token):
             raise ValueError("the Discord adapter needs a token")
         self._token = config.token
@@ -129,14 +123,14 @@ class DiscordAdapter:
         self._api_base = config.api_base
         self._gateway_url = config.gateway_url
         self._admins = frozenset(config.admins)
-        self._channels = frozenset(channels)
+        self._channels = frozenset(config.channels)
         self._engine = engine
         # Discord allows about 5 edits per 5 s per channel; one per `edit_interval_s` leaves room.
-        self._pacing = Pacing(edit_interval_s, typing_interval_s, first_post_delay_s)
-        self._ready_timeout_s = ready_timeout_s
+        self._pacing = Pacing(config.edit_interval_s, config.typing_interval_s, config.first_post_delay_s)
+        self._ready_timeout_s = config.ready_timeout_s
         self._guild_ready_timeout_s = guild_ready_timeout_s
-        self._drain_s = drain_s
-        self._slash_commands = slash_commands
+        self._drain_s = config.drain_s
+        self._slash_commands = config.slash_commands
         self._client: _Client | None = None
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -148,7 +142,7 @@ class DiscordAdapter:
             Backfill(
                 last_seen,
                 lambda message: self._on_message(message, redelivered=True),
-                max_age_s=backfill_max_age_s,
+                max_age_s=config.backfill_max_age_s,
                 shard=self._shard,
             )
             if last_seen is not None
@@ -354,19 +348,7 @@ def create(
     names, per channel, the last message the store has an answer for (the backfill's fallback)."""
     if not has_token(config.token):
         return None
-    return DiscordAdapter(
-        config,
-        engine,
-        channels=config.channels,
-        edit_interval_s=config.edit_interval_s,
-        first_post_delay_s=config.first_post_delay_s,
-        typing_interval_s=config.typing_interval_s,
-        ready_timeout_s=config.ready_timeout_s,
-        drain_s=config.drain_s,
-        slash_commands=config.slash_commands,
-        last_seen=last_answered,
-        backfill_max_age_s=config.backfill_max_age_s,
-    )
+    return DiscordAdapter(config, engine, last_seen=last_answered)
 
 
 __all__ = [

@@ -103,13 +103,8 @@ class TelegramAdapter:
         engine: ChatService,
         inbox: UpdateInbox,
         claim_role: ClaimRole,
-        *,
-        poll_timeout_s: int = 30,
-        edit_interval_s: float = 1.0,
-        typing_interval_s: float = 4.0,
-        admin_cache_s: float = 300.0,
-        drain_s: float = 10.0,
     ) -> None:
+        """Every tuning value comes from `config` (`telegram:`)."""
         if not has_token(config.token):
             raise ValueError("the Telegram adapter needs a token")
         self._token = config.token
@@ -119,10 +114,12 @@ class TelegramAdapter:
         self._inbox = inbox
         self._claim_role = claim_role
         self._claim: Claim | None = None
-        self._poll_timeout_s = poll_timeout_s
-        self._pacing = Pacing(edit_interval_s=edit_interval_s, typing_interval_s=typing_interval_s)
-        self._drain_s = drain_s
-        self._chat_admins = _AdminCache(admin_cache_s)
+        self._poll_timeout_s = config.poll_timeout_s
+        self._pacing = Pacing(
+            edit_interval_s=config.edit_interval_s, typing_interval_s=config.typing_interval_s
+        )
+        self._drain_s = config.drain_s
+        self._chat_admins = _AdminCache(config.admin_cache_s)
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._username = ""
         self._poller: asyncio.Task[None] | None = None
@@ -406,17 +403,7 @@ def create(
     """The adapter for `config` (`telegram:`), or None when no token is configured."""
     if not has_token(config.token):
         return None
-    return TelegramAdapter(
-        config,
-        engine,
-        inbox,
-        claim_role,
-        poll_timeout_s=config.poll_timeout_s,
-        edit_interval_s=config.edit_interval_s,
-        typing_interval_s=config.typing_interval_s,
-        admin_cache_s=config.admin_cache_s,
-        drain_s=config.drain_s,
-    )
+    return TelegramAdapter(config, engine, inbox, claim_role)
 
 
 __all__ = [

@@ -243,7 +243,6 @@ class TextCallLog:
 async def telegram_platform(
     engine: RecordingEngine, database: Database, requests: Counter[str]
 ) -> AsyncIterator[Exchange]:
-    defaults = TelegramConfig()
     log = TextCallLog()
 
     def on_call(call: TelegramCall) -> None:
@@ -258,11 +257,6 @@ async def telegram_platform(
             engine,
             UpdateInbox(database, "telegram"),
             lambda name: claim_exclusive(database, name),
-            poll_timeout_s=defaults.poll_timeout_s,
-            edit_interval_s=defaults.edit_interval_s,
-            typing_interval_s=defaults.typing_interval_s,
-            admin_cache_s=defaults.admin_cache_s,
-            drain_s=defaults.drain_s,
         )
         try:
             await adapter.start()
@@ -301,7 +295,6 @@ async def telegram_platform(
 async def discord_platform(
     engine: RecordingEngine, database: Database, requests: Counter[str]
 ) -> AsyncIterator[Exchange]:
-    defaults = DiscordConfig()
     log = TextCallLog()
 
     def on_call(call: DiscordCall) -> None:
@@ -314,19 +307,13 @@ async def discord_platform(
     async with FakeDiscord(token=DISCORD_TOKEN) as fake:
         fake.on_call = on_call
         config = DiscordConfig(
-            token=SecretStr(DISCORD_TOKEN), api_base=fake.api_base, gateway_url=fake.gateway_url
-        )
-        adapter = DiscordAdapter(
-            config,
-            engine,
-            edit_interval_s=defaults.edit_interval_s,
-            first_post_delay_s=defaults.first_post_delay_s,
-            typing_interval_s=defaults.typing_interval_s,
+            token=SecretStr(DISCORD_TOKEN),
+            api_base=fake.api_base,
+            gateway_url=fake.gateway_url,
             ready_timeout_s=10.0,
-            guild_ready_timeout_s=0.05,  # start-up only (as in the tests): READY sooner
-            drain_s=defaults.drain_s,
-            slash_commands=defaults.slash_commands,
         )
+        # guild_ready_timeout_s: start-up only (as in the tests): READY sooner.
+        adapter = DiscordAdapter(config, engine, guild_ready_timeout_s=0.05)
         try:
             await adapter.start()
 

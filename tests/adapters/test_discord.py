@@ -22,7 +22,7 @@ from bot.backends.echo import EchoBackend
 from bot.config import DiscordConfig, Settings
 from bot.engine import ChatEngine
 from bot.errors import ChinwagError
-from bot.ports import SamplingSettings
+from bot.ports import LastAnsweredIds, SamplingSettings
 from storage.db import Database
 from storage.repository import ChatRepository
 from tests.adapters.test_discord_events import LONG_TEXT, undo_fences
@@ -56,17 +56,22 @@ async def start_adapter(fake: FakeDiscord, make_engine: EngineFactory) -> AsyncI
     """Start adapters against the fake (each with its own engine unless one is given)."""
     adapters: list[DiscordAdapter] = []
 
-    async def start(engine: ChatEngine | None = None, **options: Any) -> DiscordAdapter:
+    async def start(
+        engine: ChatEngine | None = None, *, last_seen: LastAnsweredIds | None = None, **options: Any
+    ) -> DiscordAdapter:
+        """`options` are `discord:` config keys."""
+        options.setdefault("edit_interval_s", 0.2)
+        options.setdefault("ready_timeout_s", 10.0)
         config = DiscordConfig(
             token=SecretStr(TOKEN),
             admins=(ADMIN_IN_CONFIG,),
             api_base=fake.api_base,
             gateway_url=fake.gateway_url,
+            **options,
         )
-        options.setdefault("edit_interval_s", 0.2)
-        options.setdefault("guild_ready_timeout_s", 0.05)
-        options.setdefault("ready_timeout_s", 10.0)
-        adapter = DiscordAdapter(config, engine or await make_engine(), **options)
+        adapter = DiscordAdapter(
+            config, engine or await make_engine(), guild_ready_timeout_s=0.05, last_seen=last_seen
+        )
         adapters.append(adapter)
         await adapter.start()
         return adapter
@@ -350,8 +355,9 @@ async def test_no_ready_in_time_fails_start_cleanly(fake: FakeDiscord, make_engi
         token=SecretStr(TOKEN),
         api_base=fake.api_base,
         gateway_url="ws://127.0.0.1:9/",  # no gateway
+        ready_timeout_s=1.0,
     )
-    adapter = DiscordAdapter(config, await make_engine(), ready_timeout_s=1.0)
+    adapter = DiscordAdapter(config, await make_engine())
     with pytest.raises(ChinwagError, match="not ready"):
         await adapter.start()
     await adapter.stop()

@@ -254,21 +254,20 @@ async def test_a_new_session_after_a_long_outage_fetches_what_arrived_meanwhile(
     new session's backfill answers the message sent during the outage, once; the one answered
     before is not answered again."""
     engine = await make_engine()
-    config = DiscordConfig(token=SecretStr(TOKEN), api_base=fake.api_base, gateway_url=fake.gateway_url)
+    config = DiscordConfig(
+        token=SecretStr(TOKEN),
+        api_base=fake.api_base,
+        gateway_url=fake.gateway_url,
+        edit_interval_s=0.1,
+        first_post_delay_s=0,
+        ready_timeout_s=10.0,
+        slash_commands=False,
+    )
 
     async def last_seen() -> Mapping[str, str]:
         return await repository.last_platform_message_ids("discord")
 
-    adapter = DiscordAdapter(
-        config,
-        engine,
-        edit_interval_s=0.1,
-        first_post_delay_s=0,
-        guild_ready_timeout_s=0.05,
-        ready_timeout_s=10.0,
-        slash_commands=False,
-        last_seen=last_seen,
-    )
+    adapter = DiscordAdapter(config, engine, guild_ready_timeout_s=0.05, last_seen=last_seen)
     channel = GUILD_CHANNELS[0]
     await adapter.start()
     try:

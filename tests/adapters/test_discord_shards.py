@@ -35,8 +35,9 @@ async def start_shard(
         gateway_url=fake.gateway_url,
         shard_id=shard_id,
         shard_count=count,
+        ready_timeout_s=10.0,
     )
-    adapter = DiscordAdapter(config, await make_engine(), guild_ready_timeout_s=0.05, ready_timeout_s=10.0)
+    adapter = DiscordAdapter(config, await make_engine(), guild_ready_timeout_s=0.05)
     await adapter.start()
     return adapter
 

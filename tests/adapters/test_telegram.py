@@ -52,10 +52,12 @@ async def start_adapter(
     adapters: list[TelegramAdapter] = []
 
     async def start(engine: ChatEngine | None = None, **options: Any) -> TelegramAdapter:
-        config = TelegramConfig(token=SecretStr(TOKEN), base_url=fake.base_url, admins=(ADMIN_IN_CONFIG,))
         options.setdefault("poll_timeout_s", 1)
         options.setdefault("edit_interval_s", 0.2)
-        adapter = TelegramAdapter(config, engine or await make_engine(), *ports(database), **options)
+        config = TelegramConfig(
+            token=SecretStr(TOKEN), base_url=fake.base_url, admins=(ADMIN_IN_CONFIG,), **options
+        )
+        adapter = TelegramAdapter(config, engine or await make_engine(), *ports(database))
         adapters.append(adapter)
         await adapter.start()
         return adapter
