@@ -5,6 +5,11 @@ sendChatAction, getChatAdministrators, setMyCommands) with objects carrying ever
 requires, keeps updates until they are confirmed (real offset semantics, bounded long polling),
 records every call, and injects faults on demand (429 with retry_after, 500, a migrated group).
 Tests push user messages with `push_message`, which adds the entities the real server would.
+
+Text sent with `parse_mode: HTML` is checked like Telegram checks it (`telegram_html_text`): only
+Telegram's tags, properly nested and closed, `<`, `>` and `&` escaped outside them; a message that
+fails is answered 400 "can't parse entities" and recorded in `refused`. A message's `text` is what
+its user sees (the markup parsed away); `markup` is what the bot sent.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from typing import Any
 
 from aiohttp import web
@@ -46,7 +52,8 @@ _MENTION = re.compile(r"@[A-Za-z0-9_]{3,}")
 
 @dataclass
 class SentMessage:
-    """A message the bot sent, with its current text (after edits) and every version of it."""
+    """A message the bot sent: its current text as its user sees it (after edits), the markup and
+    parse mode that text was sent with, and every version of both."""
 
     chat_id: int
     message_id: int
@@ -54,7 +61,9 @@ class SentMessage:
     reply_to: int | None
     thread_id: int | None
     parse_mode: str | None
+    markup: str = ""
     versions: list[str] = field(default_factory=list)
+    markups: list[tuple[str, str | None]] = field(default_factory=list)  # (markup, parse_mode)
 
 
 @dataclass
@@ -98,6 +107,9 @@ class FakeTelegram:
         self.on_get_updates: Callable[[list[int]], None] | None = None
         # Called with every request before it is answered (e.g. to kill the bot at a chosen moment).
         self.on_call: Callable[[Call], None] | None = None
+        # Calls refused with "can't parse entities", with the reason given.
+        self.refused: list[tuple[Call, str]] = []
+        self._refuse_markup_with: str | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -198,6 +210,11 @@ class FakeTelegram:
         )
         self._faults.setdefault(method, []).append(_Fault(status, text, parameters, times))
 
+    def refuse_formatting_with(self, marker: str | None) -> None:
+        """From now on refuse every formatted text (any parse_mode) that contains `marker`, as
+        Telegram refuses markup it cannot parse; None stops refusing."""
+        self._refuse_markup_with = marker
+
     def migrate(self, old_chat_id: int, new_chat_id: int) -> None:
         """From now on, sending to `old_chat_id` fails with migrate_to_chat_id = `new_chat_id`."""
         self.migrated[old_chat_id] = new_chat_id
@@ -249,7 +266,10 @@ class FakeTelegram:
         if self.on_call is not None:
             self.on_call(call)
         try:
-            return await self._answer(method, params)
+            response = await self._answer(method, params)
+            if response.status == 400 and _ENTITY_ERROR in (response.text or ""):
+                self.refused.append((call, response.text or ""))
+            return response
         finally:
             await self._notify()
 
@@ -321,24 +341,43 @@ class FakeTelegram:
             self.on_get_updates(ids)
         return batch
 
-    def _send_message(self, params: dict[str, Any]) -> web.Response:
+    def _shown(self, params: dict[str, Any]) -> tuple[str, str | None] | web.Response:
+        """The text a message shows and its parse mode, or the error Telegram answers it with."""
         text = str(params.get("text", ""))
+        parse_mode = params.get("parse_mode") or None
+        if parse_mode is not None:
+            if self._refuse_markup_with is not None and self._refuse_markup_with in text:
+                return _error(400, f"Bad Request: {_ENTITY_ERROR}: refused on request of the test")
+            if parse_mode != "HTML":
+                return _error(400, f"Bad Request: unsupported parse_mode {parse_mode}")
+            try:
+                text = telegram_html_text(text)
+            except ValueError as error:
+                return _error(400, f"Bad Request: {_ENTITY_ERROR}: {error}")
         if not text.strip():
             return _error(400, "Bad Request: message text is empty")
-        if len(text.encode("utf-16-le")) // 2 > 4096:  # Telegram counts UTF-16 code units
+        if len(text.encode("utf-16-le")) // 2 > 4096:  # Telegram counts UTF-16 units of the shown text
             return _error(400, "Bad Request: message is too long")
-        if params.get("parse_mode") == "HTML" and not _balanced_html(text):
-            return _error(400, "Bad Request: can't parse entities: unsupported start tag")
+        return text, parse_mode
+
+    def _send_message(self, params: dict[str, Any]) -> web.Response:
+        shown = self._shown(params)
+        if isinstance(shown, web.Response):
+            return shown
+        text, parse_mode = shown
         chat_id = int(params["chat_id"])
         reply = params.get("reply_parameters") or {}
+        markup = str(params["text"])
         message = SentMessage(
             chat_id=chat_id,
             message_id=self._new_message_id(chat_id),
             text=text,
             reply_to=reply.get("message_id"),
             thread_id=params.get("message_thread_id"),
-            parse_mode=params.get("parse_mode"),
+            parse_mode=parse_mode,
+            markup=markup,
             versions=[text],
+            markups=[(markup, parse_mode)],
         )
         self.sent.append(message)
         return _ok(_message_json(message))
@@ -346,17 +385,18 @@ class FakeTelegram:
     def _edit_message(self, params: dict[str, Any]) -> web.Response:
         chat_id = int(params["chat_id"])
         message_id = int(params["message_id"])
-        text = str(params.get("text", ""))
         for message in self.sent:
             if message.chat_id == chat_id and message.message_id == message_id:
-                if not text.strip():
-                    return _error(400, "Bad Request: message text is empty")
-                if len(text.encode("utf-16-le")) // 2 > 4096:
-                    return _error(400, "Bad Request: MESSAGE_TOO_LONG")
-                if text == message.text:
+                shown = self._shown(params)
+                if isinstance(shown, web.Response):
+                    return shown
+                text, parse_mode = shown
+                markup = str(params["text"])
+                if (markup, parse_mode) == (message.markup, message.parse_mode):
                     return _error(400, "Bad Request: message is not modified")
-                message.text = text
+                message.text, message.markup, message.parse_mode = text, markup, parse_mode
                 message.versions.append(text)
+                message.markups.append((markup, parse_mode))
                 return _ok(_message_json(message))
         return _error(400, "Bad Request: message to edit not found")
 
@@ -375,14 +415,124 @@ def _entities(text: str) -> list[dict[str, Any]]:
     return entities
 
 
-def _balanced_html(text: str) -> bool:
-    tags = re.findall(r"<(/?)([a-zA-Z]+)[^>]*>", text)
-    depth = 0
-    for closing, _ in tags:
-        depth += -1 if closing else 1
-        if depth < 0:
-            return False
-    return depth == 0 and "<" not in re.sub(r"</?[a-zA-Z]+[^>]*>", "", text)
+_ENTITY_ERROR = "can't parse entities"
+# Telegram's HTML tags, and the attributes each may (and `a` must) carry.
+_TAGS = {
+    "b": (),
+    "strong": (),
+    "i": (),
+    "em": (),
+    "u": (),
+    "ins": (),
+    "s": (),
+    "strike": (),
+    "del": (),
+    "a": ("href",),
+    "code": ("class",),
+    "pre": (),
+    "blockquote": ("expandable",),
+    "tg-spoiler": (),
+    "span": ("class",),
+}
+_CODE_TAGS = frozenset({"code", "pre"})
+_NAMED_ENTITIES = frozenset({"lt", "gt", "amp", "quot"})
+
+
+def telegram_html_text(markup: str) -> str:
+    """The text a message sent with `parse_mode: HTML` shows, checked as Telegram checks it:
+    only Telegram's tags, each closed in order; `<`, `>`, `&` escaped outside tags (only the
+    entities &lt; &gt; &amp; &quot; and numeric ones); `a` with an href; `code` with a class only
+    directly in `pre`; code and pre holding no other tag and inside none but a block quote; no
+    link in a link, no quote in a quote. Raises ValueError naming what is wrong."""
+    parser = _TelegramHtml()
+    parser.feed(markup)
+    parser.close()
+    if parser.error is None and parser.stack:
+        parser.error = f"can't find end tag corresponding to start tag {parser.stack[-1]}"
+    if parser.error is not None:
+        raise ValueError(parser.error)
+    return "".join(parser.text)
+
+
+class _TelegramHtml(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.text: list[str] = []
+        self.stack: list[str] = []
+        self.error: str | None = None
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        reason = self._refusal(tag, dict(attrs))
+        if reason is None:
+            self.stack.append(tag)
+        else:
+            self._fail(reason)
+
+    def _refusal(self, tag: str, attributes: dict[str, str | None]) -> str | None:
+        """Why Telegram refuses this start tag here; None when it takes it."""
+        allowed = _TAGS.get(tag)
+        if allowed is None:
+            return f'unsupported start tag "{tag}"'
+        if any(name not in allowed for name in attributes):
+            return f'unsupported attribute in tag "{tag}"'
+        if tag == "a" and not attributes.get("href"):
+            return "a link without href"
+        if tag == "span" and attributes.get("class") != "tg-spoiler":
+            return "span without class tg-spoiler"
+        language = attributes.get("class") if tag == "code" else None  # only a code block has one
+        if language is not None and (self.stack[-1:] != ["pre"] or not language.startswith("language-")):
+            return "code with a class outside pre"
+        inside = self.stack[-1] if self.stack else None
+        if inside in _CODE_TAGS and not (inside == "pre" and tag == "code"):
+            return f'"{tag}" inside "{inside}"'
+        if tag in _CODE_TAGS and any(open_ not in ("blockquote", "pre") for open_ in self.stack):
+            return f'"{tag}" inside formatting'
+        if tag in self.stack and tag in ("a", "blockquote"):
+            return f'nested "{tag}"'
+        return None
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._fail(f'unsupported self-closing tag "{tag}"')
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.stack or self.stack[-1] != tag:
+            self._fail(f'unmatched end tag "{tag}"')
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        for character in "<>&":
+            if character in data:
+                self._fail(f'unescaped "{character}" in text')
+        self.text.append(data)
+
+    def handle_entityref(self, name: str) -> None:
+        if name not in _NAMED_ENTITIES:
+            self._fail(f'unsupported entity "&{name};"')
+        self.text.append({"lt": "<", "gt": ">", "amp": "&", "quot": '"'}.get(name, ""))
+
+    def handle_charref(self, name: str) -> None:
+        try:
+            code = int(name[1:], 16) if name[:1] in "xX" else int(name)
+            self.text.append(chr(code))
+        except (ValueError, OverflowError):
+            self._fail(f'bad character reference "&#{name};"')
+
+    def handle_comment(self, data: str) -> None:
+        self._fail("a comment")
+
+    def handle_decl(self, decl: str) -> None:
+        self._fail("a declaration")
+
+    def handle_pi(self, data: str) -> None:
+        self._fail("a processing instruction")
+
+    def unknown_decl(self, data: str) -> None:
+        self._fail("a declaration")
 
 
 def _message_json(message: SentMessage) -> dict[str, Any]:
