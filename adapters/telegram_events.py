@@ -116,15 +116,20 @@ def utf16_length(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
+def telegram_parts(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """`text` cut into parts of at most `limit` UTF-16 units whose concatenation is exactly `text`:
+    `split_reply` at `limit` characters, and a part still over `limit` units cut again at
+    `limit // 2` characters (`limit` characters hold at most `2 * limit` units, so half fits)."""
+    parts: list[str] = []
+    for piece in split_reply(text, limit):
+        parts.extend([piece] if utf16_length(piece) <= limit else split_reply(piece, max(1, limit // 2)))
+    return parts
+
+
 def telegram_pieces(text: str) -> list[str]:
-    """`text` as Telegram messages: `split_reply` pieces of at most 4096 UTF-16 units, blank ones
-    dropped (Telegram refuses an empty message and trims the whitespace anyway)."""
-    pieces: list[str] = []
-    for piece in split_reply(text, MESSAGE_LIMIT):
-        # 4096 characters hold at most 8192 UTF-16 units: halving the limit always fits.
-        parts = [piece] if utf16_length(piece) <= MESSAGE_LIMIT else split_reply(piece, MESSAGE_LIMIT // 2)
-        pieces.extend(part for part in parts if part.strip())
-    return pieces
+    """`text` as plain Telegram messages: its `telegram_parts`, blank ones dropped (Telegram
+    refuses an empty message and trims the whitespace anyway)."""
+    return [part for part in telegram_parts(text) if part.strip()]
 
 
 def chat_id_of(payload: dict[str, Any]) -> int:
