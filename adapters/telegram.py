@@ -9,7 +9,8 @@ twice only if it strikes between sending a reply and marking it done.
 
 Sending: `adapters.delivery` streams each reply through a `TelegramSink` (`telegram_sending.py`):
 typing while the reply is generated, the first chunk sent then edited at most once per second, the
-final text split into messages of at most 4096 UTF-16 units. A group upgraded to a supergroup
+final text split into messages showing at most 4096 UTF-16 units, the model's Markdown rendered as
+Telegram HTML (`telegram_format.py`; plain text where Telegram refuses it). A group upgraded to a supergroup
 (`ChatMigrated`, or the migrate_to/from service messages) is followed to its new id, and its
 history moves along. Conversion from updates to `ChatEvent`s is in `telegram_events.py`.
 

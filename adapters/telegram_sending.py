@@ -1,9 +1,11 @@
 """Sending to Telegram: Bot API calls under the retry policy, and the delivery sink of one reply.
 
-Plain text only (no parse_mode: a model's Markdown cannot break a reply). 429s are waited out,
-connection failures retried with backoff, a group upgraded to a supergroup (`ChatMigrated`)
-followed to its new id. Log lines name error types only: a library error's text can hold the URL,
-and with it the token.
+Replies are Markdown rendered to Telegram HTML (`telegram_format.py`), each message and each
+streamed preview well-formed on its own. Should Telegram still refuse the formatting ("can't parse
+entities"), the same message goes out as plain text, and so does the rest of that reply. 429s are
+waited out, connection failures retried with backoff, a group upgraded to a supergroup
+(`ChatMigrated`) followed to its new id. Log lines name error types only: a library error's text
+can hold the URL, and with it the token.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, ChatMigrated, NetworkError, RetryAfter, TelegramError, TimedOut
 
 from adapters.retrying import call_with_retries
-from adapters.telegram_events import telegram_pieces
+from adapters.telegram_format import PARSE_MODE, plain_text, telegram_html_pieces
 from bot.backoff import Backoff
 
 logger = logging.getLogger(__name__)
@@ -78,18 +80,39 @@ async def request(
     return await call_with_retries(call, retry_delay, attempts=MAX_ATTEMPTS)
 
 
+def refused_formatting(error: BadRequest) -> bool:
+    """Whether Telegram refused a message's markup (rather than the message)."""
+    return "can't parse entities" in str(error).lower()
+
+
 class TelegramSink:
-    """One reply's way into a Telegram chat (a `adapters.delivery.Sink`)."""
+    """One reply's way into a Telegram chat (a `adapters.delivery.Sink`).
+
+    Its messages are Telegram HTML (`pieces`). After Telegram refuses the formatting once, the
+    message is sent or edited again as plain text (`plain_text`), and the rest of the reply goes
+    out plain without trying: one warning per reply, no message lost.
+    """
 
     def __init__(self, bot: Bot, target: Target, follow_migration: FollowMigration) -> None:
         self._bot = bot
         self._target = target
         self._follow_migration = follow_migration
+        self._plain = False  # Telegram refused this reply's formatting: send the rest plain
 
     def pieces(self, text: str) -> list[str]:
-        return telegram_pieces(text)
+        return telegram_html_pieces(text)
 
     async def send(self, text: str, *, quote: bool) -> Message:
+        if not self._plain:
+            try:
+                return await self._send(text, PARSE_MODE, quote=quote)
+            except BadRequest as error:
+                if not refused_formatting(error):
+                    raise
+                self._refused(error)
+        return await self._send(plain_text(text), None, quote=quote)
+
+    async def _send(self, text: str, parse_mode: str | None, *, quote: bool) -> Message:
         target = self._target
 
         def send() -> Awaitable[Message]:
@@ -98,6 +121,7 @@ class TelegramSink:
             return self._bot.send_message(
                 chat_id=target.chat_id,
                 text=text,
+                parse_mode=parse_mode,
                 message_thread_id=target.thread_id,
                 reply_parameters=(
                     ReplyParameters(reply_to, allow_sending_without_reply=True)
@@ -109,11 +133,23 @@ class TelegramSink:
         return await request(send, target, self._follow_migration)
 
     async def edit(self, message: Message, text: str) -> bool:
+        if not self._plain:
+            try:
+                return await self._edit(message, text, PARSE_MODE)
+            except BadRequest as error:
+                if not refused_formatting(error):
+                    raise
+                self._refused(error)
+        return await self._edit(message, plain_text(text), None)
+
+    async def _edit(self, message: Message, text: str, parse_mode: str | None) -> bool:
+        """Set the text; True when it shows (also when it showed already). A refused formatting
+        raises; any other refusal (the message was deleted…) is logged and gives False."""
         target = self._target
 
         async def edit() -> None:
             await self._bot.edit_message_text(
-                chat_id=target.chat_id, message_id=message.message_id, text=text
+                chat_id=target.chat_id, message_id=message.message_id, text=text, parse_mode=parse_mode
             )
 
         try:
@@ -121,9 +157,19 @@ class TelegramSink:
         except BadRequest as error:
             if "not modified" in str(error).lower():
                 return True
+            if parse_mode is not None and refused_formatting(error):
+                raise
             logger.warning("telegram: could not edit a reply in %d (%s)", target.chat_id, error.message)
             return False
         return True
+
+    def _refused(self, error: BadRequest) -> None:
+        self._plain = True
+        logger.warning(
+            "telegram: formatting refused in %d (%s); this reply goes out as plain text",
+            self._target.chat_id,
+            error.message,
+        )
 
     async def typing(self) -> None:
         # Cosmetic: never retry or fail a reply over a typing indicator.

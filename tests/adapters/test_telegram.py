@@ -17,6 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from adapters.telegram import TelegramAdapter, create
+from adapters.telegram_format import telegram_html_pieces, visible_text
 from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
 from bot.config import Settings, TelegramConfig
@@ -180,7 +181,8 @@ async def test_a_long_reply_arrives_as_several_exact_messages(
     assert len(text) == 10_000
     await start_adapter(await make_engine(LongBackend(text), model={"max_new_tokens": 8192}))
     fake.push_message(111, "tell me everything")
-    await fake.wait_for(lambda: "".join(fake.texts(111)) == text, timeout=10)
+    # What users see is the text rendered (Markdown: paragraphs lose their trailing spaces).
+    await fake.wait_for(lambda: "".join(fake.texts(111)) == visible_text(text), timeout=10)
     assert len(fake.texts(111)) >= 3
     assert all(len(piece) <= 4096 for piece in fake.texts(111))
 
@@ -447,3 +449,107 @@ async def test_a_streamed_message_deleted_midway_gets_the_reply_posted_anew(
     await fake.wait_for(lambda: len(fake.sent) == 1)
     fake.delete(fake.sent[0])
     await fake.wait_for(lambda: fake.texts(111) == [f"echo[0]: {words}"], timeout=10)
+
+
+# --- Markdown as Telegram HTML ----------------------------------------------------------------
+
+MARKDOWN = (
+    "## Plan\n\nUse **bold**, *italic* and `x < y`; see [docs](https://example.com/d?a=1&b=2).\n\n"
+    "- one\n- two\n\n```python\nprint('<&>')\n```\n\n> quoted"
+)
+
+
+async def test_a_markdown_reply_arrives_as_telegram_html(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    await start_adapter(await make_engine(LongBackend(MARKDOWN)))
+    fake.push_message(111, "format something")
+    await fake.wait_for(lambda: fake.texts(111) == [visible_text(MARKDOWN)])
+    (message,) = fake.sent
+    assert (message.markup, message.parse_mode) == (telegram_html_pieces(MARKDOWN)[0], "HTML")
+    assert message.text == (
+        "Plan\n\nUse bold, italic and x < y; see docs.\n\n• one\n• two\n\nprint('<&>')\n\nquoted"
+    )
+    assert "<pre><code class=\"language-python\">print('&lt;&amp;&gt;')</code></pre>" in message.markup
+    assert '<a href="https://example.com/d?a=1&amp;b=2">docs</a>' in message.markup
+    assert fake.refused == []
+
+
+async def test_formatting_telegram_refuses_arrives_as_plain_text(
+    fake: FakeTelegram,
+    start_adapter: StartAdapter,
+    make_engine: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    text = "**Hello** there, see [docs](https://example.com/d)."
+    await start_adapter(await make_engine(LongBackend(text)))
+    fake.refuse_formatting_with("<b>")
+    with caplog.at_level(logging.WARNING, logger="adapters.telegram_sending"):
+        fake.push_message(111, "hi")
+        await fake.wait_for(lambda: fake.texts(111) == ["Hello there, see docs (https://example.com/d)."])
+    (message,) = fake.sent
+    assert message.parse_mode is None and message.markup == message.text
+    assert [call.params.get("parse_mode") for call, _ in fake.refused] == ["HTML"]  # tried once
+    refusals = [r for r in caplog.records if "formatting refused" in r.getMessage()]
+    assert len(refusals) == 1  # one warning for the reply
+
+    # The fallback is per reply: once Telegram takes the formatting again, so does the bot.
+    fake.refuse_formatting_with(None)
+    fake.push_message(111, "again")
+    await fake.wait_for(lambda: len(fake.texts(111)) == 2 and fake.texts(111)[1] == visible_text(text))
+    assert fake.sent[1].parse_mode == "HTML" and "<b>Hello</b>" in fake.sent[1].markup
+
+
+async def test_a_long_markdown_reply_arrives_as_several_valid_html_parts(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    code = "\n".join(f"    total += weights[{i}] * values[{i}]  # <{i}> & co" for i in range(300))
+    text = f"Intro with **bold**.\n\n```python\n{code}\n```\n\nOutro with *italic*."
+    await start_adapter(await make_engine(LongBackend(text), model={"max_new_tokens": 8192}))
+    fake.push_message(111, "long code please")
+    await fake.wait_for(lambda: "".join(fake.texts(111)) == visible_text(text), timeout=10)
+    pieces = telegram_html_pieces(text)
+    assert len(pieces) >= 3
+    assert [(m.markup, m.parse_mode) for m in fake.sent] == [(piece, "HTML") for piece in pieces]
+    assert all(len(m.text.encode("utf-16-le")) // 2 <= 4096 for m in fake.sent)
+    opening = '<pre><code class="language-python">'
+    assert all(m.markup.startswith(opening) for m in fake.sent[1:])  # the code block goes on
+    assert fake.refused == []
+
+
+class StepBackend(EchoBackend):
+    """Answers with `chunks`, each yielded only once the fake shows what came before: every stage
+    of the reply is seen as a streamed version of the message."""
+
+    def __init__(self, fake: FakeTelegram, chunks: list[str]) -> None:
+        self.fake = fake
+        self.chunks = chunks
+
+    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+        so_far = ""
+        for chunk in self.chunks:
+            if so_far:
+                await self._until_shown(so_far)
+            so_far += chunk
+            yield chunk
+
+    async def _until_shown(self, markdown: str) -> None:
+        expected = [visible_text(markdown)]
+        await self.fake.wait_for(lambda: self.fake.texts(111) == expected)
+
+
+async def test_streamed_previews_are_valid_html_even_inside_an_unclosed_code_block(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    chunks = ["Here is **code**:\n```python\nx = 1 < 2\n", "y = x & 3\n", "```\nAnd *done*."]
+    await start_adapter(await make_engine(StepBackend(fake, chunks)), edit_interval_s=0.05)
+    fake.push_message(111, "stream it")
+    text = "".join(chunks)
+    await fake.wait_for(lambda: fake.texts(111) == [visible_text(text)])
+    (message,) = fake.sent
+    stages = [chunks[0], chunks[0] + chunks[1], text]
+    assert message.markups == [(telegram_html_pieces(stage)[0], "HTML") for stage in stages]
+    assert message.markups[0][0] == (
+        'Here is <b>code</b>:\n\n<pre><code class="language-python">x = 1 &lt; 2</code></pre>'
+    )
+    assert len(fake.calls_to("editMessageText")) == 2 and fake.refused == []
