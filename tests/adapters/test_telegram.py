@@ -553,3 +553,25 @@ async def test_streamed_previews_are_valid_html_even_inside_an_unclosed_code_blo
         'Here is <b>code</b>:\n\n<pre><code class="language-python">x = 1 &lt; 2</code></pre>'
     )
     assert len(fake.calls_to("editMessageText")) == 2 and fake.refused == []
+
+
+async def test_an_edit_whose_formatting_is_refused_shows_plain_text_and_the_reply_stays_plain(
+    fake: FakeTelegram,
+    start_adapter: StartAdapter,
+    make_engine: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    chunks = ["Plain *start*", " then **bold**", " and the end."]
+    await start_adapter(await make_engine(StepBackend(fake, chunks)), edit_interval_s=0.05)
+    fake.refuse_formatting_with("<b>")
+    with caplog.at_level(logging.WARNING, logger="adapters.telegram_sending"):
+        fake.push_message(111, "stream it")
+        await fake.wait_for(lambda: fake.texts(111) == ["Plain start then bold and the end."])
+    (message,) = fake.sent
+    assert message.markups == [
+        ("Plain <i>start</i>", "HTML"),  # taken as HTML
+        ("Plain start then bold", None),  # refused as HTML, so edited as plain text
+        ("Plain start then bold and the end.", None),  # the rest of the reply: plain at once
+    ]
+    assert [call.method for call, _ in fake.refused] == ["editMessageText"]
+    assert len([r for r in caplog.records if "formatting refused" in r.getMessage()]) == 1
