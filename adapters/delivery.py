@@ -110,6 +110,11 @@ async def _stream(reply: Reply, sink: Sink[M], pacing: Pacing) -> _Streamed[M]:
                 break
             preview = _preview(reply, sink)
             if not preview or preview == shown:
+                if shown:
+                    # Nothing new for the first message (it is full): look again at the edit pace,
+                    # not at every chunk, since cutting a long reply into pieces (Telegram renders
+                    # its Markdown) costs more than the chunk it would show.
+                    await asyncio.wait({reader}, timeout=pacing.edit_interval_s)
                 continue
             if first is None:
                 if pacing.first_post_delay_s > 0:

@@ -43,7 +43,8 @@ from typing import Any, TypeVar
 from pydantic import SecretStr
 
 from adapters.discord import DiscordAdapter, discord_pieces
-from adapters.telegram import TelegramAdapter, telegram_pieces
+from adapters.telegram import TelegramAdapter
+from adapters.telegram_format import visible_pieces
 from bench.harness import bench_engine, fresh_sqlite, percentile
 from bot.app import build_backend
 from bot.backends.base import Backend
@@ -274,7 +275,7 @@ async def telegram_platform(
                         engine,
                         key,
                         index,
-                        pieces=telegram_pieces,
+                        pieces=visible_pieces,
                         texts=lambda: fake.texts(chat_id),
                         texts_before=texts_before,
                         wait_for=lambda condition: fake.wait_for(condition, within),
