@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from adapters.web_app import DEFAULT_MODEL_NAME, DEFAULT_SYSTEM_PROMPT, build_app
+from adapters.web_openai import served_model_name
 from adapters.web_options import WebOptions
 from bot.config import ModelConfig, WebConfig
 from bot.errors import ChinwagError
@@ -151,7 +152,7 @@ def create(
         engine,
         history,
         WebOptions.from_config(web),
-        model_name=str(model.name or model.backend),
+        model_name=served_model_name(model),
         system_prompt=model.system_prompt,
         readiness=readiness,
         metrics=metrics if web.metrics else None,
