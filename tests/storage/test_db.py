@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -181,6 +184,55 @@ async def test_a_folder_where_the_sqlite_file_should_be_is_named(tmp_path: Path)
         str(caught.value)
         == f"cannot create/write the database at {tmp_path}/bot.db: that is a folder, not a file"
     )
+
+
+# A child process starts the database and prints the error: under root, with the capabilities
+# dropped that let root write anywhere (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so the folder's
+# mode bites as it does for any other user.
+_START_AND_REPORT = """
+import asyncio, sys
+from bot.errors import StorageError
+from storage.db import Database
+
+async def main() -> None:
+    database = Database("sqlite+aiosqlite:///" + sys.argv[1])
+    try:
+        await database.start()
+    except StorageError as error:
+        print(error)
+    else:
+        print("started")
+    await database.stop()
+
+asyncio.run(main())
+"""
+_AS_ANY_USER = (
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+)
+
+
+def test_a_read_only_folder_is_reported_as_not_writable(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    folder.chmod(0o555)
+    command = [sys.executable, "-c", _START_AND_REPORT, str(folder / "bot.db")]
+    if os.geteuid() == 0:  # CI runs as root, which a chmod does not stop
+        command = [*_AS_ANY_USER, *command]
+    repo = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": repo},
+        check=False,
+    )
+    assert done.stdout.strip() == (
+        f"cannot create/write the database at {folder}/bot.db: the folder {folder} is not writable "
+        "(permission denied)"
+    ), done.stderr
 
 
 def test_an_unwritable_folder_is_reported_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
