@@ -135,16 +135,18 @@ def to_conversation(request: ChatCompletionRequest, default_system_prompt: str) 
 
 
 def served_model_name(model: ModelConfig) -> str:
-    """The model the bot runs, as `/v1/` names it: the local model's path (`bundled:smollm2`, a
-    directory, a .gguf file), the server's model name for openai (and tgi when set; else its
-    URL), `echo` for the echo backend."""
+    """The model the bot runs, as `/v1/` names it: `model.name` when set (the server's model for
+    openai; a display name otherwise), else the local model's path (`bundled:smollm2`, a
+    directory, a .gguf file), a tgi server's URL, or `echo`."""
+    if model.name:
+        return model.name
     match model.backend:
         case "local":
             return model.path
-        case "echo":
-            return "echo"
+        case "tgi":
+            return model.base_url or model.backend
         case _:
-            return model.name or model.base_url or model.backend
+            return model.backend
 
 
 def _usage(usage: Usage | None) -> dict[str, int] | None:

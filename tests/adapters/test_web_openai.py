@@ -242,6 +242,7 @@ def test_the_served_model_name_is_what_the_bot_runs() -> None:
     openai_model = ModelConfig(backend="openai", base_url="http://127.0.0.1:8000/v1", name="Qwen/Qwen2.5-7B")
     assert served_model_name(openai_model) == "Qwen/Qwen2.5-7B"
     assert served_model_name(ModelConfig(backend="tgi", base_url="http://tgi:8080")) == "http://tgi:8080"
+    assert served_model_name(ModelConfig(name="my-bot", path="/models/qwen2.5-1.5b")) == "my-bot"
 
 
 async def test_models_and_completions_name_the_configured_model(
