@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from collections.abc import Iterator
 
 import uvicorn
 
 from adapters.web_app import DEFAULT_MODEL_NAME, DEFAULT_SYSTEM_PROMPT, build_app
+from adapters.web_openai import served_model_name
 from adapters.web_options import WebOptions
 from bot.config import ModelConfig, WebConfig
 from bot.errors import ChinwagError
@@ -26,7 +29,7 @@ from bot.metrics import PrometheusMetrics
 from bot.ports import ChatService, HistoryReader
 
 # WebOptions is part of this module's interface (callers that build a `WebAdapter` name it).
-__all__ = ["WebAdapter", "WebOptions", "create"]
+__all__ = ["WebAdapter", "WebOptions", "create", "ensure_port_free"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +138,44 @@ class WebAdapter:
         self._server = None
 
 
+def ensure_port_free(host: str, port: int) -> None:
+    """Pre-flight for start-up: bind `host:port` (every address `host` resolves to) and let go.
+
+    Called before the model loads, so a port already taken (a second `make run`) fails in a
+    moment, naming `web.port`, instead of after the load. Raises `ChinwagError` when a bind
+    fails; port 0 (any free port) always passes. A port taken between this check and the real
+    bind still fails later, in `WebAdapter.start`.
+    """
+    if port == 0:
+        return
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise ChinwagError(f"web.host: cannot resolve {host!r} ({error.strerror})") from None
+    for family, kind, protocol, _name, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            # As asyncio's create_server (under uvicorn) binds: SO_REUSEADDR, so a port in
+            # TIME_WAIT passes and a listener does not; IPv6 sockets IPv6-only; an IPv6 address
+            # the machine lacks is skipped.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRNOTAVAIL and family == socket.AF_INET6:
+                    continue
+                if error.errno == errno.EADDRINUSE:
+                    reason = "the port is already in use (is another Chinwag running?)"
+                else:
+                    reason = error.strerror or type(error).__name__
+                raise ChinwagError(
+                    f"the web server cannot listen on {where}: {reason}; stop the other program "
+                    f"or set web.port (now {port}) in the config file to a free port"
+                ) from None
+
+
 def create(
     web: WebConfig,
     model: ModelConfig,
@@ -151,7 +192,7 @@ def create(
         engine,
         history,
         WebOptions.from_config(web),
-        model_name=str(model.name or model.backend),
+        model_name=served_model_name(model),
         system_prompt=model.system_prompt,
         readiness=readiness,
         metrics=metrics if web.metrics else None,

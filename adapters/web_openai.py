@@ -4,6 +4,11 @@ The request's `messages` are the whole conversation (system messages become the 
 earlier user/assistant turns the history, the last user message the new message): nothing is read
 from or written to a channel's stored history. Answers come from a `Completer`: the web app
 passes `ChatEngine.complete`, which applies the backend, limits, timeout and logging.
+
+`model` in every answer is the model the bot runs (`model_name`), whatever the request named:
+a client must not be told it got the model it asked for. `finish_reason` and `usage` are the
+backend's (`Reply.finish_reason`, `Reply.usage`): "length" when the token limit cut the reply,
+and `usage` null where the backend does not count tokens (a remote server that sent none).
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from bot.config import ModelConfig
 from bot.errors import ChinwagError, RateLimited
 from bot.ports import Conversation, SamplingOverrides, Turn
-from bot.reply import Reply, ReplyStatus
+from bot.reply import Reply, ReplyStatus, Usage
 from bot.sanitize import sanitize_text
 
 MAX_STOP_SEQUENCES = 4
@@ -54,6 +60,14 @@ class ChatMessageIn(BaseModel):
     content: str | list[ContentPart] | None = None
 
 
+class StreamOptions(BaseModel):
+    """`stream_options`: `include_usage` adds a last chunk with the usage and no choices."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(BaseModel):
     """The body of `POST /v1/chat/completions`."""
 
@@ -62,6 +76,7 @@ class ChatCompletionRequest(BaseModel):
     model: str | None = None
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=1000)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -119,27 +134,68 @@ def to_conversation(request: ChatCompletionRequest, default_system_prompt: str) 
 # Responses in OpenAI's exact shapes
 
 
-def _chunk(completion_id: str, created: int, model: str, delta: dict[str, str], finish: str | None) -> bytes:
-    body = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+def served_model_name(model: ModelConfig) -> str:
+    """The model the bot runs, as `/v1/` names it: `model.name` when set (the server's model for
+    openai; a display name otherwise), else the local model's path (`bundled:smollm2`, a
+    directory, a .gguf file), a tgi server's URL, or `echo`."""
+    if model.name:
+        return model.name
+    match model.backend:
+        case "local":
+            return model.path
+        case "tgi":
+            return model.base_url or model.backend
+        case _:
+            return model.backend
+
+
+def _usage(usage: Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
     }
+
+
+def _sse(body: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()
 
 
-async def _stream(reply: Reply, completion_id: str, created: int, model: str) -> AsyncIterator[bytes]:
-    yield _chunk(completion_id, created, model, {"role": "assistant", "content": ""}, None)
+class _Chunks:
+    """The `chat.completion.chunk` events of one streamed completion."""
+
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
+        self._head = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+        }
+
+    def delta(self, delta: dict[str, str], finish: str | None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _sse({**self._head, "choices": [choice]})
+
+    def usage(self, usage: Usage | None) -> bytes:
+        # OpenAI's last chunk with `include_usage`: no choices, the whole request's usage.
+        return _sse({**self._head, "choices": [], "usage": _usage(usage)})
+
+
+async def _stream(reply: Reply, chunks: _Chunks, *, include_usage: bool) -> AsyncIterator[bytes]:
+    yield chunks.delta({"role": "assistant", "content": ""}, None)
     async for text in reply:
-        yield _chunk(completion_id, created, model, {"content": text}, None)
-    yield _chunk(completion_id, created, model, {}, "stop")
+        yield chunks.delta({"content": text}, None)
+    # The reply is done: its finish reason and usage are final.
+    yield chunks.delta({}, reply.finish_reason or "stop")
+    if include_usage:
+        yield chunks.usage(reply.usage)
     yield b"data: [DONE]\n\n"
 
 
-def _completion(completion_id: str, created: int, model: str, text: str) -> dict[str, Any]:
+def _completion(completion_id: str, created: int, model: str, text: str, reply: Reply) -> dict[str, Any]:
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -151,11 +207,10 @@ def _completion(completion_id: str, created: int, model: str, text: str) -> dict
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": None},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": reply.finish_reason or "stop",
             }
         ],
-        # Token counts are the backend's business and it does not report them yet.
-        "usage": None,
+        "usage": _usage(reply.usage),
     }
 
 
@@ -168,7 +223,8 @@ def build_openai_router(
     default_system_prompt: str,
 ) -> APIRouter:
     """The `/v1/` routes. `authorized(request)` decides access (API keys, or loopback);
-    `user_key(request)` names the client for the rate limit (shared with the chat API)."""
+    `user_key(request)` names the client for the rate limit (shared with the chat API);
+    `model_name` is what every answer says it ran (see `served_model_name`)."""
     router = APIRouter(prefix="/v1")
 
     def check(request: Request) -> None:
@@ -199,16 +255,16 @@ def build_openai_router(
             raise HTTPException(503, "the bot is shutting down") from error
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        model = body.model or model_name
         if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(
-                _stream(reply, completion_id, created, model),
+                _stream(reply, _Chunks(completion_id, created, model_name), include_usage=include_usage),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         text = await reply.text()
         if reply.status is ReplyStatus.FAILED:
             raise HTTPException(502, text)
-        return JSONResponse(_completion(completion_id, created, model, text))
+        return JSONResponse(_completion(completion_id, created, model_name, text, reply))
 
     return router

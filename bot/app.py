@@ -314,13 +314,25 @@ class Application:
         await self._stack.aclose()
 
 
-async def serve(settings: Settings) -> None:
-    """`python -m bot run`: run every enabled adapter until SIGINT or SIGTERM."""
+def preflight(settings: Settings) -> None:
+    """Checks that need no model, run before anything loads: the web port is free (when the
+    web adapter is on). Raises `ChinwagError` naming the setting to change."""
+    if settings.web.enabled:
+        from adapters.web import ensure_port_free
+
+        ensure_port_free(settings.web.host, settings.web.port)
+
+
+async def serve(settings: Settings, backend: Backend | None = None) -> None:
+    """`python -m bot run`: run every enabled adapter until SIGINT or SIGTERM. `backend`
+    replaces the one `settings` name (tests). The `preflight` checks run first, so a taken port
+    stops start-up before the model loads."""
+    preflight(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with Application(settings) as app, AsyncExitStack() as adapters:
+    async with Application(settings, backend) as app, AsyncExitStack() as adapters:
         started = []
         for adapter in app.adapters():
             await adapter.start()

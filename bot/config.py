@@ -284,13 +284,15 @@ def parse_settings(raw: Any, source: str = "config", environ: Mapping[str, str] 
 def load_settings(
     path: Path | str = DEFAULT_CONFIG_PATH, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Read and validate a config file. A missing default file means "all defaults"."""
+    """Read and validate a config file. A missing default file means "all defaults". A relative
+    SQLite path in `storage.url` is taken relative to the config file's folder (see
+    `anchor_sqlite_path`)."""
     config_path = Path(path)
     try:
         text = config_path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        if config_path == DEFAULT_CONFIG_PATH:
-            return parse_settings({}, str(config_path), environ)
+        if config_path == DEFAULT_CONFIG_PATH:  # all defaults, with the folder it would be in
+            return anchor_sqlite_path(parse_settings({}, str(config_path), environ), config_path.parent)
         raise ConfigError(f"{config_path}: file not found") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{config_path}: cannot read the file ({type(error).__name__})") from None
@@ -300,4 +302,27 @@ def load_settings(
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{config_path}: not valid YAML{where}") from None
-    return parse_settings(raw, str(config_path), environ)
+    return anchor_sqlite_path(parse_settings(raw, str(config_path), environ), config_path.parent)
+
+
+_SQLITE_PREFIX = "sqlite+aiosqlite:///"
+
+
+def anchor_sqlite_path(settings: Settings, folder: Path) -> Settings:
+    """`settings` with a relative SQLite path in `storage.url` made absolute against `folder`
+    (the config file's), so the database does not depend on the working directory: the default
+    `sqlite+aiosqlite:///data/bot.db` is `data/bot.db` beside config.yaml. Absolute paths,
+    `~/...`, SQLite URI filenames (`?uri=true`) and PostgreSQL URLs are left as they are."""
+    url = settings.storage.url.get_secret_value()
+    if not url.startswith(_SQLITE_PREFIX):
+        return settings
+    path, query = url.removeprefix(_SQLITE_PREFIX), ""
+    if "?" in path:
+        path, query = path.split("?", 1)
+        query = "?" + query
+    uri_mode = "uri=true" in query.lower() or path.startswith("file:")
+    if not path or path == ":memory:" or uri_mode or path.startswith("~") or Path(path).is_absolute():
+        return settings
+    anchored = Path(os.path.abspath(folder / path))  # abspath: no symlinks resolved, `..` folded
+    storage = settings.storage.model_copy(update={"url": SecretStr(f"{_SQLITE_PREFIX}{anchored}{query}")})
+    return settings.model_copy(update={"storage": storage})

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
-from bot.backends.base import Backend, PreparedPrompt
+from bot.backends.base import Backend, GenerationReport, PreparedPrompt, reporting_stream
 from bot.commands import RESET_COMMANDS, CommandHandler, Defaults, parse_command
 from bot.config import ChatConfig, ModelConfig
 from bot.conversation import ConversationReader
@@ -158,6 +158,8 @@ class ChatEngine:
         Nothing is read from or written to a channel's history. The new message is sanitized and
         clipped like any other, the rate limit, sampling limits and timeout apply. Raises
         `RateLimited` at once when `user_key` is over the limit, `ChinwagError` when closing.
+        An answered reply carries the backend's `usage` and `finish_reason` (None where the
+        backend does not report them).
         """
         self._order.ensure_open()
         if self._limiter.check(user_key) is not Verdict.ALLOW:
@@ -169,11 +171,15 @@ class ChatEngine:
 
         async def run() -> None:
             try:
-                generated = await self._run_generation(conversation, sampling, reply, user_key, saved=False)
+                report = GenerationReport()
+                generated = await self._run_generation(
+                    conversation, sampling, reply, user_key, saved=False, report=report
+                )
                 if isinstance(generated, ReplyStatus):
                     await reply.finish(generated)
                     return
                 await self._push_cut_notice(reply, input_cut, generated.prompt)
+                reply.usage, reply.finish_reason = report.usage(), report.finish_reason
                 await reply.finish(ReplyStatus.ANSWERED)
             except asyncio.CancelledError:
                 await reply.finish(ReplyStatus.FAILED)
@@ -301,14 +307,27 @@ class ChatEngine:
             await reply.push(WINDOW_CUT_NOTICE)
 
     async def _run_generation(
-        self, conversation: Conversation, sampling: SamplingSettings, reply: Reply, where: str, *, saved: bool
+        self,
+        conversation: Conversation,
+        sampling: SamplingSettings,
+        reply: Reply,
+        where: str,
+        *,
+        saved: bool,
+        report: GenerationReport | None = None,
     ) -> _Generated | ReplyStatus:
         """Prepare and stream one generation into `reply`. A failure leaves its notice in the
         reply (see bot.failures) and returns the status to finish with; its half-written text is
-        never returned for storing. `saved`: the user's message is in the history."""
+        never returned for storing. `saved`: the user's message is in the history. `report`, when
+        given, gets the backend's token counts and finish reason (see `UsageReporting`)."""
         try:
             prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
-            parts = await self._generate(self._backend.generate(prompt, sampling), reply)
+            stream = (
+                self._backend.generate(prompt, sampling)
+                if report is None
+                else reporting_stream(self._backend, prompt, sampling, report)
+            )
+            parts = await self._generate(stream, reply)
         except GENERATION_ERRORS as error:
             return await report_error(error, reply, self._metrics, where, saved=saved)
         return _Generated("".join(parts), prompt, len(parts))

@@ -4,7 +4,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from enum import Enum
+from typing import Literal
+
+# Why a generation ended: "length" when the token limit (`max_new_tokens`, or the room left in
+# the context window) cut it, "stop" for every other end (end of turn, a stop sequence).
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one generation used, as the backend counts them (see `GenerationReport`)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and completion together."""
+        return self.prompt_tokens + self.completion_tokens
 
 
 class ReplyStatus(Enum):
@@ -36,6 +55,10 @@ class Reply:
         self._changed = asyncio.Condition()
         self._done = False
         self.status = ReplyStatus.PENDING
+        # Set by `ChatEngine.complete` before the reply finishes, when the backend reports them;
+        # None otherwise (other replies, backends that do not count, failed generations).
+        self.usage: Usage | None = None
+        self.finish_reason: FinishReason | None = None
 
     @property
     def done(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -136,6 +137,9 @@ class Database:
         except Exception as exc:
             # Whatever stops the start (driver, network, file system, a bad URL option, an unknown
             # schema revision) means the database cannot be used; the cause stays chained for the log.
+            location = _sqlite_location_problem(self._url) if self.dialect_name == "sqlite" else None
+            if location is not None:
+                raise StorageError(location) from exc
             raise StorageError(
                 f"cannot open the database {self._url.render_as_string()}: {self._describe(exc)}"
             ) from exc
@@ -310,6 +314,32 @@ def _async_url(raw: str) -> URL:
             f"unsupported database driver {url.drivername!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://"
         )
     return url
+
+
+def _sqlite_location_problem(url: URL) -> str | None:
+    """Why the SQLite file of `url` cannot be created or written, in words, when its location is
+    the reason (sqlite3 only says "unable to open database file"); None when it is not.
+
+    Checked after a failed start: a parent that is a file, a folder that is not writable, a
+    folder where the file should be, a file that is read-only. `os.access` answers for this
+    process, so root passes permission checks (as it passes the file system's).
+    """
+    if not url.database or url.query.get("uri") == "true":
+        return None
+    path = Path(url.database).expanduser().absolute()
+    prefix = f"cannot create/write the database at {path}"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest folder that exists: where creating would start
+    if not folder.is_dir():
+        return f"{prefix}: {folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{prefix}: the folder {folder} is not writable (permission denied)"
+    if path.is_dir():
+        return f"{prefix}: that is a folder, not a file"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"{prefix}: the file is read-only (permission denied)"
+    return None
 
 
 def _create_parent_dir(url: URL) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from bot.ports import Conversation, SamplingSettings
+from bot.reply import FinishReason, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,55 @@ class Backend(Protocol):
         """The channel `context_key` was reset: cancel its running generation and drop whatever
         the backend keeps for it. Non-blocking; a no-op for stateless backends."""
         ...
+
+
+@dataclass(slots=True)
+class GenerationReport:
+    """What one generation used and why it ended, filled by a `UsageReporting` backend.
+
+    The backend writes it while it generates; the reader looks only after the stream ended
+    without an error. A field the backend cannot tell stays None. Tokens are the model's own
+    (local backends: the prompt's `token_ids` and every token generated, the end-of-turn token
+    included); the echo backend's are its words (see bot/backends/echo.py); remote backends
+    report what the server says.
+    """
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: FinishReason | None = None
+
+    def usage(self) -> Usage | None:
+        """The token counts, when both are known."""
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
+        return Usage(self.prompt_tokens, self.completion_tokens)
+
+
+def finish_reason(generated: int, limit: int, *, ended: bool) -> FinishReason:
+    """ "length" when `limit` tokens were generated and the model did not end the reply itself
+    (`ended`: an end-of-turn token or a stop sequence came), else "stop"."""
+    return "length" if generated >= limit and not ended else "stop"
+
+
+@runtime_checkable
+class UsageReporting(Protocol):
+    """A backend that reports a generation's token counts and finish reason."""
+
+    def generate_reporting(
+        self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport
+    ) -> AsyncGenerator[str, None]:
+        """`generate`, filling `report` by the time the stream ends."""
+        ...
+
+
+def reporting_stream(
+    backend: Backend, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport
+) -> AsyncGenerator[str, None]:
+    """`backend`'s reply stream; `report` gets filled when the backend is `UsageReporting` and
+    stays empty (all None) otherwise."""
+    if isinstance(backend, UsageReporting):
+        return backend.generate_reporting(prompt, settings, report)
+    return backend.generate(prompt, settings)
 
 
 @runtime_checkable

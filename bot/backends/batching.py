@@ -35,6 +35,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from bot.backends.base import finish_reason
 from bot.backends.batching_settings import BatchingSettings
 from bot.backends.context_cache import ContextCache, KeyValues, PrefixHit
 from bot.backends.local_worker import GenerationJob, IncrementalDecoder, ModelWorker
@@ -523,6 +524,10 @@ class BatchScheduler:
                 tail = request.stops.feed(request.decoder.finish()) + request.stops.flush()
                 if tail:
                     job.emit(tail)
+            ended = request.stops.stopped or (request.generated > 0 and request.last_token in self._eos)
+            job.report.prompt_tokens = len(request.prompt_ids)
+            job.report.completion_tokens = request.generated
+            job.report.finish_reason = finish_reason(request.generated, request.max_new, ended=ended)
             if request.key is not None and key_values is not None:
                 # The last token was produced but never fed: the cache covers all ids but it.
                 self.contexts.put(request.key, request.ids[:-1], key_values)

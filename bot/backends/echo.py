@@ -3,14 +3,31 @@
 The reply to a message T is exactly `echo[N]: T`, N being the number of earlier messages the engine
 put into the prompt. Tests use it to check the engine's history handling, and benchmarks to measure
 the framework without a model.
+
+Its "tokens" are words: a text split before each space (`echo_tokens`), each piece keeping its
+leading space. The reply streams one token per chunk and stops after `max_new_tokens` of them.
+Usage counts the same pieces: the prompt is the input text `echo[N]: T` (the backend reads
+nothing else), the completion the pieces it streamed.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from bot.backends.base import PreparedPrompt
+from bot.backends.base import GenerationReport, PreparedPrompt, finish_reason
 from bot.ports import Conversation, SamplingSettings
+
+
+def echo_tokens(text: str) -> list[str]:
+    """`text` split before each space (whitespace kept): the echo backend's tokens."""
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = text.find(" ", start + 1)
+        end = len(text) if end == -1 else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces
 
 
 class EchoBackend:
@@ -39,11 +56,21 @@ class EchoBackend:
         )
 
     async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
-        """Yield the reply word by word (whitespace kept), so streaming paths get exercised."""
-        start = 0
-        text = prompt.input_text
-        while start < len(text):
-            end = text.find(" ", start + 1)
-            end = len(text) if end == -1 else end
-            yield text[start:end]
-            start = end
+        """Yield the reply word by word (whitespace kept), so streaming paths get exercised; at
+        most `settings.max_new_tokens` words."""
+        for piece in echo_tokens(prompt.input_text)[: settings.max_new_tokens]:
+            yield piece
+
+    async def generate_reporting(
+        self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport
+    ) -> AsyncGenerator[str, None]:
+        """See `UsageReporting`. Counts the chunks `generate` yields (a subclass's too), one
+        token each; "length" when the echo text had more words than `max_new_tokens`."""
+        words = len(echo_tokens(prompt.input_text))
+        report.prompt_tokens = words
+        report.completion_tokens = 0
+        async for chunk in self.generate(prompt, settings):
+            report.completion_tokens += 1
+            yield chunk
+        ended = words <= settings.max_new_tokens
+        report.finish_reason = finish_reason(report.completion_tokens, settings.max_new_tokens, ended=ended)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.backends.base import Backend, PreparedPrompt
+from bot.backends.base import Backend, GenerationReport, PreparedPrompt
 from bot.backends.model_loading import ModelSource, load_model, resolve_model_source
 from bot.errors import BackendError, ConfigError, GenerationTimeout, ModelLoadError
 from bot.ports import Conversation, SamplingSettings, Turn
@@ -317,7 +317,16 @@ class LocalBackend:
         if running is not None and running.scheduler is not None:
             running.scheduler.forget(context_key)
 
-    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+    def generate_reporting(
+        self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport
+    ) -> AsyncGenerator[str, None]:
+        """See `UsageReporting`: `generate`, filling `report` (the prompt's tokens, the tokens
+        generated, "length" when `max_new_tokens` or the window's room ended the reply)."""
+        return self.generate(prompt, settings, report)
+
+    async def generate(
+        self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport | None = None
+    ) -> AsyncGenerator[str, None]:
         """Stream the reply to `prompt` as decoded text chunks.
 
         Stops at EOS (and the chat template's end-of-turn token), `max_new_tokens` (capped by the
@@ -340,7 +349,13 @@ class LocalBackend:
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 cancel.set()
 
-        job = GenerationJob(prompt=prompt, settings=settings, cancel=cancel, emit=push)
+        job = GenerationJob(
+            prompt=prompt,
+            settings=settings,
+            cancel=cancel,
+            emit=push,
+            report=report if report is not None else GenerationReport(),
+        )
         self._active[cancel] = prompt.context_key
         try:
             future: Future[None]

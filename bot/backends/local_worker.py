@@ -16,7 +16,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from bot.backends.base import PreparedPrompt
+from bot.backends.base import GenerationReport, PreparedPrompt, finish_reason
 from bot.backends.model_loading import LoadedModel
 from bot.backends.stops import StopFilter
 from bot.errors import BackendError, GenerationCancelled
@@ -41,6 +41,8 @@ class GenerationJob:
     stop_seen: threading.Event = field(default_factory=threading.Event)
     done: Future[None] | None = None
     """Set by the batch scheduler when the job ends (the serial path uses the executor's future)."""
+    report: GenerationReport = field(default_factory=GenerationReport)
+    """Filled when the generation ends without an error: tokens and why it ended."""
 
 
 class IncrementalDecoder:
@@ -90,14 +92,19 @@ class _Streamer(BaseStreamer):
         self._stops = stops
         self._job = job
         self._prompt_skipped = False
+        self.generated = 0  # tokens generated (for the usage report)
+        self.last_token: int | None = None
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_skipped:
             self._prompt_skipped = True
             return
+        ids = value.reshape(-1).tolist()
+        self.generated += len(ids)
+        self.last_token = ids[-1] if ids else self.last_token
         if self._stops.stopped:
             return
-        text = self._stops.feed(self._decoder.push(value.reshape(-1).tolist()))
+        text = self._stops.feed(self._decoder.push(ids))
         if text:
             self._job.emit(text)
         if self._stops.stopped:
@@ -208,13 +215,14 @@ class ModelWorker:
             ids = self.input_ids(job.prompt)
             max_new = self.max_new_tokens(len(ids), settings.max_new_tokens)
             stops = StopFilter((*settings.stop, *job.prompt.stop))
+            streamer = _Streamer(self.tokenizer, stops, job)
             kwargs: dict[str, Any] = {
                 "input_ids": torch.tensor([ids], dtype=torch.long),
                 "attention_mask": torch.ones((1, len(ids)), dtype=torch.long),
                 "max_new_tokens": max_new,
                 "num_beams": 1,  # streaming needs one beam (BlenderBot's config asks for 10)
                 "repetition_penalty": settings.repetition_penalty,
-                "streamer": _Streamer(self.tokenizer, stops, job),
+                "streamer": streamer,
                 "stopping_criteria": StoppingCriteriaList([_EventStop(job.cancel, job.stop_seen)]),
                 "eos_token_id": self.eos_ids or None,
                 "pad_token_id": self.pad_id,
@@ -227,6 +235,9 @@ class ModelWorker:
                 self.model.generate(**kwargs)
             if job.cancel.is_set():  # stopped early: the text so far is not a reply
                 raise GenerationCancelled("the generation was cancelled")
+            ended = stops.stopped or streamer.last_token in self.eos_ids
+            job.report.prompt_tokens, job.report.completion_tokens = len(ids), streamer.generated
+            job.report.finish_reason = finish_reason(streamer.generated, max_new, ended=ended)
         except BackendError:
             raise
         except (Exception, MemoryError) as exc:

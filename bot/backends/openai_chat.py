@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
-from bot.backends.base import PreparedPrompt, PromptMessage
+from bot.backends.base import GenerationReport, PreparedPrompt, PromptMessage
 from bot.backends.remote_prompt import budget_chars, fit_conversation
 from bot.backends.remote_retry import (
     ChannelCancels,
@@ -139,7 +139,16 @@ class OpenAIChatBackend:
             messages=tuple(messages),
         )
 
-    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+    def generate_reporting(
+        self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport
+    ) -> AsyncGenerator[str, None]:
+        """See `UsageReporting`: the server's `usage` and `finish_reason` when its stream carries
+        them (usage is not asked for: not every OpenAI-compatible server takes `stream_options`)."""
+        return self.generate(prompt, settings, report)
+
+    async def generate(
+        self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport | None = None
+    ) -> AsyncGenerator[str, None]:
         """Stream the reply; stop sequences are sent and also applied here (servers differ in
         whether they include the stop text). Raises `BackendUnavailable`, `BackendRejected`,
         `BackendStreamBroken` (see `bot.backends.remote_retry`)."""
@@ -164,6 +173,8 @@ class OpenAIChatBackend:
             )
             try:
                 async for chunk in stream:
+                    if report is not None:
+                        _note_usage(chunk, report)
                     yield _delta_text(chunk)
             finally:
                 await stream.close()
@@ -212,3 +223,12 @@ def _delta_text(chunk: ChatCompletionChunk) -> str:
     if content is not None and not isinstance(content, str):
         raise TypeError("delta.content is not a string")
     return content or ""
+
+
+def _note_usage(chunk: ChatCompletionChunk, report: GenerationReport) -> None:
+    """Copy the server's usage and finish reason into `report` when this chunk has them."""
+    if chunk.usage is not None:
+        report.prompt_tokens = chunk.usage.prompt_tokens
+        report.completion_tokens = chunk.usage.completion_tokens
+    if chunk.choices and chunk.choices[0].finish_reason is not None:
+        report.finish_reason = "length" if chunk.choices[0].finish_reason == "length" else "stop"

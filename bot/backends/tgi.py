@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, cast
 
-from bot.backends.base import PreparedPrompt
+from bot.backends.base import GenerationReport, PreparedPrompt
 from bot.backends.remote_prompt import PLAIN_STOP, budget_chars, fit_conversation, render_plain
 from bot.backends.remote_retry import (
     ChannelCancels,
@@ -44,6 +44,7 @@ from bot.ports import Conversation, SamplingSettings
 
 if TYPE_CHECKING:
     import httpx2
+    from huggingface_hub import TextGenerationStreamOutputStreamDetails
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,16 @@ class TGIBackend:
             context_key=conversation.context_key,
         )
 
-    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+    def generate_reporting(
+        self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport
+    ) -> AsyncGenerator[str, None]:
+        """See `UsageReporting`: the token counts and finish reason of the stream's last event
+        (its `details`)."""
+        return self.generate(prompt, settings, report)
+
+    async def generate(
+        self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport | None = None
+    ) -> AsyncGenerator[str, None]:
         """Stream the reply, cut at the first stop sequence. Raises `BackendUnavailable`,
         `BackendRejected`, `BackendStreamBroken` (see `bot.backends.remote_retry`)."""
         http = self._http
@@ -180,6 +190,8 @@ class TGIBackend:
                     prompt.input_text, stream=True, details=True, **parameters
                 )
                 async for output in stream:
+                    if report is not None and output.details is not None:
+                        _note_usage(output.details, report)
                     if not output.token.special:
                         yield output.token.text
 
@@ -240,3 +252,10 @@ def _response_of(exc: BaseException) -> httpx2.Response | None:
         if isinstance(candidate, HfHubHTTPError) and candidate.response is not None:
             return candidate.response
     return None
+
+
+def _note_usage(details: TextGenerationStreamOutputStreamDetails, report: GenerationReport) -> None:
+    """The server's counts from the last event's `details` (`input_length`: the prompt's tokens)."""
+    report.prompt_tokens = details.input_length
+    report.completion_tokens = details.generated_tokens
+    report.finish_reason = "length" if details.finish_reason == "length" else "stop"

@@ -7,6 +7,9 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from adapters.web import create
+from adapters.web_openai import served_model_name
+from bot.config import ModelConfig, WebConfig
 from bot.ports import Turn
 from storage.repository import ChatRepository
 from tests.bot.doubles import FailingBackend, RecordingBackend
@@ -39,10 +42,14 @@ async def test_the_request_messages_are_the_conversation(
         )
         await client.close()
     assert completion.object == "chat.completion"
-    assert completion.model == "whatever"
+    assert completion.model == "chinwag"  # the bot's model, not the request's "whatever"
     assert completion.choices[0].message.role == "assistant"
     assert completion.choices[0].message.content == "echo[2]: and now?"
     assert completion.choices[0].finish_reason == "stop"
+    # Echo tokens are words: "echo[2]:", " and", " now?" in the prompt and in the reply.
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (3, 3)
+    assert completion.usage.total_tokens == 6
 
     conversation = backend.conversations[-1]
     assert conversation.system_prompt == "Be terse."
@@ -154,3 +161,106 @@ async def test_a_backend_failure_is_an_error_not_a_completion(
         with pytest.raises(openai.InternalServerError, match="internal error"):
             await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "explode"}])
         await client.close()
+
+
+SIX_WORDS = "one two three four five six"  # echo answers "echo[0]: one two ...": 7 tokens
+
+
+async def test_a_reply_cut_by_max_tokens_finishes_with_length(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    async with running_web(await make_engine(), repository) as web:
+        client = client_for(web.url)
+        messages: list[dict[str, str]] = [{"role": "user", "content": SIX_WORDS}]
+        cut = await client.chat.completions.create(model="m", messages=messages, max_tokens=3)  # type: ignore[arg-type]
+        whole = await client.chat.completions.create(model="m", messages=messages, max_tokens=7)  # type: ignore[arg-type]
+        await client.close()
+    assert cut.choices[0].message.content == "echo[0]: one two"
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.usage is not None
+    assert (cut.usage.prompt_tokens, cut.usage.completion_tokens, cut.usage.total_tokens) == (7, 3, 10)
+    # Exactly as many tokens as allowed, but the reply was complete: not cut.
+    assert whole.choices[0].message.content == f"echo[0]: {SIX_WORDS}"
+    assert whole.choices[0].finish_reason == "stop"
+    assert whole.usage is not None
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens, whole.usage.total_tokens) == (7, 7, 14)
+
+
+async def test_the_configured_max_new_tokens_also_finishes_with_length(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    engine = await make_engine(model={"max_new_tokens": 2})
+    async with (
+        running_web(engine, repository) as web,
+        httpx.AsyncClient(base_url=web.url, timeout=10) as client,
+    ):
+        response = await client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": SIX_WORDS}]}
+        )
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == "echo[0]: one"
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+
+
+async def test_a_stream_with_include_usage_ends_with_the_usage_chunk(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    async with running_web(await make_engine(), repository) as web:
+        client = client_for(web.url)
+        stream = await client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": SIX_WORDS}],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        plain = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": SIX_WORDS}], max_tokens=4, stream=True
+        )
+        plain_chunks = [chunk async for chunk in plain]
+        await client.close()
+    *choice_chunks, last = chunks
+    assert "".join(c.choices[0].delta.content or "" for c in choice_chunks) == "echo[0]: one two three"
+    assert choice_chunks[-1].choices[0].finish_reason == "length"
+    assert all(c.usage is None for c in choice_chunks)
+    # OpenAI's shape: the last chunk has no choices and the whole request's usage.
+    assert last.choices == []
+    assert last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (7, 4, 11)
+    assert {c.model for c in chunks} == {"chinwag"}
+    # Without stream_options there is no usage chunk: every chunk has its choice.
+    assert all(len(c.choices) == 1 and c.usage is None for c in plain_chunks)
+    assert plain_chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_the_served_model_name_is_what_the_bot_runs() -> None:
+    assert served_model_name(ModelConfig()) == "bundled:smollm2"
+    assert served_model_name(ModelConfig(path="/models/qwen2.5-1.5b")) == "/models/qwen2.5-1.5b"
+    assert served_model_name(ModelConfig(backend="echo")) == "echo"
+    openai_model = ModelConfig(backend="openai", base_url="http://127.0.0.1:8000/v1", name="Qwen/Qwen2.5-7B")
+    assert served_model_name(openai_model) == "Qwen/Qwen2.5-7B"
+    assert served_model_name(ModelConfig(backend="tgi", base_url="http://tgi:8080")) == "http://tgi:8080"
+    assert served_model_name(ModelConfig(name="my-bot", path="/models/qwen2.5-1.5b")) == "my-bot"
+
+
+async def test_models_and_completions_name_the_configured_model(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    # The adapter as the composition root builds it, for a local model at a path (the engine
+    # behind it is the echo one: no model is loaded).
+    adapter = create(WebConfig(port=0), ModelConfig(path="/models/my-model"), await make_engine(), repository)
+    assert adapter is not None
+    await adapter.start()
+    try:
+        client = client_for(adapter.url)
+        models = await client.models.list()
+        completion = await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+        await client.close()
+    finally:
+        await adapter.stop()
+    assert [model.id for model in models.data] == ["/models/my-model"]
+    assert completion.model == "/models/my-model"

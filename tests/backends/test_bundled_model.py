@@ -14,13 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openai import AsyncOpenAI
 
 import bot.backends.model_loading as loading
+from adapters.web import create
 from bot.backends.base import PreparedPrompt
 from bot.backends.local import LocalBackend
 from bot.backends.local_worker import end_of_turn_ids
+from bot.config import ModelConfig, WebConfig
 from bot.ports import Conversation, SamplingSettings
+from storage.repository import ChatRepository
 from tests.backends.tiny_models import SIMPLE_CHAT_TEMPLATE, make_tokenizer, started
+from tests.conftest import EngineFactory
 
 LOG = "bot.backends.local"
 
@@ -214,3 +219,54 @@ def test_unwritable_cache_dir_still_serves_the_model(
     assert loaded.origin == "gguf-converted"
     assert conversions == [gguf]
     assert any("could not write the model cache" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.model
+async def test_the_bundled_model_reports_length_stop_and_usage(
+    smollm2: LocalBackend, make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    engine = await make_engine(smollm2, model={"temperature": 0})
+    # As the composition root builds it, from the default model settings (bundled:smollm2).
+    web = create(WebConfig(port=0), ModelConfig(), engine, repository)
+    assert web is not None
+    await web.start()
+    try:
+        client = AsyncOpenAI(base_url=f"{web.url}/v1", api_key="unused", max_retries=0, timeout=120.0)
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        cut = await client.chat.completions.create(model="x", messages=question, max_tokens=5, temperature=0)  # type: ignore[arg-type]
+        short = await client.chat.completions.create(
+            model="x",
+            messages=[{"role": "user", "content": "Reply with one word: hello."}],
+            max_tokens=200,  # it says ~58 tokens: room to spare, so the model ends it
+            temperature=0,
+        )
+        stream = await client.chat.completions.create(
+            model="x",
+            messages=question,  # type: ignore[arg-type]
+            max_tokens=5,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        await client.close()
+    finally:
+        await web.stop()
+    assert cut.model == "bundled:smollm2"
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.usage is not None and cut.usage.completion_tokens == 5
+    assert cut.usage.prompt_tokens > 5
+    assert cut.usage.total_tokens == cut.usage.prompt_tokens + cut.usage.completion_tokens
+
+    assert short.choices[0].finish_reason == "stop"
+    assert short.usage is not None and 0 < short.usage.completion_tokens < 200
+    assert short.usage.total_tokens == short.usage.prompt_tokens + short.usage.completion_tokens
+
+    *_, finish, last = chunks
+    assert finish.choices[0].finish_reason == "length"
+    assert last.choices == [] and last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (cut.usage.prompt_tokens, 5)
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == cut.choices[0].message.content
+    )

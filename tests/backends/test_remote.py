@@ -28,7 +28,7 @@ from bot.failures import (
     UNAVAILABLE_STATELESS_REPLY,
 )
 from bot.ports import Conversation, SamplingOverrides
-from bot.reply import ReplyStatus
+from bot.reply import ReplyStatus, Usage
 from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
 from tests.fakes.inference import Cut, FakeInferenceServer, Garbage, Reply, Status, free_port
@@ -438,3 +438,16 @@ async def test_a_stateless_completion_does_not_claim_the_message_was_saved(
     assert await reply.text() == UNAVAILABLE_STATELESS_REPLY
     assert reply.status is ReplyStatus.FAILED
     assert await stored(repository) == []
+
+
+async def test_a_completion_carries_the_servers_usage_where_the_stream_has_one(
+    kind: Kind, remote_factory: RemoteFactory
+) -> None:
+    remote = await remote_factory()
+    reply = remote.engine.complete(Conversation("sys", [], "hi"), SamplingOverrides(), "api:user")
+    assert await reply.text() == "Hello there!"
+    assert reply.finish_reason == "stop"
+    if kind == "tgi":  # the last event's details: input_length 7, three tokens generated
+        assert reply.usage == Usage(prompt_tokens=7, completion_tokens=3)
+    else:  # the fake, like many servers, sends usage only when asked, and Chinwag does not ask
+        assert reply.usage is None

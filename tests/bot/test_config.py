@@ -22,9 +22,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_the_shipped_config_is_valid_and_matches_the_defaults() -> None:
     shipped = load_settings(REPO / "config.yaml", environ={})
-    assert shipped == Settings()
+    # The shipped relative SQLite path lives beside config.yaml, wherever the bot starts from.
+    assert shipped.storage.url.get_secret_value() == f"sqlite+aiosqlite:///{REPO}/data/bot.db"
+    assert Settings().storage.url.get_secret_value() == "sqlite+aiosqlite:///data/bot.db"
+    assert shipped.model_copy(update={"storage": Settings().storage}) == Settings()
     assert shipped.model.backend == "local" and shipped.model.path == "bundled:smollm2"
-    assert shipped.storage.url.get_secret_value() == "sqlite+aiosqlite:///data/bot.db"
     assert shipped.web.port == 8080 and shipped.telegram.token is None
 
 
@@ -40,7 +42,10 @@ def test_telegram_timings_are_read_and_zero_caching_is_allowed(tmp_path: Path) -
 
 
 def test_an_empty_file_means_all_defaults(tmp_path: Path) -> None:
-    assert load_settings(write(tmp_path, ""), environ={}) == Settings()
+    loaded = load_settings(write(tmp_path, ""), environ={})
+    # The default SQLite path, anchored beside the file (see the relative-path tests below).
+    assert loaded.storage.url.get_secret_value() == f"sqlite+aiosqlite:///{tmp_path}/data/bot.db"
+    assert loaded.model_copy(update={"storage": Settings().storage}) == Settings()
 
 
 def test_env_references_are_expanded_and_unset_ones_mean_not_set(tmp_path: Path) -> None:
@@ -133,3 +138,39 @@ def test_the_cli_reports_config_errors_in_one_line_with_exit_code_2(tmp_path: Pa
     assert result.stdout == b""
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "model.tempreature" in lines[0]
+
+
+def test_a_relative_sqlite_path_is_beside_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    path = write(folder, "storage:\n  url: sqlite+aiosqlite:///data/../state/bot.db?timeout=5\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory plays no part
+    for given in (path, Path("../deploy/config.yaml")):
+        url = load_settings(given, environ={}).storage.url.get_secret_value()
+        assert url == f"sqlite+aiosqlite:///{folder}/state/bot.db?timeout=5"
+
+
+def test_the_default_sqlite_path_without_a_config_file_is_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config.yaml here: all defaults, "beside" the missing file
+    url = load_settings(environ={}).storage.url.get_secret_value()
+    assert url == f"sqlite+aiosqlite:///{tmp_path}/data/bot.db"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:////var/lib/chinwag/bot.db",
+        "sqlite+aiosqlite:///~/chinwag.db",
+        "sqlite+aiosqlite:///file:bot.db?mode=rwc&uri=true",
+        "postgresql+asyncpg://bot@db/chat",
+    ],
+)
+def test_other_database_urls_are_kept_as_written(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, f"storage:\n  url: '{url}'\n")
+    assert load_settings(path, environ={}).storage.url.get_secret_value() == url

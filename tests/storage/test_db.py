@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
+from sqlalchemy.engine import make_url
 
 import storage.db
 from bot.errors import StorageError
@@ -160,10 +164,97 @@ def test_sync_urls_get_the_async_driver() -> None:
 async def test_sqlite_file_that_cannot_be_created_is_a_storage_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    db = Database(f"sqlite+aiosqlite:///{blocker}/bot.db")
-    with pytest.raises(StorageError):
+    db = Database(f"sqlite+aiosqlite:///{blocker}/data/bot.db")
+    # A regular file in the way of the folder: root-proof, unlike a chmod (root writes anywhere).
+    with pytest.raises(StorageError) as caught:
         await db.start()
     await db.stop()
+    assert str(caught.value) == (
+        f"cannot create/write the database at {blocker}/data/bot.db: {blocker} is a file, not a folder"
+    )
+
+
+async def test_a_folder_where_the_sqlite_file_should_be_is_named(tmp_path: Path) -> None:
+    (tmp_path / "bot.db").mkdir()
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    with pytest.raises(StorageError) as caught:
+        await db.start()
+    await db.stop()
+    assert (
+        str(caught.value)
+        == f"cannot create/write the database at {tmp_path}/bot.db: that is a folder, not a file"
+    )
+
+
+# A child process starts the database and prints the error: under root, with the capabilities
+# dropped that let root write anywhere (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so the folder's
+# mode bites as it does for any other user.
+_START_AND_REPORT = """
+import asyncio, sys
+from bot.errors import StorageError
+from storage.db import Database
+
+async def main() -> None:
+    database = Database("sqlite+aiosqlite:///" + sys.argv[1])
+    try:
+        await database.start()
+    except StorageError as error:
+        print(error)
+    else:
+        print("started")
+    await database.stop()
+
+asyncio.run(main())
+"""
+_AS_ANY_USER = (
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+)
+
+
+def test_a_read_only_folder_is_reported_as_not_writable(tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    folder.chmod(0o555)
+    command = [sys.executable, "-c", _START_AND_REPORT, str(folder / "bot.db")]
+    if os.geteuid() == 0:  # CI runs as root, which a chmod does not stop
+        command = [*_AS_ANY_USER, *command]
+    repo = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": repo},
+        check=False,
+    )
+    assert done.stdout.strip() == (
+        f"cannot create/write the database at {folder}/bot.db: the folder {folder} is not writable "
+        "(permission denied)"
+    ), done.stderr
+
+
+def test_an_unwritable_folder_is_reported_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a non-root user meets in a read-only folder (sqlite3 says only "unable to open database
+    # file"). os.access stands in for the permission bits: tests run as root in CI, and root's
+    # access is never denied.
+    folder = tmp_path / "data"
+    folder.mkdir()
+    denied = {folder}
+    monkeypatch.setattr(storage.db.os, "access", lambda path, mode: Path(path) not in denied)
+    url = make_url(f"sqlite+aiosqlite:///{folder}/bot.db")
+    assert storage.db._sqlite_location_problem(url) == (
+        f"cannot create/write the database at {folder}/bot.db: the folder {folder} is not writable "
+        "(permission denied)"
+    )
+    (folder / "bot.db").write_bytes(b"")
+    denied = {folder / "bot.db"}
+    assert storage.db._sqlite_location_problem(url) == (
+        f"cannot create/write the database at {folder}/bot.db: the file is read-only (permission denied)"
+    )
+    denied = set()
+    assert storage.db._sqlite_location_problem(url) is None  # not the location: the usual message
 
 
 async def test_sqlite_file_that_is_not_a_database_is_a_storage_error(tmp_path: Path) -> None:
