@@ -65,7 +65,10 @@ class ModelConfig(_Section):
     prompt_format: Literal["auto", "chat_template", "dialogpt", "seq2seq", "plain"] = "auto"
     stop: tuple[str, ...] = ()
     context_window: int | None = Field(default=2048, ge=64)
-    generation_timeout_s: float = Field(default=120.0, gt=0.0)
+    # A reply cut by either keeps its text (see bot/engine.py): the stall is the usual guard, the
+    # total the cap on a reply that keeps streaming.
+    stall_timeout_s: float = Field(default=30.0, gt=0.0)
+    generation_timeout_s: float = Field(default=600.0, gt=0.0)
     cache_dir: str = "~/.cache/chinwag/models"
     threads: int | None = Field(default=None, ge=1)
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"

@@ -316,3 +316,8 @@ class ChatService(Protocol):
     def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
         """Answer a stateless conversation (the caller sends the whole history)."""
         ...
+
+    def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
+        """End the channel's running model reply now, keeping the text it has so far (stored, cut
+        for `reason`). False when the channel has no reply being generated."""
+        ...
