@@ -251,11 +251,12 @@ class ChatEngine:
     def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
         """End the channel's running model reply now, keeping its text (see `ChatService.stop`).
 
-        The generation's stream is closed, which stops the model; nothing the backend keeps for
-        the channel is dropped (unlike `/reset`, whose `Backend.forget` also drops the cached
-        context, useless once the history is gone). The reply then ends ANSWERED with `cut` set
-        and its text stored, or, when nothing came yet, with a notice. False when no reply of the
-        channel is being generated (e.g. it is still queued, or already done)."""
+        The generation's stream is closed, which stops the model (the local one within a token).
+        `Backend.forget` is not called: it is `/reset`'s, and also drops the channel's prompt
+        anchors (which keep the next prompt's window start, and so its cached prefix, stable) and
+        cancels every job of the channel. The reply then ends ANSWERED with `cut` set and its text
+        stored, or, when nothing came yet, with a notice. False when no reply of the channel is
+        being generated (e.g. it is still queued, or already done)."""
         cutter = self._cutters.get(channel_key)
         return cutter is not None and cutter.cut(reason, f"{reason.value} on request")
 
