@@ -198,6 +198,8 @@ class WebConfig(_Section):
     admin_api_key: SecretStr | None = None
     api_keys: tuple[SecretStr, ...] = ()
     max_body_bytes: int = Field(default=65536, ge=1024)
+    # At shutdown, open chat replies may finish for this long; then they are stopped, keeping their text.
+    drain_s: float = Field(default=10.0, ge=0.0)
     # GET /metrics (Prometheus text format, counts only: no channel, user or message text).
     metrics: bool = True
 
