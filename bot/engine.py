@@ -258,7 +258,7 @@ class ChatEngine:
         stored, or, when nothing came yet, with a notice. False when no reply of the channel is
         being generated (e.g. it is still queued, or already done)."""
         cutter = self._cutters.get(channel_key)
-        return cutter is not None and cutter.cut(reason, f"{reason.value} on request")
+        return cutter is not None and cutter.cut(reason, "on request")
 
     async def close(self, grace_s: float = 10.0) -> None:
         """Stop accepting events; let in-flight replies finish for `grace_s`; then cut the running
