@@ -6,6 +6,10 @@ it reads history through the `HistoryReader` port the composition root hands it.
 
 The SSE replies stream the engine's chunks as they come and need none of the chat platforms'
 delivery path (edit pacing, typing, splitting, retries): a browser takes any length at any rate.
+
+Shutdown (`stop`) lets open chat replies finish for `drain_s`, then stops them keeping their text
+(adapters/web_streams.py), so every stream ends with its `done` event and uvicorn has no response
+left to cancel.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import socket
 from collections.abc import Iterator
 
@@ -22,6 +27,7 @@ import uvicorn
 from adapters.web_app import DEFAULT_MODEL_NAME, DEFAULT_SYSTEM_PROMPT, build_app
 from adapters.web_openai import served_model_name
 from adapters.web_options import WebOptions
+from adapters.web_streams import ABANDON_SETTLE_S, STOP_SETTLE_S, OpenReplies
 from bot.config import ModelConfig, WebConfig
 from bot.errors import ChinwagError
 from bot.health import Readiness
@@ -59,6 +65,8 @@ class WebAdapter:
         metrics: PrometheusMetrics | None = None,
     ) -> None:
         self._options = options
+        self._engine = engine
+        self._open_replies = OpenReplies()
         self.app = build_app(
             engine,
             history,
@@ -67,6 +75,7 @@ class WebAdapter:
             system_prompt=system_prompt,
             readiness=readiness,
             metrics=metrics,
+            open_replies=self._open_replies,
         )
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -100,7 +109,9 @@ class WebAdapter:
             lifespan="off",
             access_log=False,  # request lines would carry channel ids, which are credentials
             log_level="warning",
-            timeout_graceful_shutdown=5,
+            # Only a backstop: `stop` ends every chat reply within this (the OpenAI API's
+            # completions are not tracked; whatever is still open then is cancelled).
+            timeout_graceful_shutdown=math.ceil(self._options.drain_s + STOP_SETTLE_S + ABANDON_SETTLE_S + 2),
             server_header=False,
         )
         server = _EmbeddedServer(config)
@@ -128,12 +139,15 @@ class WebAdapter:
             logger.exception("the web server failed")
 
     async def stop(self) -> None:
-        """Stop accepting connections, let open responses end (up to 5 s), then return. Idempotent."""
+        """Stop accepting connections; let open chat replies finish for `drain_s`, then stop them
+        (their text kept) so each client gets its final event; return once the server is down.
+        Idempotent."""
         server, task = self._server, self._task
         self._task = None
         if server is not None:
-            server.should_exit = True
+            server.should_exit = True  # uvicorn closes the listening socket and idle connections
         if task is not None:
+            await self._open_replies.drain(self._options.drain_s, self._engine.stop)
             await task
         self._server = None
 

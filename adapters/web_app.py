@@ -18,6 +18,7 @@ from adapters.web_http import (
 from adapters.web_openai import build_openai_router
 from adapters.web_ops import build_ops_router
 from adapters.web_options import WebOptions
+from adapters.web_streams import OpenReplies
 from bot.config import ModelConfig
 from bot.health import Readiness
 from bot.metrics import PrometheusMetrics
@@ -36,10 +37,12 @@ def build_app(
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     readiness: Readiness | None = None,
     metrics: PrometheusMetrics | None = None,
+    open_replies: OpenReplies | None = None,
 ) -> FastAPI:
     """The ASGI app: chat page at `/`, chat API under `/api/` (adapters/web_chat.py),
     OpenAI-compatible under `/v1/` answered by `engine.complete` (adapters/web_openai.py),
-    `/healthz`, `/readyz` and `/metrics` (adapters/web_ops.py)."""
+    `/healthz`, `/readyz` and `/metrics` (adapters/web_ops.py). The chat API reads the replies
+    its clients wait for through `open_replies` (for the adapter's shutdown)."""
     app = FastAPI(title="Chinwag", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     install_error_handlers(app)
 
@@ -52,7 +55,7 @@ def build_app(
 
     # One pseudonym for both APIs, so a client shares one rate limit across them.
     author_id = ClientPseudonym()
-    app.include_router(build_chat_router(engine, history, options.admin_api_key, author_id))
+    app.include_router(build_chat_router(engine, history, options.admin_api_key, author_id, open_replies))
     app.include_router(
         build_openai_router(
             engine.complete,

@@ -11,6 +11,9 @@ Who may do what (the channel id is the capability):
 - any other (named) channel id can be chatted in by anyone, but resetting it or changing its
   settings needs `Authorization: Bearer <web.admin_api_key>`;
 - the admin key makes every request an admin one.
+
+Stopping a channel's running reply (`POST .../stop`) follows the reset's rule: the private
+channel's holder, or the admin key.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.web_http import ClientPseudonym, bearer_token, key_matches
+from adapters.web_streams import Abandoned, OpenReplies
 from bot.errors import ChinwagError
 from bot.events import ChatEvent
+from bot.failures import CUT_RULES, SHUTDOWN_NOTICE, notice_after
 from bot.ports import ChatService, HistoryReader
 from bot.reply import Reply, ReplyStatus
 
@@ -48,6 +53,9 @@ _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The engine's notices after a reply's kept text when it was cut short: a stream sends `cut` in
+# its `done` event instead, and the page shows its own marker (as it does after a reload).
+_CUT_NOTICES = frozenset(rule.notice for rule in CUT_RULES.values())
 
 
 class MessageIn(BaseModel):
@@ -63,11 +71,13 @@ class MessageIn(BaseModel):
 
 
 class HistoryItem(BaseModel):
-    """One stored message."""
+    """One stored message. `cut` for a reply cut short ("stopped", "timeout", "shutdown"):
+    `content` is what was written until then, without the notice the user read after it."""
 
     role: str
     content: str
     created_at: str
+    cut: str | None = None
 
 
 ChannelId = Annotated[
@@ -108,11 +118,54 @@ def _wants_stream(request: Request, stream: bool) -> bool:
     return stream or "text/event-stream" in request.headers.get("accept", "")
 
 
+def _outcome(reply: Reply) -> dict[str, str]:
+    """A finished reply's status, and its cut when it was cut short."""
+    outcome = {"status": reply.status.value}
+    if reply.cut is not None:
+        outcome["cut"] = reply.cut.value
+    return outcome
+
+
+async def _stream_reply(replies: OpenReplies, reply: Reply, channel_key: str) -> AsyncIterator[bytes]:
+    """`reply` as Server-Sent Events: a `delta` per chunk, then `done` with its outcome."""
+    held: str | None = None  # a chunk that may be the cut notice: sent only if text follows
+    try:
+        async for chunk in replies.chunks(reply, channel_key):
+            if held is not None:
+                yield _sse({"delta": held})
+                held = None
+            if chunk in _CUT_NOTICES:
+                held = chunk
+            else:
+                yield _sse({"delta": chunk})
+    except Abandoned:  # shutdown could not wait for it: a last word, never a broken stream
+        yield _sse({"delta": notice_after(reply, SHUTDOWN_NOTICE)})
+        yield _sse({"status": ReplyStatus.FAILED.value}, event="done")
+        return
+    if held is not None and reply.cut is None:
+        yield _sse({"delta": held})
+    yield _sse(_outcome(reply), event="done")
+
+
+async def _whole_text(replies: OpenReplies, reply: Reply, channel_key: str) -> str:
+    """`reply`'s text once done; 503 when shutdown gave up on it."""
+    try:
+        return await replies.text(reply, channel_key)
+    except Abandoned as error:
+        raise HTTPException(503, "the bot is shutting down") from error
+
+
 def build_chat_router(
-    engine: ChatService, history: HistoryReader, admin_api_key: str | None, author_id: ClientPseudonym
+    engine: ChatService,
+    history: HistoryReader,
+    admin_api_key: str | None,
+    author_id: ClientPseudonym,
+    open_replies: OpenReplies | None = None,
 ) -> APIRouter:
-    """The chat page at `/` and the `/api/` routes of the page and of API clients."""
+    """The chat page at `/` and the `/api/` routes of the page and of API clients. The replies
+    clients wait for are read through `open_replies`, which the adapter drains at shutdown."""
     router = APIRouter()
+    replies = open_replies if open_replies is not None else OpenReplies()
 
     def admin_token_ok(request: Request) -> bool:
         return admin_api_key is not None and key_matches(bearer_token(request), [admin_api_key])
@@ -144,19 +197,6 @@ def build_chat_router(
         except ChinwagError as error:  # the engine is shutting down
             raise HTTPException(503, "the bot is shutting down") from error
 
-    async def stream_reply(reply: Reply) -> AsyncIterator[bytes]:
-        async for chunk in reply:
-            yield _sse({"delta": chunk})
-        await reply.text()
-        yield _sse({"status": reply.status.value}, event="done")
-
-    async def reply_response(request: Request, reply: Reply, stream: bool) -> Response:
-        if _wants_stream(request, stream):
-            return StreamingResponse(stream_reply(reply), media_type="text/event-stream", headers=SSE_HEADERS)
-        text = await reply.text()
-        # A silent reply (a resent message, a dropped flood message) produces no message.
-        return JSONResponse({"reply": None if reply.silent else text, "status": reply.status.value})
-
     @router.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
@@ -167,10 +207,17 @@ def build_chat_router(
     ) -> Response:
         """Send a message; the reply as `{"reply", "status"}`, or as Server-Sent Events
         (`data: {"delta"}` per chunk, then `event: done` with the status) with
-        `Accept: text/event-stream` or `?stream=true`."""
+        `Accept: text/event-stream` or `?stream=true`. A reply cut short (Stop, a timeout,
+        shutdown) also has `"cut"`; its stream leaves the cut's notice out (the page marks it)."""
         is_admin = admin_token_ok(request) or is_private_channel(channel_id)
-        reply = submit(to_event(request, channel_id, body, is_admin=is_admin))
-        return await reply_response(request, reply, stream)
+        event = to_event(request, channel_id, body, is_admin=is_admin)
+        reply = submit(event)
+        if _wants_stream(request, stream):
+            events = _stream_reply(replies, reply, event.channel_key)
+            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+        text = await _whole_text(replies, reply, event.channel_key)
+        # A silent reply (a resent message, a dropped flood message) produces no message.
+        return JSONResponse({"reply": None if reply.silent else text, **_outcome(reply)})
 
     @router.get("/api/channels/{channel_id}/messages")
     async def get_messages(
@@ -180,10 +227,25 @@ def build_chat_router(
         stored = await history.recent_messages(f"{PLATFORM}:{channel_id}", limit=limit)
         return {
             "messages": [
-                HistoryItem(role=item.role, content=item.content, created_at=item.created_at.isoformat())
+                HistoryItem(
+                    role=item.role,
+                    content=item.content,
+                    created_at=item.created_at.isoformat(),
+                    cut=item.cut.value if item.cut is not None else None,
+                )
                 for item in stored
             ]
         }
+
+    @router.post("/api/channels/{channel_id}/stop")
+    async def stop(request: Request, channel_id: ChannelId) -> dict[str, bool]:
+        """Stop the reply being generated in the channel now: the text written so far is kept
+        (stored, marked `"cut": "stopped"`) and the reply's stream ends with it. `{"stopped":
+        false}` when no reply of the channel is being generated. Needs the admin key, except for
+        a private channel's own holder."""
+        if not is_private_channel(channel_id):
+            require_admin(request)
+        return {"stopped": engine.stop(f"{PLATFORM}:{channel_id}")}
 
     @router.post("/api/channels/{channel_id}/reset", response_model=None)
     async def reset(request: Request, channel_id: ChannelId) -> Response:
@@ -192,8 +254,9 @@ def build_chat_router(
         Needs the admin key, except for a private channel's own holder."""
         if not is_private_channel(channel_id):
             require_admin(request)
-        reply = submit(to_event(request, channel_id, MessageIn(text="/reset"), is_admin=True))
-        text = await reply.text()
+        event = to_event(request, channel_id, MessageIn(text="/reset"), is_admin=True)
+        reply = submit(event)
+        text = await _whole_text(replies, reply, event.channel_key)
         status = reset_http_status(reply.status)
         if status == 429:
             raise HTTPException(429, text or "too many requests, please wait")

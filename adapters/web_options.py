@@ -21,6 +21,7 @@ class WebOptions:
     admin_api_key: str | None = None
     api_keys: tuple[str, ...] = ()
     max_body_bytes: int = 64 * 1024
+    drain_s: float = 10.0
 
     @classmethod
     def from_config(cls, web: WebConfig) -> WebOptions:
@@ -32,4 +33,5 @@ class WebOptions:
             admin_api_key=web.admin_api_key.get_secret_value() or None if web.admin_api_key else None,
             api_keys=tuple(key.get_secret_value() for key in web.api_keys if key.get_secret_value()),
             max_body_bytes=web.max_body_bytes,
+            drain_s=web.drain_s,
         )

@@ -52,7 +52,7 @@ from bot.config import ChatConfig, DiscordConfig, ModelConfig, TelegramConfig
 from bot.engine import ChatEngine
 from bot.events import ChatEvent
 from bot.ports import Conversation, SamplingOverrides
-from bot.reply import Reply
+from bot.reply import CutReason, Reply
 from storage.db import Database
 from storage.inbox import UpdateInbox
 from storage.locks import claim_exclusive
@@ -164,6 +164,9 @@ class RecordingEngine:
 
     def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
         return self._engine.complete(conversation, overrides, user_key)
+
+    def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
+        return self._engine.stop(channel_key, reason)
 
     def handed_out(self, channel_key: str) -> int:
         """How many replies the engine handed out for `channel_key` so far."""

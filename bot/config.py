@@ -65,7 +65,10 @@ class ModelConfig(_Section):
     prompt_format: Literal["auto", "chat_template", "dialogpt", "seq2seq", "plain"] = "auto"
     stop: tuple[str, ...] = ()
     context_window: int | None = Field(default=2048, ge=64)
-    generation_timeout_s: float = Field(default=120.0, gt=0.0)
+    # A reply cut by either keeps its text (see bot/engine.py): the stall is the usual guard, the
+    # total the cap on a reply that keeps streaming.
+    stall_timeout_s: float = Field(default=30.0, gt=0.0)
+    generation_timeout_s: float = Field(default=600.0, gt=0.0)
     cache_dir: str = "~/.cache/chinwag/models"
     threads: int | None = Field(default=None, ge=1)
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"
@@ -195,6 +198,8 @@ class WebConfig(_Section):
     admin_api_key: SecretStr | None = None
     api_keys: tuple[SecretStr, ...] = ()
     max_body_bytes: int = Field(default=65536, ge=1024)
+    # At shutdown, open chat replies may finish for this long; then they are stopped, keeping their text.
+    drain_s: float = Field(default=10.0, ge=0.0)
     # GET /metrics (Prometheus text format, counts only: no channel, user or message text).
     metrics: bool = True
 

@@ -1,6 +1,8 @@
 """The chat engine: gating, commands, and the turn (store, history, generate, store).
 
-Per-channel ordering lives in `bot.ordering`, the failure policy in `bot.failures`.
+Per-channel ordering lives in `bot.ordering`, the failure policy in `bot.failures`. A model reply
+cut short (no new text for `model.stall_timeout_s`, `model.generation_timeout_s` in all, the
+user's Stop, shutdown) keeps the text that came: see `_Cutter`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from bot.config import ChatConfig, ModelConfig
 from bot.conversation import ConversationReader
 from bot.errors import GenerationTimeout, RateLimited, StorageError
 from bot.events import ChatEvent
-from bot.failures import GENERATION_ERRORS, SHUTDOWN_NOTICE, notice_after, report_error, report_unexpected
+from bot.failures import (
+    CUT_RULES,
+    GENERATION_ERRORS,
+    SHUTDOWN_NOTICE,
+    notice_after,
+    report_cut,
+    report_error,
+    report_unexpected,
+)
 from bot.metrics import EngineMetrics, NoMetrics
 from bot.ordering import ChannelOrder, Slot
 from bot.ports import (
@@ -31,7 +41,7 @@ from bot.ports import (
     StoredMessage,
 )
 from bot.ratelimit import RateLimiter, Verdict
-from bot.reply import Reply, ReplyStatus
+from bot.reply import CutReason, Reply, ReplyStatus
 from bot.sanitize import clip, sanitize_text
 
 logger = logging.getLogger(__name__)
@@ -44,15 +54,58 @@ WINDOW_CUT_NOTICE = (
 RATE_LIMIT_REPLY = "You're sending messages faster than I can answer. Please wait {seconds} s and try again."
 EMPTY_MODEL_REPLY = "(I have no answer to that. Could you rephrase it?)"
 RESET_SKIPPED_REPLY = "(Not answered: this conversation was reset before I got to it.)"
+# At shutdown, how long replies cut short after the grace get to store their kept text.
+SHUTDOWN_SETTLE_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class _Generated:
-    """A generation that ran to its end: the text (perhaps empty), its prompt and how many chunks."""
+    """A generation that ended without an error: the text (perhaps empty), its prompt, how many
+    chunks; `cut` when it was cut short (the text is what came until then), `detail` says how."""
 
     text: str
     prompt: PreparedPrompt
     chunks: int
+    cut: CutReason | None = None
+    detail: str = ""
+
+
+class _Cutter:
+    """Ends one generation early, keeping its text: for the user's Stop, shutdown and timeouts.
+
+    The stream is read under one `asyncio.timeout` (`arm`); each chunk moves its deadline to
+    `stall_timeout_s` later (never past the total cap), and `cut` moves it to now. One timer serves
+    every reason, and `reason` tells them apart once it fired (None: a timeout). Leaving the
+    timeout closes the backend's stream, which stops the model (the local one within a token).
+    """
+
+    def __init__(self) -> None:
+        self.reason: CutReason | None = None
+        self.detail = ""
+        self._timeout: asyncio.Timeout | None = None
+        self._ended = False
+
+    def cut(self, reason: CutReason, detail: str) -> bool:
+        """Cut the generation now (or, before it streams, keep it from starting). False when it
+        ended, was cut already, or a timeout fired just before (that is then its reason)."""
+        if self.reason is not None or self._ended:
+            return False
+        timeout = self._timeout
+        if timeout is not None and timeout.expired():
+            return False
+        self.reason, self.detail = reason, detail
+        if timeout is not None:
+            timeout.reschedule(asyncio.get_running_loop().time())  # fires at the next loop turn
+        return True
+
+    def arm(self, timeout: asyncio.Timeout) -> bool:
+        """The stream is about to be read under `timeout`; False when it was cut before that."""
+        self._timeout = timeout
+        return self.reason is None
+
+    def end(self) -> None:
+        """The stream ended (by itself, by an error, or cut): a later `cut` changes nothing."""
+        self._ended = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +152,9 @@ class ChatEngine:
         )
         self._conversations = ConversationReader(repository, chat, model.system_prompt, self._sampling)
         self._order = ChannelOrder()
+        # channel key -> the cutter of its running generation (one at a time: the channel's order).
+        self._cutters: dict[str, _Cutter] = {}
+        self._cutting_all = False  # shutdown's grace is over: every generation is cut at once
 
     @property
     def stats(self) -> EngineStats:
@@ -178,6 +234,14 @@ class ChatEngine:
                 if isinstance(generated, ReplyStatus):
                     await reply.finish(generated)
                     return
+                if generated.cut is not None:
+                    # A timeout or shutdown (nobody can stop a completion): nothing is stored, so
+                    # the API client gets the failure it always got rather than a whole-looking reply.
+                    cut, detail = generated.cut, generated.detail
+                    await reply.finish(
+                        await report_cut(cut, reply, self._metrics, user_key, detail, kept=False)
+                    )
+                    return
                 await self._push_cut_notice(reply, input_cut, generated.prompt)
                 reply.usage, reply.finish_reason = report.usage(), report.finish_reason
                 await reply.finish(ReplyStatus.ANSWERED)
@@ -190,13 +254,32 @@ class ChatEngine:
         self._order.start(run(), name="chinwag:completion")
         return reply
 
-    async def close(self, grace_s: float = 10.0) -> None:
-        """Stop accepting events; let in-flight replies finish for `grace_s`, then cancel them.
+    def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
+        """End the channel's running model reply now, keeping its text (see `ChatService.stop`).
 
-        A cancelled reply stores nothing half-written: the assistant message is only written after
-        the generation completed.
+        The generation's stream is closed, which stops the model (the local one within a token).
+        `Backend.forget` is not called: it is `/reset`'s, and also drops the channel's prompt
+        anchors (which keep the next prompt's window start, and so its cached prefix, stable) and
+        cancels every job of the channel. The reply then ends ANSWERED with `cut` set and its text
+        stored, or, when nothing came yet, with a notice. False when no reply of the channel is
+        being generated (e.g. it is still queued, or already done)."""
+        cutter = self._cutters.get(channel_key)
+        return cutter is not None and cutter.cut(reason, "on request")
+
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Stop accepting events; let in-flight replies finish for `grace_s`; then cut the running
+        generations short (their text is kept and stored, marked `SHUTDOWN`; replies not generating
+        yet end with a notice) and give them `SHUTDOWN_SETTLE_S` to store it; cancel what is still
+        running then, which stores nothing more.
         """
-        await self._order.close(grace_s)
+
+        def cut_all() -> None:
+            self._cutting_all = True
+            cut = [key for key, cutter in list(self._cutters.items()) if cutter.cut(*_SHUTDOWN_CUT)]
+            if cut:
+                logger.info("shutdown: %d running replies cut short, their text kept", len(cut))
+
+        await self._order.close(grace_s, cut=cut_all, settle_s=SHUTDOWN_SETTLE_S)
 
     async def _handle_in_turn(
         self, event: ChatEvent, reply: Reply, verdict: Verdict, received: float, slot: Slot
@@ -263,18 +346,26 @@ class ChatEngine:
                 return resolved
             stored = resolved
         conversation, sampling = await self._conversations.for_question(event.channel_key, stored)
-        generated = await self._run_generation(conversation, sampling, reply, event.channel_key, saved=True)
+        where = event.channel_key
+        generated = await self._run_generation(conversation, sampling, reply, where, saved=True)
         if isinstance(generated, ReplyStatus):
             return generated
         if not generated.text.strip():
+            if generated.cut is not None:  # cut before any text: nothing to keep
+                cut, detail = generated.cut, generated.detail
+                return await report_cut(cut, reply, self._metrics, where, detail, kept=False)
             await reply.push(EMPTY_MODEL_REPLY)
             return ReplyStatus.NOTICE
-        await self._repository.append_message(event.channel_key, "assistant", generated.text)
+        await self._repository.append_message(where, "assistant", generated.text, cut=generated.cut)
         latency_s = time.perf_counter() - received
         self._metrics.reply_finished(latency_s, generated.chunks)
-        logger.debug("answered in %s: %d chars, %.3f s", event.channel_key, len(generated.text), latency_s)
+        logger.debug("answered in %s: %d chars, %.3f s", where, len(generated.text), latency_s)
         await self._push_cut_notice(reply, input_cut, generated.prompt)
-        return ReplyStatus.ANSWERED
+        if generated.cut is None:
+            return ReplyStatus.ANSWERED
+        # The cut's notice last: the web adapter shows it as a marker instead of as text.
+        reply.mark_cut(generated.cut)
+        return await report_cut(generated.cut, reply, self._metrics, where, generated.detail, kept=True)
 
     async def _resolve_duplicate(
         self, event: ChatEvent, reply: Reply, input_cut: bool
@@ -298,6 +389,9 @@ class ChatEngine:
         logger.info("redelivered message %s in %s: stored answer resent", event.message_id, event.channel_key)
         await reply.push(stored_answer.content)
         await self._push_cut_notice(reply, input_cut, None)
+        if stored_answer.cut is not None:
+            reply.mark_cut(stored_answer.cut)
+            await reply.push(CUT_RULES[stored_answer.cut].notice)
         return ReplyStatus.ANSWERED
 
     async def _push_cut_notice(self, reply: Reply, input_cut: bool, prompt: PreparedPrompt | None) -> None:
@@ -318,8 +412,15 @@ class ChatEngine:
     ) -> _Generated | ReplyStatus:
         """Prepare and stream one generation into `reply`. A failure leaves its notice in the
         reply (see bot.failures) and returns the status to finish with; its half-written text is
-        never returned for storing. `saved`: the user's message is in the history. `report`, when
-        given, gets the backend's token counts and finish reason (see `UsageReporting`)."""
+        never returned for storing. A cut (see `_Cutter`) returns the text that came, with the
+        reason. `saved`: the user's message is in the history, and `where` is its channel, whose
+        running generation `stop` can cut. `report`, when given, gets the backend's token counts
+        and finish reason (see `UsageReporting`)."""
+        cutter = _Cutter()
+        if saved:
+            self._cutters[where] = cutter
+        if self._cutting_all:
+            cutter.cut(*_SHUTDOWN_CUT)
         try:
             prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
             stream = (
@@ -327,19 +428,52 @@ class ChatEngine:
                 if report is None
                 else reporting_stream(self._backend, prompt, sampling, report)
             )
-            parts = await self._generate(stream, reply)
+            parts = await self._generate(stream, reply, cutter)
         except GENERATION_ERRORS as error:
             return await report_error(error, reply, self._metrics, where, saved=saved)
-        return _Generated("".join(parts), prompt, len(parts))
+        finally:
+            if self._cutters.get(where) is cutter:
+                del self._cutters[where]
+        return _Generated("".join(parts), prompt, len(parts), cutter.reason, cutter.detail)
 
-    async def _generate(self, prompt_stream: AsyncGenerator[str, None], reply: Reply) -> list[str]:
-        """Copy the backend's stream into `reply` under the generation timeout; return its chunks."""
+    async def _generate(
+        self, prompt_stream: AsyncGenerator[str, None], reply: Reply, cutter: _Cutter
+    ) -> list[str]:
+        """Copy the backend's stream into `reply` until it ends or is cut; return its chunks.
+
+        Cut (`cutter.reason` set) by `cutter.cut`, after `stall_timeout_s` without a new chunk
+        (counted from the first one: waiting for a free place in the model's batch and reading
+        the prompt are bounded by the total cap alone), or after `generation_timeout_s` in all.
+        """
+        loop = asyncio.get_running_loop()
+        stall_s, total_s = self._model.stall_timeout_s, self._model.generation_timeout_s
+        cap = loop.time() + total_s
         parts: list[str] = []
+        timeout = asyncio.timeout_at(cap)
         try:
-            async with asyncio.timeout(self._model.generation_timeout_s), aclosing(prompt_stream) as stream:
+            async with timeout, aclosing(prompt_stream) as stream:
+                if not cutter.arm(timeout):
+                    return parts
                 async for chunk in stream:
-                    parts.append(chunk)
                     await reply.push(chunk)
-        except TimeoutError as error:
-            raise GenerationTimeout(f"no reply within {self._model.generation_timeout_s:g} s") from error
+                    parts.append(chunk)
+                    if cutter.reason is None:  # else a cut's deadline of "now" is pending
+                        timeout.reschedule(min(cap, loop.time() + stall_s))
+                cutter.end()  # before closing the stream: a cut now would call a whole reply cut
+        except TimeoutError:
+            if not timeout.expired():
+                raise  # not this timer's: an error of the backend's own
+            if cutter.reason is None:
+                stalled = (timeout.when() or cap) < cap
+                detail = f"no new text for {stall_s:g} s" if stalled else f"still writing after {total_s:g} s"
+                cutter.reason, cutter.detail = CutReason.TIMEOUT, detail
+        except GenerationTimeout as error:  # the backend's own deadline (the local model has one)
+            if not parts:
+                raise
+            cutter.reason, cutter.detail = CutReason.TIMEOUT, str(error)
+        finally:
+            cutter.end()  # the timer is gone: `cut` must not touch it
         return parts
+
+
+_SHUTDOWN_CUT = (CutReason.SHUTDOWN, "the shutdown grace ran out")

@@ -1,8 +1,11 @@
 """The failure policy: for each error a reply can end with, what the user reads, the status the
-reply finishes with, the metric kind it counts as and how it is logged. One table, `ERROR_RULES`.
+reply finishes with, the metric kind it counts as and how it is logged. One table, `ERROR_RULES`;
+and one for a model reply cut short (a timeout, the user's Stop, shutdown), `CUT_RULES`.
 
 Notices follow the rule of `notice_after`: one that follows streamed text keeps its leading blank
-line, one with nothing streamed before it drops it. No text of a failed reply is ever stored.
+line, one with nothing streamed before it drops it. No text of a failed reply is ever stored; a
+reply cut short keeps what came (stored, marked with its `CutReason`, the notice not part of it),
+and only one cut before any text is a notice like a failure's.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from bot.errors import (
     GenerationTimeout,
     StorageError,
 )
-from bot.reply import Reply, ReplyStatus
+from bot.reply import CutReason, Reply, ReplyStatus
 
 if TYPE_CHECKING:  # bot.metrics reads ERROR_RULES from here
     from bot.metrics import EngineMetrics
@@ -36,6 +39,11 @@ STORAGE_FAILED_REPLY = "Sorry, I can't reach my memory right now. Please try aga
 BUSY_REPLY = "I'm answering a lot of people right now. Please try again in a few seconds."
 CANCELLED_NOTICE = "\n\n(Stopped before the end: the conversation was reset, or I am restarting.)"
 SHUTDOWN_NOTICE = "\n\n(Stopped: the bot is shutting down.)"
+# After the kept text of a reply cut short (the web page shows its own marker from the stored cut).
+STOPPED_CUT_NOTICE = "\n\n(Stopped.)"
+TIMEOUT_CUT_NOTICE = "\n\n(Cut short: that took too long, so I stopped here.)"
+SHUTDOWN_CUT_NOTICE = "\n\n(Cut short: the bot is shutting down.)"
+STOPPED_EMPTY_REPLY = "\n\n(Stopped before I had written anything.)"
 # Remote model servers (openai / tgi backends). A chat message is stored before generating, so it
 # is "saved"; a stateless completion (`ChatEngine.complete`) is not, and its replies do not say so.
 UNAVAILABLE_REPLY = (
@@ -154,6 +162,54 @@ ERROR_RULES: tuple[ErrorRule, ...] = (
     ),
 )
 
+
+@dataclass(frozen=True, slots=True)
+class CutRule:
+    """What a model reply cut short for one `CutReason` becomes.
+
+    With text: the text is kept (stored by the engine) and `notice` follows it; the reply is
+    ANSWERED. Without any: `empty_notice` alone, finishing with `empty_status`, as a failure would.
+    `kind` is the metric it counts as (one of `ERROR_RULES`' kinds), None for none; `log` takes
+    where (a channel key) and a detail.
+    """
+
+    notice: str
+    empty_notice: str
+    empty_status: ReplyStatus
+    kind: str | None
+    log_level: int
+    log: str
+
+
+CUT_RULES: dict[CutReason, CutRule] = {
+    # The user's own choice: nothing to count or to warn about.
+    CutReason.STOPPED: CutRule(
+        STOPPED_CUT_NOTICE,
+        STOPPED_EMPTY_REPLY,
+        ReplyStatus.NOTICE,
+        None,
+        logging.INFO,
+        "reply in %s stopped by the user: %s",
+    ),
+    CutReason.TIMEOUT: CutRule(
+        TIMEOUT_CUT_NOTICE,
+        GENERATION_TIMEOUT_REPLY,
+        ReplyStatus.FAILED,
+        "timeout",
+        logging.WARNING,
+        "reply in %s cut short by a timeout: %s",
+    ),
+    CutReason.SHUTDOWN: CutRule(
+        SHUTDOWN_CUT_NOTICE,
+        SHUTDOWN_NOTICE,
+        ReplyStatus.FAILED,
+        "cancelled",
+        logging.INFO,
+        "reply in %s cut short by shutdown: %s",
+    ),
+}
+
+
 # What a generation may raise that the policy turns into a reply (a StorageError cannot come from it).
 GENERATION_ERRORS: tuple[type[BaseException], ...] = (BackendError, MemoryError)
 
@@ -189,3 +245,21 @@ async def report_unexpected(reply: Reply, what: str) -> ReplyStatus:
     logger.exception("unexpected error %s", what)
     await reply.push(notice_after(reply, GENERATION_FAILED_REPLY))
     return ReplyStatus.FAILED
+
+
+async def report_cut(
+    reason: CutReason, reply: Reply, metrics: EngineMetrics, where: str, detail: str, *, kept: bool
+) -> ReplyStatus:
+    """Log and count a model reply cut short for `reason` (`detail` says how, for the log) and push
+    its notice into `reply`; return the status to finish with. `kept`: text came and the engine
+    stores it (ANSWERED); otherwise nothing is kept (no text came, or a stateless completion) and
+    the reply ends as a failure's would, with the empty notice after whatever was streamed."""
+    rule = CUT_RULES[reason]
+    logger.log(rule.log_level, rule.log, where, detail)
+    if rule.kind is not None:
+        metrics.generation_failed(rule.kind)
+    if kept:
+        await reply.push(rule.notice)
+        return ReplyStatus.ANSWERED
+    await reply.push(notice_after(reply, rule.empty_notice))
+    return rule.empty_status

@@ -98,12 +98,18 @@ class ChannelOrder:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def close(self, grace_s: float) -> None:
-        """Refuse new jobs; let running ones finish for `grace_s`, then cancel them and wait."""
+    async def close(
+        self, grace_s: float, *, cut: Callable[[], None] | None = None, settle_s: float = 0.0
+    ) -> None:
+        """Refuse new jobs; let running ones finish for `grace_s`. Then, when some still run: call
+        `cut` (it asks them to end early) and give them `settle_s` more; cancel the rest and wait."""
         self._closing = True
         if not self._tasks:
             return
         _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        if pending and cut is not None:
+            cut()
+            _, pending = await asyncio.wait(pending, timeout=settle_s)
         for task in pending:
             task.cancel()
         if pending:

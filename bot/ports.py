@@ -18,7 +18,10 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 
 from bot.events import ChatEvent
+from bot.reply import CutReason as _CutReason
 from bot.reply import Reply
+
+CutReason = _CutReason  # storage names it from here (it may import no other module of the core)
 
 # --- conversations (what a backend answers) ----------------------------------------------------
 
@@ -86,7 +89,10 @@ class SamplingOverrides:
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """One message as stored; `id` grows with every append, so it orders a channel's history."""
+    """One message as stored; `id` grows with every append, so it orders a channel's history.
+
+    `cut` is set on an assistant message whose text was cut short (see `CutReason`): `content` is
+    what the model wrote until then, without the notice the user read after it."""
 
     id: int
     role: Role
@@ -95,6 +101,7 @@ class StoredMessage:
     author_name: str | None
     platform_message_id: str | None
     created_at: datetime  # timezone-aware, UTC
+    cut: CutReason | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +140,11 @@ class Repository(Protocol):
         author_id: str | None = None,
         author_name: str | None = None,
         platform_message_id: str | None = None,
+        cut: CutReason | None = None,
     ) -> StoredMessage | None:
         """Store a message (creating the channel on first use). None when `platform_message_id`
-        was already stored in this channel: a duplicate delivery, nothing changed."""
+        was already stored in this channel: a duplicate delivery, nothing changed. `cut`: an
+        assistant message cut short, kept with the reason."""
         ...
 
     async def recent_messages(
@@ -306,4 +315,9 @@ class ChatService(Protocol):
 
     def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
         """Answer a stateless conversation (the caller sends the whole history)."""
+        ...
+
+    def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
+        """End the channel's running model reply now, keeping the text it has so far (stored, cut
+        for `reason`). False when the channel has no reply being generated."""
         ...

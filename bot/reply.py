@@ -30,13 +30,22 @@ class ReplyStatus(Enum):
     """How the engine dealt with one event; final once the reply is done."""
 
     PENDING = "pending"
-    ANSWERED = "answered"  # the model answered; the reply is stored in the history
+    ANSWERED = "answered"  # the model answered; the reply is stored in the history (see `Reply.cut`)
     COMMAND = "command"  # a command was handled
     NOTICE = "notice"  # a polite notice instead of generating (empty message, rate limit, busy)
     SUPERSEDED = "superseded"  # a /reset came after this message was queued: not answered, the text says so
     DUPLICATE = "duplicate"  # this platform message was seen already: send nothing
     DROPPED = "dropped"  # rate-limited again after the notice: send nothing
     FAILED = "failed"  # generation or storage failed; the text is an error message for the user
+
+
+class CutReason(Enum):
+    """Why a model reply ended before the model finished it. The text that came is kept: stored
+    as the assistant's message with this reason, and followed by a short notice for the user."""
+
+    STOPPED = "stopped"  # the user asked to stop it (the web page's Stop button)
+    TIMEOUT = "timeout"  # no new text for `model.stall_timeout_s`, or `model.generation_timeout_s` in all
+    SHUTDOWN = "shutdown"  # the bot was shutting down and its grace for running replies ran out
 
 
 # Statuses whose text must not be posted to the platform.
@@ -59,6 +68,8 @@ class Reply:
         # None otherwise (other replies, backends that do not count, failed generations).
         self.usage: Usage | None = None
         self.finish_reason: FinishReason | None = None
+        # Set with an ANSWERED status when the model's text was cut short (and kept).
+        self.cut: CutReason | None = None
 
     @property
     def done(self) -> bool:
@@ -78,6 +89,10 @@ class Reply:
             async with self._changed:
                 self._chunks.append(chunk)
                 self._changed.notify_all()
+
+    def mark_cut(self, reason: CutReason) -> None:
+        """Record that the model's text was cut short and kept (engine side, before `finish`)."""
+        self.cut = reason
 
     async def finish(self, status: ReplyStatus) -> None:
         """Mark the reply complete with its final status (engine side)."""

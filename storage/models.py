@@ -132,3 +132,5 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, server_default=text("CURRENT_TIMESTAMP")
     )
+    # An assistant message cut short and kept: why (`bot.ports.CutReason`'s value); NULL otherwise.
+    cut: Mapped[str | None] = mapped_column(String(16))

@@ -11,7 +11,16 @@ from sqlalchemy import Connection, CursorResult, Row, Select, bindparam, delete,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
-from bot.ports import UNSET, ChannelSettings, HistoryReader, Repository, Role, StoredMessage, _Unset
+from bot.ports import (
+    UNSET,
+    ChannelSettings,
+    CutReason,
+    HistoryReader,
+    Repository,
+    Role,
+    StoredMessage,
+    _Unset,
+)
 from storage.db import Database
 from storage.models import Channel, Message
 
@@ -24,10 +33,12 @@ def split_channel_key(channel_key: str) -> tuple[str, str]:
     return platform, external_id
 
 
-_MessageRow = Row[int, str, str, str | None, str | None, str | None, datetime]
+# id, role, content, author_id, author_name, platform_message_id, created_at, cut
+_MessageRow = Row[int, str, str, str | None, str | None, str | None, datetime, str | None]
+_MessageSelect = Select[int, str, str, str | None, str | None, str | None, datetime, str | None]
 
 
-def _message_columns() -> Select[int, str, str, str | None, str | None, str | None, datetime]:
+def _message_columns() -> _MessageSelect:
     return select(
         Message.id,
         Message.role,
@@ -36,6 +47,7 @@ def _message_columns() -> Select[int, str, str, str | None, str | None, str | No
         Message.author_name,
         Message.platform_message_id,
         Message.created_at,
+        Message.cut,
     )
 
 
@@ -48,12 +60,12 @@ def _stored(row: _MessageRow) -> StoredMessage:
         author_name=row.author_name,
         platform_message_id=row.platform_message_id,
         created_at=row.created_at,
+        # Only `append_message` writes it, from a CutReason.
+        cut=CutReason(row.cut) if row.cut is not None else None,
     )
 
 
-def recent_messages_statement(
-    channel_id: int, limit: int, max_id: int | None = None
-) -> Select[int, str, str, str | None, str | None, str | None, datetime]:
+def recent_messages_statement(channel_id: int, limit: int, max_id: int | None = None) -> _MessageSelect:
     """The query behind `recent_messages`: the channel's newest `limit` rows (with ids at most
     `max_id`, when given), newest first.
 
@@ -77,9 +89,7 @@ def recent_messages_statement(
     return statement
 
 
-def next_message_statement(
-    channel_id: int, after_id: int
-) -> Select[int, str, str, str | None, str | None, str | None, datetime]:
+def next_message_statement(channel_id: int, after_id: int) -> _MessageSelect:
     """The channel's first message after id `after_id` (no row when there is none).
 
     One step forward in the (channel_id, id) index. Written as a range for the reason given in
@@ -137,6 +147,7 @@ class ChatRepository:
                 author_id=bindparam("author_id"),
                 author_name=bindparam("author_name"),
                 platform_message_id=bindparam("platform_message_id"),
+                cut=bindparam("cut"),
             )
             .on_conflict_do_nothing(index_elements=[Message.channel_id, Message.platform_message_id])
             .returning(Message.id, Message.created_at)
@@ -188,6 +199,7 @@ class ChatRepository:
         author_id: str | None = None,
         author_name: str | None = None,
         platform_message_id: str | None = None,
+        cut: CutReason | None = None,
     ) -> StoredMessage | None:
         """See `Repository.append_message`."""
         platform, external_id = split_channel_key(channel_key)
@@ -206,6 +218,7 @@ class ChatRepository:
                 "author_id": author_id,
                 "author_name": author_name,
                 "platform_message_id": platform_message_id,
+                "cut": cut.value if cut is not None else None,
             }
             return channel_id, connection.execute(self._insert_message, values).one_or_none()
 
@@ -221,6 +234,7 @@ class ChatRepository:
             author_name=author_name,
             platform_message_id=platform_message_id,
             created_at=row.created_at,
+            cut=cut,
         )
 
     async def recent_messages(

@@ -15,6 +15,7 @@
   const form = document.getElementById("composer");
   const input = document.getElementById("input");
   const send = document.getElementById("send");
+  const stop = document.getElementById("stop");
   const clear = document.getElementById("clear");
   const optionsForm = document.getElementById("options");
   const system = document.getElementById("system");
@@ -96,12 +97,45 @@
     }
   }
 
+  // A reply cut short (stopped, a timeout, shutdown) keeps its text; chat.css draws the marker
+  // after it from data-cut, the same while streaming and after a reload.
+  function markCut(bubble, cut) {
+    if (typeof cut === "string" && cut) bubble.dataset.cut = cut;
+  }
+
+  // The Stop button, shown while a reply streams: the server stops that reply and keeps what it
+  // wrote, and the stream ends as usual. Should the stop request fail, the stream is abandoned
+  // here (abort), so the page is never stuck.
+  let streamControl = null;
+  function showStop(controller) {
+    streamControl = controller;
+    stop.disabled = false;
+    stop.hidden = false;
+  }
+  function hideStop() {
+    streamControl = null;
+    stop.hidden = true;
+  }
+  stop.addEventListener("click", async () => {
+    const controller = streamControl;
+    if (!controller) return;
+    stop.disabled = true;
+    try {
+      const response = await fetch(`${base}/stop`, { method: "POST" });
+      if (!response.ok) throw new Error(await errorText(response));
+      // Not stopped: the reply was not being written yet (or just ended); one may click again.
+      if (!(await response.json()).stopped && streamControl === controller) stop.disabled = false;
+    } catch (_) {
+      controller.abort();
+    }
+  });
+
   async function loadHistory() {
     try {
       const response = await fetch(`${base}/messages?limit=200`);
       if (!response.ok) throw new Error(await errorText(response));
       const body = await response.json();
-      for (const item of body.messages) addMessage(item.role, item.content);
+      for (const item of body.messages) markCut(addMessage(item.role, item.content), item.cut);
     } catch (error) {
       addNotice(`Could not load the conversation: ${error.message}`);
     }
@@ -111,18 +145,23 @@
     addMessage("user", text);
     const bubble = addMessage("assistant", "", "pending");
     let status = null;
+    let cut = null;
+    const controller = new AbortController();
+    showStop(controller);
     try {
       const response = await fetch(`${base}/messages`, {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
         // The message id makes a resend after a network error count once.
         body: JSON.stringify({ text, message_id: randomId(12) }),
+        signal: controller.signal,
       });
       if (!response.ok) throw new Error(await errorText(response));
       bubble.classList.replace("pending", "streaming");
       await readEvents(response, (name, data) => {
         if (name === "done") {
           status = data.status;
+          cut = data.cut;
         } else if (typeof data.delta === "string") {
           bubble.textContent += data.delta;
           scrollDown();
@@ -132,11 +171,14 @@
       else if (status === "failed") bubble.classList.add("error");
       else if (status === null) throw new Error("the reply was cut off");
     } catch (error) {
+      const reason = controller.signal.aborted ? "stopped here: the server did not answer the Stop" : error.message;
       bubble.classList.add("error");
-      bubble.textContent += (bubble.textContent ? "\n\n" : "") + `(${error.message})`;
+      bubble.textContent += (bubble.textContent ? "\n\n" : "") + `(${reason})`;
     } finally {
+      hideStop();
       bubble.classList.remove("pending", "streaming");
       bubble.dataset.status = status || "error";
+      markCut(bubble, cut);
     }
   }
 

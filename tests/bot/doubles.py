@@ -66,3 +66,29 @@ class FailingBackend(EchoBackend):
                 yield chunk
         finally:
             self.closed_streams += 1
+
+
+class EndlessBackend(EchoBackend):
+    """Writes "w0 w1 w2 …" one word every `delay_s` and never ends by itself; with `hang_first`
+    it waits forever before its first word. Counts the streams it was asked for and how many
+    were closed (a cut must close the stream, which is what stops a real model)."""
+
+    def __init__(self, delay_s: float = 0.01, *, hang_first: bool = False) -> None:
+        self.delay_s = delay_s
+        self.hang_first = hang_first
+        self.started = asyncio.Event()  # set once the first word is out (or the hang began)
+        self.closed_streams = 0
+
+    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+        try:
+            if self.hang_first:
+                self.started.set()
+                await asyncio.sleep(3600)
+            index = 0
+            while True:
+                yield f"w{index} "
+                self.started.set()
+                index += 1
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.closed_streams += 1

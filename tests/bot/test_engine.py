@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 
 from bot.engine import RESET_SKIPPED_REPLY
-from bot.errors import ChinwagError
 from bot.events import ChatEvent
 from bot.reply import ReplyStatus
 from storage.repository import ChatRepository
@@ -363,20 +362,6 @@ async def test_any_backend_exception_becomes_an_error_reply(
     assert await engine.ask(user("fine")) == "echo[1]: fine"
 
 
-async def test_generation_timeout_stops_the_stream_and_the_channel_recovers(
-    make_engine: EngineFactory, repository: ChatRepository
-) -> None:
-    backend = FailingBackend()
-    engine = await make_engine(backend, model={"generation_timeout_s": 0.2})
-    reply = engine.handle(user("hang on"))
-    text = await asyncio.wait_for(reply.text(), timeout=5)
-    assert reply.status is ReplyStatus.FAILED
-    assert "took too long" in text
-    assert backend.closed_streams == 1  # the backend's stream was closed, so it can free its resources
-    assert await history(repository) == [("user", "hang on")]
-    assert await engine.ask(user("quick one")) == "echo[1]: quick one"
-
-
 async def test_a_flood_gets_one_notice_and_no_generation(
     make_engine: EngineFactory, repository: ChatRepository
 ) -> None:
@@ -417,15 +402,4 @@ async def test_history_budget_limits_what_the_prompt_gets(make_engine: EngineFac
     assert last.message == "q4"
 
 
-async def test_close_abandons_in_flight_replies_without_storing_them(
-    make_engine: EngineFactory, repository: ChatRepository
-) -> None:
-    engine = await make_engine(FailingBackend())
-    reply = engine.handle(user("hang forever"))
-    # The backend yields "thinking" and hangs: the question is stored, the generation under way.
-    await wait_until(lambda: reply.text_so_far() == "thinking", what="the generation started")
-    await engine.close(grace_s=0.1)
-    assert reply.done and reply.status is ReplyStatus.FAILED
-    assert await history(repository) == [("user", "hang forever")]
-    with pytest.raises(ChinwagError):
-        engine.handle(user("too late"))
+# Timeouts, Stop and shutdown keep a reply's text: tests/bot/test_cut_replies.py.

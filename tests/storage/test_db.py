@@ -8,9 +8,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -346,3 +348,37 @@ async def test_deleting_a_channel_deletes_its_messages(database: Database) -> No
         lambda connection: connection.scalar(text("SELECT count(*) FROM messages"))
     )
     assert messages == 0
+
+
+async def test_migration_0003_adds_the_cut_column_under_existing_rows_and_goes_back(
+    database: Database,
+) -> None:
+    def migrate(revision: str, *, up: bool) -> Callable[[Connection], None]:
+        def work(connection: Connection) -> None:
+            config = Config()
+            config.set_main_option("script_location", str(Path(storage.db.__file__).parent / "migrations"))
+            config.attributes["connection"] = connection
+            (command.upgrade if up else command.downgrade)(config, revision)
+
+        return work
+
+    def columns(connection: Connection) -> set[str]:
+        return {column["name"] for column in inspect(connection).get_columns("messages")}
+
+    def old_reply(connection: Connection) -> None:  # written as the 0002 schema takes it
+        connection.execute(text("INSERT INTO channels (platform, external_id) VALUES ('web', 'a')"))
+        connection.execute(
+            text(
+                "INSERT INTO messages (channel_id, role, content) "
+                "SELECT id, 'assistant', 'from before' FROM channels WHERE external_id = 'a'"
+            )
+        )
+
+    await database.run_write(migrate("0002", up=False))
+    assert "cut" not in await database.run_read(columns)
+    await database.run_write(old_reply)
+    await database.run_write(migrate("head", up=True))
+    assert "cut" in await database.run_read(columns)
+    (old,) = await ChatRepository(database).recent_messages("web:a", limit=5)
+    assert (old.content, old.cut) == ("from before", None)
+    assert await alembic_versions(database) == [head_revision()]

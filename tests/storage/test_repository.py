@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Connection, func, select, text
 
 from bot.errors import StorageError
-from bot.ports import UNSET, ChannelSettings, Repository
+from bot.ports import UNSET, ChannelSettings, CutReason, Repository
 from storage.db import Database
 from storage.models import Channel
 from storage.repository import ChatRepository, split_channel_key
@@ -405,3 +405,17 @@ async def test_last_platform_message_ids_name_where_each_channel_stopped(repo: C
     assert await repo.last_platform_message_ids("discord") == {"1": "900", "2": "6", "5": "52"}
     assert await repo.last_platform_message_ids("telegram") == {"1": "77"}
     assert await repo.last_platform_message_ids("web") == {}
+
+
+async def test_a_reply_cut_short_is_stored_with_its_reason(repo: ChatRepository) -> None:
+    question = await repo.append_message("web:a", "user", "tell me", platform_message_id="q1")
+    cut = await repo.append_message("web:a", "assistant", "I was say", cut=CutReason.STOPPED)
+    whole = await repo.append_message("web:a", "assistant", "whole")
+    assert question is not None and cut is not None and whole is not None
+    assert (question.cut, cut.cut, whole.cut) == (None, CutReason.STOPPED, None)
+    assert await repo.recent_messages("web:a", limit=10) == [question, cut, whole]
+    assert await repo.answer_to("web:a", "q1") == (question, cut)
+    for reason in CutReason:
+        stored = await repo.append_message("web:b", "assistant", reason.value, cut=reason)
+        assert stored is not None
+        assert (await repo.recent_messages("web:b", limit=1))[0].cut is reason
