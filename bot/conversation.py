@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bot.config import ChatConfig
+from bot.config import ChatConfig, ModelConfig
 from bot.ports import Conversation, Repository, SamplingSettings, StoredMessage, Turn
+
+
+def configured_sampling(model: ModelConfig) -> SamplingSettings:
+    """The `model:` section's sampling settings (a channel may override its temperature)."""
+    return SamplingSettings(
+        temperature=model.temperature,
+        top_p=model.top_p,
+        max_new_tokens=model.max_new_tokens,
+        repetition_penalty=model.repetition_penalty,
+        stop=model.stop,
+    )
 
 
 class ConversationReader:

@@ -1,8 +1,9 @@
 """The chat engine: gating, commands, and the turn (store, history, generate, store).
 
-Per-channel ordering lives in `bot.ordering`, the failure policy in `bot.failures`. A model reply
+Per-channel ordering lives in `bot.ordering`, the failure policy in `bot.failures`, one
+generation under its timeouts in `bot.generation`. A model reply
 cut short (no new text for `model.stall_timeout_s`, `model.generation_timeout_s` in all, the
-user's Stop, shutdown) keeps the text that came: see `_Cutter`.
+user's Stop, shutdown) keeps the text that came: see `bot.generation`.
 """
 
 from __future__ import annotations
@@ -10,25 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from dataclasses import dataclass, replace
 
-from bot.backends.base import Backend, GenerationReport, PreparedPrompt, reporting_stream
+from bot.backends.base import Backend, GenerationReport, PreparedPrompt
 from bot.commands import RESET_COMMANDS, CommandHandler, Defaults, parse_command
 from bot.config import ChatConfig, ModelConfig
-from bot.conversation import ConversationReader
-from bot.errors import GenerationTimeout, RateLimited, StorageError
+from bot.conversation import ConversationReader, configured_sampling
+from bot.errors import RateLimited, StorageError
 from bot.events import ChatEvent
 from bot.failures import (
     CUT_RULES,
-    GENERATION_ERRORS,
     SHUTDOWN_NOTICE,
     notice_after,
     report_cut,
     report_error,
     report_unexpected,
 )
+from bot.generation import Generations
 from bot.metrics import EngineMetrics, NoMetrics
 from bot.ordering import ChannelOrder, Slot
 from bot.ports import (
@@ -37,7 +36,6 @@ from bot.ports import (
     LocalChannelLocks,
     Repository,
     SamplingOverrides,
-    SamplingSettings,
     StoredMessage,
 )
 from bot.ratelimit import RateLimiter, Verdict
@@ -56,56 +54,6 @@ EMPTY_MODEL_REPLY = "(I have no answer to that. Could you rephrase it?)"
 RESET_SKIPPED_REPLY = "(Not answered: this conversation was reset before I got to it.)"
 # At shutdown, how long replies cut short after the grace get to store their kept text.
 SHUTDOWN_SETTLE_S = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Generated:
-    """A generation that ended without an error: the text (perhaps empty), its prompt, how many
-    chunks; `cut` when it was cut short (the text is what came until then), `detail` says how."""
-
-    text: str
-    prompt: PreparedPrompt
-    chunks: int
-    cut: CutReason | None = None
-    detail: str = ""
-
-
-class _Cutter:
-    """Ends one generation early, keeping its text: for the user's Stop, shutdown and timeouts.
-
-    The stream is read under one `asyncio.timeout` (`arm`); each chunk moves its deadline to
-    `stall_timeout_s` later (never past the total cap), and `cut` moves it to now. One timer serves
-    every reason, and `reason` tells them apart once it fired (None: a timeout). Leaving the
-    timeout closes the backend's stream, which stops the model (the local one within a token).
-    """
-
-    def __init__(self) -> None:
-        self.reason: CutReason | None = None
-        self.detail = ""
-        self._timeout: asyncio.Timeout | None = None
-        self._ended = False
-
-    def cut(self, reason: CutReason, detail: str) -> bool:
-        """Cut the generation now (or, before it streams, keep it from starting). False when it
-        ended, was cut already, or a timeout fired just before (that is then its reason)."""
-        if self.reason is not None or self._ended:
-            return False
-        timeout = self._timeout
-        if timeout is not None and timeout.expired():
-            return False
-        self.reason, self.detail = reason, detail
-        if timeout is not None:
-            timeout.reschedule(asyncio.get_running_loop().time())  # fires at the next loop turn
-        return True
-
-    def arm(self, timeout: asyncio.Timeout) -> bool:
-        """The stream is about to be read under `timeout`; False when it was cut before that."""
-        self._timeout = timeout
-        return self.reason is None
-
-    def end(self) -> None:
-        """The stream ended (by itself, by an error, or cut): a later `cut` changes nothing."""
-        self._ended = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,22 +87,18 @@ class ChatEngine:
         self._locks: ChannelLocks = locks if locks is not None else LocalChannelLocks()
         self._metrics: EngineMetrics = metrics if metrics is not None else NoMetrics()
         self._backend = backend
-        self._model = model
         self._chat = chat
         self._commands = CommandHandler(repository, Defaults(model.system_prompt, model.temperature))
         self._limiter = RateLimiter(chat.rate_limit.messages, chat.rate_limit.per_seconds)
-        self._sampling = SamplingSettings(
-            temperature=model.temperature,
-            top_p=model.top_p,
-            max_new_tokens=model.max_new_tokens,
-            repetition_penalty=model.repetition_penalty,
-            stop=model.stop,
-        )
+        self._sampling = configured_sampling(model)
         self._conversations = ConversationReader(repository, chat, model.system_prompt, self._sampling)
         self._order = ChannelOrder()
-        # channel key -> the cutter of its running generation (one at a time: the channel's order).
-        self._cutters: dict[str, _Cutter] = {}
-        self._cutting_all = False  # shutdown's grace is over: every generation is cut at once
+        self._generations = Generations(
+            backend,
+            self._metrics,
+            stall_timeout_s=model.stall_timeout_s,
+            total_timeout_s=model.generation_timeout_s,
+        )
 
     @property
     def stats(self) -> EngineStats:
@@ -228,7 +172,7 @@ class ChatEngine:
         async def run() -> None:
             try:
                 report = GenerationReport()
-                generated = await self._run_generation(
+                generated = await self._generations.run(
                     conversation, sampling, reply, user_key, saved=False, report=report
                 )
                 if isinstance(generated, ReplyStatus):
@@ -263,8 +207,7 @@ class ChatEngine:
         cancels every job of the channel. The reply then ends ANSWERED with `cut` set and its text
         stored, or, when nothing came yet, with a notice. False when no reply of the channel is
         being generated (e.g. it is still queued, or already done)."""
-        cutter = self._cutters.get(channel_key)
-        return cutter is not None and cutter.cut(reason, "on request")
+        return self._generations.stop(channel_key, reason, "on request")
 
     async def close(self, grace_s: float = 10.0) -> None:
         """Stop accepting events; let in-flight replies finish for `grace_s`; then cut the running
@@ -274,10 +217,9 @@ class ChatEngine:
         """
 
         def cut_all() -> None:
-            self._cutting_all = True
-            cut = [key for key, cutter in list(self._cutters.items()) if cutter.cut(*_SHUTDOWN_CUT)]
+            cut = self._generations.cut_all()
             if cut:
-                logger.info("shutdown: %d running replies cut short, their text kept", len(cut))
+                logger.info("shutdown: %d running replies cut short, their text kept", cut)
 
         await self._order.close(grace_s, cut=cut_all, settle_s=SHUTDOWN_SETTLE_S)
 
@@ -347,7 +289,7 @@ class ChatEngine:
             stored = resolved
         conversation, sampling = await self._conversations.for_question(event.channel_key, stored)
         where = event.channel_key
-        generated = await self._run_generation(conversation, sampling, reply, where, saved=True)
+        generated = await self._generations.run(conversation, sampling, reply, where, saved=True)
         if isinstance(generated, ReplyStatus):
             return generated
         if not generated.text.strip():
@@ -399,81 +341,3 @@ class ChatEngine:
             await reply.push(INPUT_CUT_NOTICE.format(limit=self._chat.max_input_chars))
         elif prompt is not None and prompt.message_cut:
             await reply.push(WINDOW_CUT_NOTICE)
-
-    async def _run_generation(
-        self,
-        conversation: Conversation,
-        sampling: SamplingSettings,
-        reply: Reply,
-        where: str,
-        *,
-        saved: bool,
-        report: GenerationReport | None = None,
-    ) -> _Generated | ReplyStatus:
-        """Prepare and stream one generation into `reply`. A failure leaves its notice in the
-        reply (see bot.failures) and returns the status to finish with; its half-written text is
-        never returned for storing. A cut (see `_Cutter`) returns the text that came, with the
-        reason. `saved`: the user's message is in the history, and `where` is its channel, whose
-        running generation `stop` can cut. `report`, when given, gets the backend's token counts
-        and finish reason (see `UsageReporting`)."""
-        cutter = _Cutter()
-        if saved:
-            self._cutters[where] = cutter
-        if self._cutting_all:
-            cutter.cut(*_SHUTDOWN_CUT)
-        try:
-            prompt = await self._backend.prepare(conversation, sampling.max_new_tokens)
-            stream = (
-                self._backend.generate(prompt, sampling)
-                if report is None
-                else reporting_stream(self._backend, prompt, sampling, report)
-            )
-            parts = await self._generate(stream, reply, cutter)
-        except GENERATION_ERRORS as error:
-            return await report_error(error, reply, self._metrics, where, saved=saved)
-        finally:
-            if self._cutters.get(where) is cutter:
-                del self._cutters[where]
-        return _Generated("".join(parts), prompt, len(parts), cutter.reason, cutter.detail)
-
-    async def _generate(
-        self, prompt_stream: AsyncGenerator[str, None], reply: Reply, cutter: _Cutter
-    ) -> list[str]:
-        """Copy the backend's stream into `reply` until it ends or is cut; return its chunks.
-
-        Cut (`cutter.reason` set) by `cutter.cut`, after `stall_timeout_s` without a new chunk
-        (counted from the first one: waiting for a free place in the model's batch and reading
-        the prompt are bounded by the total cap alone), or after `generation_timeout_s` in all.
-        """
-        loop = asyncio.get_running_loop()
-        stall_s, total_s = self._model.stall_timeout_s, self._model.generation_timeout_s
-        cap = loop.time() + total_s
-        parts: list[str] = []
-        timeout = asyncio.timeout_at(cap)
-        try:
-            async with timeout, aclosing(prompt_stream) as stream:
-                if not cutter.arm(timeout):
-                    return parts
-                async for chunk in stream:
-                    await reply.push(chunk)
-                    parts.append(chunk)
-                    if cutter.reason is None:  # else a cut's deadline of "now" is pending
-                        timeout.reschedule(min(cap, loop.time() + stall_s))
-                cutter.end()  # before closing the stream: a cut now would call a whole reply cut
-        except TimeoutError:
-            if not timeout.expired():
-                raise  # not this timer's: an error of the backend's own
-            if cutter.reason is None:
-                stalled = (timeout.when() or cap) < cap
-                detail = f"no new text for {stall_s:g} s" if stalled else f"still writing after {total_s:g} s"
-                cutter.reason, cutter.detail = CutReason.TIMEOUT, detail
-        except GenerationTimeout as error:  # the backend's own deadline (the local model has one)
-            if not parts:
-                raise
-            cutter.reason, cutter.detail = CutReason.TIMEOUT, str(error)
-        finally:
-            cutter.end()  # the timer is gone: `cut` must not touch it
-        return parts
-
-
-_SHUTDOWN_CUT = (CutReason.SHUTDOWN, "the shutdown grace ran out")
