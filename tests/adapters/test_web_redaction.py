@@ -21,7 +21,9 @@ HASHED = "web:p-…#" + hashlib.sha256(PRIVATE.encode()).hexdigest()[:8]
 class BrokenHistory:
     """A history reader whose database fails, naming the channel as a lock's error does."""
 
-    async def recent_messages(self, channel_key: str, limit: int) -> list[StoredMessage]:
+    async def recent_messages(
+        self, channel_key: str, *, limit: int, max_chars: int | None = None, max_id: int | None = None
+    ) -> list[StoredMessage]:
         raise StorageError(f"cannot lock channel {channel_key}: TimeoutError")
 
 
