@@ -67,9 +67,9 @@ async def chromium() -> AsyncIterator[Browser]:
             await browser.close()
 
 
-async def open_page(browser: Browser, url: str) -> tuple[Page, PageWatch]:
+async def open_page(browser: Browser, url: str, height: int = 760) -> tuple[Page, PageWatch]:
     """The chat page at `url` in a fresh context that may use the clipboard."""
-    context = await browser.new_context(viewport={"width": 900, "height": 760})
+    context = await browser.new_context(viewport={"width": 900, "height": height})
     await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
     page = await context.new_page()
     page.set_default_timeout(10_000)
@@ -253,11 +253,14 @@ async def test_the_sanitizer_alone_keeps_raw_html_inert(
         assert [problem for problem in watch.problems if not problem.startswith(refused)] == []
 
 
-QUESTION = "Show a Python function that adds two numbers, with a short bullet list of notes."
+# Two turns of a real conversation: the 135M model answers the first with code blocks; lists it
+# writes when asked for tips, in a follow-up (asked in one message, it writes code and prose only).
+QUESTIONS = ("Show a Python function that adds two numbers.", "List three tips for naming Python functions.")
 
 
 @pytest.mark.model
-async def test_a_bundled_model_reply_renders_as_markdown(
+@pytest.mark.timeout(900)  # about 400 tokens on the CPU: a minute or two on 2 busy cores
+async def test_bundled_model_replies_render_as_markdown(
     make_engine: EngineFactory, repository: ChatRepository, tmp_path: Path
 ) -> None:
     """The real model's Markdown on the real page; also the README's screenshot
@@ -265,18 +268,23 @@ async def test_a_bundled_model_reply_renders_as_markdown(
     from bot.backends.local import LocalBackend  # torch: imported only by the model tests
 
     cache = Path(os.environ.get("CHINWAG_MODEL_CACHE", Path.home() / ".cache" / "chinwag" / "models"))
-    backend = LocalBackend("bundled:smollm2", cache_dir=cache, context_window=2048)
+    backend = LocalBackend("bundled:smollm2", cache_dir=cache, context_window=2048, generation_timeout_s=600)
     await backend.start()
     try:
-        # Greedy, so the reply (and the screenshot) is the same on every run.
-        engine = await make_engine(backend, model={"temperature": 0, "max_new_tokens": 320})
+        # Greedy, so the replies (and the screenshot) are the same on every run.
+        settings = {"temperature": 0, "max_new_tokens": 200, "generation_timeout_s": 600}
+        engine = await make_engine(backend, model=settings)
         async with running_web(engine, repository) as web, chromium() as browser:
-            page, watch = await open_page(browser, web.url)
-            await send(page, QUESTION)
-            reply = page.locator(".message.assistant").last
-            await expect(reply).to_have_attribute("data-status", "answered", timeout=240_000)
-            await expect(reply.locator("pre > code").first).to_contain_text("def ")
-            assert await reply.locator("li").count() >= 2
+            page, watch = await open_page(browser, web.url, height=1180)
+            for question in QUESTIONS:
+                await send(page, question)
+                reply = page.locator(".message.assistant").last
+                await expect(reply).to_have_attribute("data-status", "answered", timeout=600_000)
+            replies = page.locator(".message.assistant")
+            code, tips = replies.nth(0), replies.nth(1)
+            await expect(code.locator("pre > code").first).to_contain_text("def ")
+            assert await tips.locator("ol > li").count() >= 2
+            assert await tips.locator("li strong").count() >= 2
             screenshot = screenshot_path(tmp_path)
             await page.screenshot(path=str(screenshot))
             assert screenshot.stat().st_size > 10_000  # a rendered page, not an empty image
