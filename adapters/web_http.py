@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.errors import StorageError
+from bot.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +136,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageError)
     async def storage_error(request: Request, error: StorageError) -> JSONResponse:
         # The cause goes to the log; the client learns only that it may retry.
-        logger.error("storage failed for %s %s: %s", request.method, request.url.path, error)
+        # The path holds the channel id, a private one being its credential: never logged as is.
+        logger.error(
+            "storage failed for %s %s: %s", request.method, redact(request.url.path), redact(str(error))
+        )
         return error_response(request, 503, "storage unavailable, please try again")
 
     @app.exception_handler(RequestValidationError)

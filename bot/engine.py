@@ -39,6 +39,7 @@ from bot.ports import (
     StoredMessage,
 )
 from bot.ratelimit import RateLimiter, Verdict
+from bot.redact import redact
 from bot.reply import CutReason, Reply, ReplyStatus
 from bot.sanitize import clip, sanitize_text
 
@@ -119,7 +120,7 @@ class ChatEngine:
         self._order.queue(
             (event.channel_key,),
             lambda slot: self._handle_in_turn(event, reply, verdict, received, slot),
-            name=f"chinwag:{event.channel_key}",
+            name=f"chinwag:{redact(event.channel_key)}",  # task names show in asyncio's logs
         )
         return reply
 
@@ -144,9 +145,9 @@ class ChatEngine:
             await slot.turn()
             if old_key != new_key:
                 await self._repository.move_channel(old_key, new_key)
-                logger.info("history of %s moved to %s", old_key, new_key)
+                logger.info("history of %s moved to %s", redact(old_key), redact(new_key))
 
-        return self._order.queue((old_key, new_key), move, name=f"chinwag:move:{old_key}")
+        return self._order.queue((old_key, new_key), move, name=f"chinwag:move:{redact(old_key)}")
 
     async def ask(self, event: ChatEvent) -> str:
         """Handle `event` and return the whole reply text."""
@@ -230,7 +231,9 @@ class ChatEngine:
         try:
             await slot.turn()
             if slot.superseded:
-                logger.info("message in %s skipped: the channel was reset after it came", event.channel_key)
+                logger.info(
+                    "message in %s skipped: the channel was reset after it came", redact(event.channel_key)
+                )
                 await reply.push(RESET_SKIPPED_REPLY)
                 status = ReplyStatus.SUPERSEDED
             else:
@@ -242,7 +245,7 @@ class ChatEngine:
             raise
         except Exception:
             await reply.finish(
-                await report_unexpected(reply, f"while handling a message in {event.channel_key}")
+                await report_unexpected(reply, f"while handling a message in {redact(event.channel_key)}")
             )
         finally:
             self._metrics.message_handled(event.platform)
@@ -301,7 +304,7 @@ class ChatEngine:
         await self._repository.append_message(where, "assistant", generated.text, cut=generated.cut)
         latency_s = time.perf_counter() - received
         self._metrics.reply_finished(latency_s, generated.chunks)
-        logger.debug("answered in %s: %d chars, %.3f s", where, len(generated.text), latency_s)
+        logger.debug("answered in %s: %d chars, %.3f s", redact(where), len(generated.text), latency_s)
         await self._push_cut_notice(reply, input_cut, generated.prompt)
         if generated.cut is None:
             return ReplyStatus.ANSWERED
@@ -316,19 +319,23 @@ class ChatEngine:
         redelivered one (an adapter recovering after a crash) gets its stored answer again, or,
         when none was stored, the stored question is returned to be answered now."""
         if not event.redelivered or event.message_id is None:
-            logger.info("duplicate message %s in %s ignored", event.message_id, event.channel_key)
+            logger.info("duplicate message %s in %s ignored", event.message_id, redact(event.channel_key))
             return ReplyStatus.DUPLICATE
         found = await self._repository.answer_to(event.channel_key, event.message_id)
         if found is None:  # cleared (a reset elsewhere) since the insert found it: nothing to answer
-            logger.info("redelivered message %s in %s is gone", event.message_id, event.channel_key)
+            logger.info("redelivered message %s in %s is gone", event.message_id, redact(event.channel_key))
             return ReplyStatus.DUPLICATE
         question, stored_answer = found
         if stored_answer is None:
-            logger.info("redelivered message %s in %s: answering it now", event.message_id, event.channel_key)
+            logger.info(
+                "redelivered message %s in %s: answering it now", event.message_id, redact(event.channel_key)
+            )
             return question
         # The answer was written before the crash but perhaps never delivered: give the same one
         # again rather than a second, different one the history doesn't know.
-        logger.info("redelivered message %s in %s: stored answer resent", event.message_id, event.channel_key)
+        logger.info(
+            "redelivered message %s in %s: stored answer resent", event.message_id, redact(event.channel_key)
+        )
         await reply.push(stored_answer.content)
         await self._push_cut_notice(reply, input_cut, None)
         if stored_answer.cut is not None:

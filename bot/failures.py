@@ -24,6 +24,7 @@ from bot.errors import (
     GenerationTimeout,
     StorageError,
 )
+from bot.redact import redact
 from bot.reply import CutReason, Reply, ReplyStatus
 
 if TYPE_CHECKING:  # bot.metrics reads ERROR_RULES from here
@@ -233,7 +234,14 @@ async def report_error(
     rule = rule_for(error)
     if rule is None:
         raise ValueError(f"no failure policy for {type(error).__name__}") from error
-    logger.log(rule.log_level, rule.log, where, error, exc_info=error if rule.traceback else None)
+    # Redacted both: a storage error can name the channel it failed for (e.g. a lock's).
+    logger.log(
+        rule.log_level,
+        rule.log,
+        redact(where),
+        redact(str(error)),
+        exc_info=error if rule.traceback else None,
+    )
     metrics.generation_failed(rule.kind)
     await reply.push(notice_after(reply, rule.text(error, saved=saved)))
     return rule.status
@@ -255,7 +263,7 @@ async def report_cut(
     stores it (ANSWERED); otherwise nothing is kept (no text came, or a stateless completion) and
     the reply ends as a failure's would, with the empty notice after whatever was streamed."""
     rule = CUT_RULES[reason]
-    logger.log(rule.log_level, rule.log, where, detail)
+    logger.log(rule.log_level, rule.log, redact(where), detail)
     if rule.kind is not None:
         metrics.generation_failed(rule.kind)
     if kept:

@@ -2,7 +2,12 @@
 //
 // The conversation's id lives in localStorage: a "p-" id made of 192 random bits. It names this
 // browser's own (private) channel and is its credential: whoever holds it may read, clear and
-// configure that channel, and no other. Model output is only ever written with textContent.
+// configure that channel, and no other.
+//
+// Replies are Markdown (see renderMarkdown): markdown-it with raw HTML off turns them into HTML,
+// DOMPurify keeps only the elements and links Markdown makes and hands them over as a DOM
+// fragment, so no HTML string is ever assigned. Everything else (user messages, notices) is
+// written with textContent.
 "use strict";
 
 (() => {
@@ -53,11 +58,143 @@
     const bubble = document.createElement("div");
     bubble.className = `message ${role}` + (extraClass ? ` ${extraClass}` : "");
     bubble.dataset.role = role;
-    bubble.textContent = text; // never innerHTML: the text is untrusted model output
+    if (role === "assistant" && text) renderMarkdown(bubble, text);
+    else bubble.textContent = text; // never innerHTML: the text is untrusted
     log.appendChild(bubble);
     scrollDown();
     return bubble;
   }
+
+  // ---- Markdown replies --------------------------------------------------------------------
+  // The design contract: HTML in a reply shows as text and never runs (markdown-it's `html: false`,
+  // then DOMPurify's allowlist as a second wall); links are http(s) or mailto only (markdown-it's
+  // validateLink, then DOMPurify's ALLOWED_URI_REGEXP) and open in a new tab without an opener or
+  // a referrer; code blocks get a copy button. Without the vendored libraries the reply stays text.
+  const SAFE_URL = /^(?:https?:\/\/|mailto:)/i;
+  const MARKDOWN_TAGS = [
+    "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "s", "code", "pre",
+    "blockquote", "ul", "ol", "li", "a", "table", "thead", "tbody", "tr", "th", "td",
+  ];
+  // The only classes Markdown makes: a fence's language, a table column's alignment.
+  const MARKDOWN_CLASS = /^(?:language-[\w+#.-]{1,40}|align-(?:left|center|right))$/;
+  const sources = new WeakMap(); // assistant bubble -> its reply's Markdown so far
+  const frames = new Map(); // assistant bubble -> its pending animation frame
+  const markdown = makeMarkdown();
+
+  function makeMarkdown() {
+    if (typeof window.markdownit !== "function" || !window.DOMPurify || !DOMPurify.isSupported) {
+      return null;
+    }
+    // breaks: a single newline is a line break, as the model meant it in a chat bubble.
+    const md = window.markdownit({ html: false, linkify: true, breaks: true, typographer: false });
+    md.disable("image"); // the CSP (img-src 'self') refuses other sites' images anyway
+    md.linkify.set({ fuzzyLink: false }); // "main.py" is a file, not a link to Paraguay
+    md.validateLink = (url) => SAFE_URL.test(url.trim());
+    // Table alignment as a class: an inline style attribute would break the CSP (style-src 'self').
+    md.core.ruler.push("align_classes", (state) => {
+      for (const token of state.tokens) {
+        if (token.type !== "th_open" && token.type !== "td_open") continue;
+        const align = /^text-align:(left|center|right)$/.exec(token.attrGet("style") || "");
+        token.attrs = null;
+        if (align) token.attrSet("class", `align-${align[1]}`);
+      }
+    });
+    DOMPurify.addHook("uponSanitizeAttribute", (_node, data) => {
+      if (data.attrName === "class" && !MARKDOWN_CLASS.test(data.attrValue)) data.keepAttr = false;
+    });
+    DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A") {
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer");
+      }
+    });
+    return md;
+  }
+
+  const PURIFY = {
+    ALLOWED_TAGS: MARKDOWN_TAGS,
+    ALLOWED_ATTR: ["href", "title", "class", "start"],
+    ALLOWED_URI_REGEXP: SAFE_URL,
+    RETURN_DOM_FRAGMENT: true,
+  };
+
+  // Shows `text` (a whole reply, or all of it streamed so far) as Markdown in `bubble`.
+  function renderMarkdown(bubble, text) {
+    sources.set(bubble, text);
+    if (!markdown) {
+      bubble.textContent = text;
+      return;
+    }
+    bubble.classList.add("markdown");
+    bubble.replaceChildren(DOMPurify.sanitize(markdown.render(text), PURIFY));
+    for (const pre of bubble.querySelectorAll("pre")) addCopyButton(pre);
+  }
+
+  function markdownSource(bubble) {
+    return sources.get(bubble) || "";
+  }
+
+  // Adds a streamed piece: the whole reply so far is rendered again (cheap at chat sizes), at most
+  // once per animation frame however many pieces arrive in it.
+  function streamMarkdown(bubble, delta) {
+    sources.set(bubble, markdownSource(bubble) + delta);
+    if (frames.has(bubble)) return;
+    frames.set(
+      bubble,
+      requestAnimationFrame(() => {
+        frames.delete(bubble);
+        renderMarkdown(bubble, markdownSource(bubble));
+        scrollDown();
+      }),
+    );
+  }
+
+  // Renders what streamMarkdown still holds back, now (the reply has ended).
+  function flushMarkdown(bubble) {
+    if (!frames.has(bubble)) return;
+    cancelAnimationFrame(frames.get(bubble));
+    frames.delete(bubble);
+    renderMarkdown(bubble, markdownSource(bubble));
+    scrollDown();
+  }
+
+  function addCopyButton(pre) {
+    const code = pre.querySelector("code");
+    const head = document.createElement("div");
+    head.className = "code-head";
+    const language = document.createElement("span");
+    language.textContent = /(?:^| )language-(\S+)/.exec(code ? code.className : "")?.[1] || "code";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy";
+    button.textContent = "Copy";
+    button.title = "Copy the code";
+    head.append(language, button);
+    const block = document.createElement("div");
+    block.className = "code-block";
+    pre.replaceWith(block);
+    block.append(head, pre);
+  }
+
+  async function copyCode(button) {
+    const pre = button.closest(".code-block")?.querySelector("pre");
+    if (!pre) return;
+    const text = pre.textContent.replace(/\n$/, ""); // a fence's text ends with its last newline
+    try {
+      await navigator.clipboard.writeText(text); // only on https or localhost
+      button.textContent = "Copied";
+    } catch (_) {
+      // Plain http on another host has no clipboard API: select the code, so Ctrl+C copies it.
+      getSelection().selectAllChildren(pre);
+      button.textContent = document.execCommand("copy") ? "Copied" : "Press Ctrl+C";
+    }
+    setTimeout(() => (button.textContent = "Copy"), 1500); // the label only: nothing waits on it
+  }
+
+  log.addEventListener("click", (event) => {
+    const button = event.target.closest("button.copy");
+    if (button && log.contains(button)) copyCode(button);
+  });
 
   function addNotice(text) {
     return addMessage("notice", text);
@@ -163,7 +300,7 @@
           status = data.status;
           cut = data.cut;
         } else if (typeof data.delta === "string") {
-          bubble.textContent += data.delta;
+          streamMarkdown(bubble, data.delta);
           scrollDown();
         }
       });
@@ -173,9 +310,10 @@
     } catch (error) {
       const reason = controller.signal.aborted ? "stopped here: the server did not answer the Stop" : error.message;
       bubble.classList.add("error");
-      bubble.textContent += (bubble.textContent ? "\n\n" : "") + `(${reason})`;
+      streamMarkdown(bubble, (markdownSource(bubble) ? "\n\n" : "") + `(${reason})`);
     } finally {
       hideStop();
+      flushMarkdown(bubble);
       bubble.classList.remove("pending", "streaming");
       bubble.dataset.status = status || "error";
       markCut(bubble, cut);

@@ -81,7 +81,9 @@ async def test_chat_in_a_real_browser(
             )
             await page.click("#advanced summary")
             await page.fill("#system", "You are a pirate.")
-            screenshot = screenshot_path(tmp_path)
+            # The README's picture shows a real model's Markdown reply instead: see
+            # test_web_markdown_browser.py (test_a_bundled_model_reply_renders_as_markdown).
+            screenshot = tmp_path / "chat.png"
             await page.screenshot(path=str(screenshot))
             assert screenshot.stat().st_size > 10_000  # a rendered page, not an empty image
 
