@@ -93,6 +93,7 @@ class ChatEngine:
         self._sampling = SamplingSettings(
             temperature=model.temperature,
             top_p=model.top_p,
+            top_k=model.top_k,
             max_new_tokens=model.max_new_tokens,
             repetition_penalty=model.repetition_penalty,
             stop=model.stop,
