@@ -60,6 +60,7 @@ class ModelConfig(_Section):
     system_prompt: str = "You are a helpful assistant."
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    top_k: int = Field(default=50, ge=0)  # 0 = off; 50 is what transformers' generate applies
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
     repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
     prompt_format: Literal["auto", "chat_template", "dialogpt", "seq2seq", "plain"] = "auto"

@@ -13,6 +13,7 @@ def configured_sampling(model: ModelConfig) -> SamplingSettings:
     return SamplingSettings(
         temperature=model.temperature,
         top_p=model.top_p,
+        top_k=model.top_k,
         max_new_tokens=model.max_new_tokens,
         repetition_penalty=model.repetition_penalty,
         stop=model.stop,

@@ -51,10 +51,13 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class SamplingSettings:
-    """How to generate one reply. `temperature == 0` means greedy decoding."""
+    """How to generate one reply. `temperature == 0` means greedy decoding; `top_k == 0` and
+    `top_p == 1` switch those cuts off. Sampling applies them as `generate` does: repetition
+    penalty, temperature, top-k, top-p."""
 
     temperature: float = 0.7
     top_p: float = 0.9
+    top_k: int = 50
     max_new_tokens: int = 256
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()

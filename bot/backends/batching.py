@@ -24,6 +24,7 @@ the only parts other threads touch, under `_lock`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -173,6 +174,17 @@ def _pad_mask_left(mask: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)
 
 
+def cache_keyword(model: Any) -> str:
+    """The keyword `model.forward` takes its key/value cache by.
+
+    transformers 5 renamed `past_key_values` to `cache` and warns (a FutureWarning, printed in
+    the middle of the terminal chat) on every call that still uses the old name; the versions
+    before the rename know only `past_key_values`. The signature tells which one this model has.
+    """
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def supports_batching(model: Any) -> bool:
     """Whether this model's cache is plain `DynamicLayer`s (no sliding windows, no recurrent
     state): the only kind the batch surgery above knows how to pad, join and split."""
@@ -195,6 +207,7 @@ class BatchScheduler:
     def __init__(self, worker: ModelWorker, settings: BatchingSettings) -> None:
         self._worker = worker
         self._model = worker.model
+        self._cache_kw = cache_keyword(worker.model)
         self._settings = settings
         self._eos = set(worker.eos_ids)
         self._lock = threading.Condition()
@@ -404,7 +417,7 @@ class BatchScheduler:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            **{self._cache_kw: cache},
             use_cache=True,
             logits_to_keep=1,
         )
@@ -440,7 +453,7 @@ class BatchScheduler:
             input_ids=torch.tensor([request.prompt_ids[start:end]], dtype=torch.long),
             attention_mask=torch.ones((1, end), dtype=torch.long),
             position_ids=torch.arange(start, end, dtype=torch.long).unsqueeze(0),
-            past_key_values=request.cache,
+            **{self._cache_kw: request.cache},
             use_cache=True,
             logits_to_keep=1,  # only the last position's logits are needed: skips most of lm_head
         )
@@ -470,7 +483,7 @@ class BatchScheduler:
             input_ids=torch.tensor([[r.last_token] for r in rows], dtype=torch.long),
             attention_mask=mask,
             position_ids=torch.tensor([[r.position] for r in rows], dtype=torch.long),
-            past_key_values=batch.cache,
+            **{self._cache_kw: batch.cache},
             use_cache=True,
         )
         batch.mask = mask

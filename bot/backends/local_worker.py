@@ -228,7 +228,12 @@ class ModelWorker:
                 "pad_token_id": self.pad_id,
             }
             if settings.temperature > 0:
-                kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+                kwargs.update(
+                    do_sample=True,
+                    temperature=settings.temperature,
+                    top_k=settings.top_k,  # 0 = off, as in generate itself
+                    top_p=settings.top_p,
+                )
             else:
                 kwargs.update(do_sample=False)
             with torch.inference_mode():

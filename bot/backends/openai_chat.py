@@ -6,6 +6,12 @@ prompt as the system message, the history in order, the new message last. There 
 here: the history is fitted to `context_window` counted in characters (`bot.backends.remote_prompt`).
 The client's own retries are off (`max_retries=0`): `bot.backends.remote_retry` retries only
 before the first token, which the client cannot know about a stream.
+
+Sampling sends what the chat-completions API defines: `temperature`, `top_p`, `max_tokens`,
+`stop`. `top_k` and `repetition_penalty` are not part of that API: vLLM and llama.cpp accept
+them as extra fields, but OpenAI's own service rejects a request carrying an unknown argument
+(400), so they are not sent and the server applies its own defaults (vLLM, for one, takes them
+from the model's generation config).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import torch
 from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
+    TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
@@ -16,8 +17,14 @@ from bot.ports import SamplingSettings
 
 
 class RowSampler:
-    """Picks one row's next token from its logits: repetition penalty, then greedy or
-    temperature + top-p sampling (the order `generate` applies them in)."""
+    """Picks one row's next token from its logits as `generate` would for the same settings:
+    repetition penalty, then greedy, or temperature, top-k and top-p before sampling.
+
+    The processors, their parameters and their order are those of transformers'
+    `GenerationMixin._get_logits_processor` (checked against it in tests/backends/test_sampling.py):
+    the top-k cut matters, since without it the long tail of byte and emoji tokens that top-p
+    alone lets through shows up as junk in sampled replies.
+    """
 
     def __init__(self, settings: SamplingSettings, capacity: int) -> None:
         """`capacity`: the most tokens the row will hold (prompt + new tokens)."""
@@ -31,6 +38,8 @@ class RowSampler:
         if not self._greedy:
             if settings.temperature != 1.0:
                 self._warpers.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_k != 0:
+                self._warpers.append(TopKLogitsWarper(settings.top_k))
             if settings.top_p < 1.0:
                 self._warpers.append(TopPLogitsWarper(settings.top_p))
         # The row's tokens as a tensor, filled as they come: rebuilding it from the whole list at
@@ -43,6 +52,11 @@ class RowSampler:
         """Greedy without a penalty: the argmax of the logits, which the batch takes for all such
         rows at once."""
         return self._greedy and not self.needs_ids
+
+    @property
+    def processors(self) -> list[Any]:
+        """The logits processors applied before the choice, in order (for tests and tools)."""
+        return ([self._penalty] if self._penalty is not None else []) + list(self._warpers)
 
     @property
     def needs_ids(self) -> bool:

@@ -6,8 +6,9 @@ context window in characters (`bot.backends.remote_prompt`), and generation stop
 the reply never runs on into the next turn. Stop sequences are sent to the server and applied here
 as well: TGI includes the stop text in the streamed tokens.
 
-TGI rejects `temperature: 0` and a `top_p` outside (0, 1): greedy decoding (temperature 0) is sent
-as `do_sample: false` with neither, and a `top_p` of 1 (no nucleus cut) is left out.
+TGI rejects `temperature: 0`, a `top_p` outside (0, 1) and a `top_k` of 0: greedy decoding
+(temperature 0) is sent as `do_sample: false` with none of them, and a `top_p` of 1 or a `top_k`
+of 0 (no cut) is left out.
 
 `AsyncInferenceClient` keeps every streamed response open in its own exit stack until the client
 is closed, so one long-lived client would pile up responses (and hold the pooled connection of
@@ -171,6 +172,7 @@ class TGIBackend:
             "do_sample": not greedy,
             "temperature": None if greedy else settings.temperature,
             "top_p": None if greedy or settings.top_p >= 1.0 else settings.top_p,
+            "top_k": None if greedy or settings.top_k == 0 else settings.top_k,
             "repetition_penalty": settings.repetition_penalty,
             "stop": list(stops),
             "return_full_text": False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from openai import AsyncOpenAI
 
 import bot.backends.model_loading as loading
 from adapters.web import create
+from bot.backends import gguf_cache
 from bot.backends.base import PreparedPrompt
 from bot.backends.local import LocalBackend
 from bot.backends.local_worker import end_of_turn_ids
@@ -134,17 +136,77 @@ async def test_gguf_is_converted_once_then_loaded_from_the_cache(
     assert any("gguf-cache" in m for m in messages)
 
 
-async def test_changed_gguf_file_gets_a_new_cache_entry(
+async def test_changed_gguf_file_gets_a_new_cache_entry_and_the_old_one_goes(
     fake_gguf: tuple[Path, list[Path]], tmp_path: Path
 ) -> None:
     gguf, conversions = fake_gguf
     cache = tmp_path / "cache"
     await asyncio.to_thread(loading.load_model, loading.resolve_model_source(str(gguf)), cache)
+    old = loading.gguf_cache_dir(gguf, cache)
     gguf.write_bytes(b"GGUF stand-in, a newer version")
     loaded = await asyncio.to_thread(loading.load_model, loading.resolve_model_source(str(gguf)), cache)
     assert loaded.origin == "gguf-converted"
     assert len(conversions) == 2
-    assert len(list(cache.iterdir())) == 2
+    new = loading.gguf_cache_dir(gguf, cache)
+    assert new != old
+    assert list(cache.iterdir()) == [new]
+
+
+def test_the_same_content_with_another_mtime_or_path_is_not_converted_again(
+    fake_gguf: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    # A fresh clone: the same file, written later, somewhere else.
+    gguf, conversions = fake_gguf
+    cache = tmp_path / "cache"
+    assert loading.load_model(loading.resolve_model_source(str(gguf)), cache).origin == "gguf-converted"
+    clone = tmp_path / "clone" / gguf.name
+    clone.parent.mkdir()
+    clone.write_bytes(gguf.read_bytes())
+    os.utime(clone, ns=(gguf.stat().st_atime_ns, gguf.stat().st_mtime_ns + 10**9))
+    os.utime(gguf, ns=(gguf.stat().st_atime_ns, gguf.stat().st_mtime_ns + 5 * 10**9))
+    for path in (clone, gguf):
+        assert loading.load_model(loading.resolve_model_source(str(path)), cache).origin == "gguf-cache"
+    assert conversions == [gguf]
+    assert list(cache.iterdir()) == [loading.gguf_cache_dir(gguf, cache)]
+
+
+def test_a_known_file_is_not_hashed_again(
+    fake_gguf: tuple[Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gguf, _ = fake_gguf
+    cache = tmp_path / "cache"
+    source = loading.resolve_model_source(str(gguf))
+    loading.load_model(source, cache)
+    hashed: list[Path] = []
+    real_hash = gguf_cache._hash_file
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return real_hash(path)
+
+    monkeypatch.setattr(gguf_cache, "_hash_file", counting)
+    assert loading.load_model(source, cache).origin == "gguf-cache"
+    assert hashed == []  # the entry's marker knows this path, size and mtime
+    os.utime(gguf, ns=(gguf.stat().st_atime_ns, gguf.stat().st_mtime_ns + 10**9))  # touched
+    assert loading.load_model(source, cache).origin == "gguf-cache"
+    assert hashed == [gguf]  # hashed once, found the same content, and remembered
+    assert loading.load_model(source, cache).origin == "gguf-cache"
+    assert hashed == [gguf]
+
+
+def test_outdated_entries_of_the_model_are_removed_and_other_models_kept(
+    fake_gguf: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    gguf, _ = fake_gguf
+    cache = tmp_path / "cache"
+    # What earlier releases left: entries keyed by mtime, one per clone; and another model's entry.
+    for key in ("0123456789abcdef", "fedcba9876543210"):
+        (cache / f"{gguf.stem}-{key}").mkdir(parents=True)
+        (cache / f"{gguf.stem}-{key}" / "chinwag-gguf-cache.json").write_text("{}")
+    other = cache / "Other-Model.Q8_0-0123456789abcdef"
+    other.mkdir()
+    loading.load_model(loading.resolve_model_source(str(gguf)), cache)
+    assert sorted(cache.iterdir()) == sorted([loading.gguf_cache_dir(gguf, cache), other])
 
 
 def test_losing_a_conversion_race_keeps_one_complete_cache(

@@ -133,7 +133,7 @@ async def remote_factory(kind: Kind, make_engine: EngineFactory) -> AsyncIterato
 async def test_history_system_prompt_and_settings_reach_the_server(
     kind: Kind, remote_factory: RemoteFactory, repository: ChatRepository
 ) -> None:
-    remote = await remote_factory(model={"temperature": 0.5, "top_p": 0.8, "max_new_tokens": 42})
+    remote = await remote_factory(model={"temperature": 0.5, "top_p": 0.8, "top_k": 40, "max_new_tokens": 42})
     assert await remote.ask("hi") == ("Hello there!", ReplyStatus.ANSWERED)
     assert await remote.ask("how are you?") == ("Hello there!", ReplyStatus.ANSWERED)
 
@@ -150,6 +150,7 @@ async def test_history_system_prompt_and_settings_reach_the_server(
             {"role": "user", "content": "how are you?"},
         ]
         assert (sent["temperature"], sent["top_p"], sent["max_tokens"]) == (0.5, 0.8, 42)
+        assert "top_k" not in sent  # not an OpenAI API field: OpenAI's own service rejects it
     else:
         assert sent["stream"] is True
         assert sent["inputs"] == (
@@ -158,11 +159,12 @@ async def test_history_system_prompt_and_settings_reach_the_server(
         parameters = sent["parameters"]
         assert "\nUser:" in parameters["stop"]
         assert parameters["do_sample"] is True
-        assert (parameters["temperature"], parameters["top_p"], parameters["max_new_tokens"]) == (
-            0.5,
-            0.8,
-            42,
-        )
+        assert (
+            parameters["temperature"],
+            parameters["top_p"],
+            parameters["top_k"],
+            parameters["max_new_tokens"],
+        ) == (0.5, 0.8, 40, 42)
         assert parameters["details"] is True
     assert await stored(repository) == [
         ("user", "hi"),
@@ -186,6 +188,25 @@ async def test_greedy_is_sent_in_the_form_each_server_accepts(
         assert parameters["do_sample"] is False
         assert "temperature" not in parameters
         assert "top_p" not in parameters
+        assert "top_k" not in parameters
+
+
+async def test_tgi_gets_no_top_k_when_it_is_off(make_engine: EngineFactory) -> None:
+    # TGI rejects `top_k: 0`; 0 means "no cut" here, which is what leaving it out means there.
+    fake = make_fake("tgi")
+    await fake.start()
+    backend = make_backend("tgi", fake.base_url)
+    await backend.start()
+    try:
+        engine = await make_engine(backend, model={"system_prompt": SYSTEM, "top_k": 0})
+        remote = Remote("tgi", fake, backend, engine)
+        assert await remote.ask("hi") == ("Hello there!", ReplyStatus.ANSWERED)
+        parameters = remote.sent()["parameters"]
+        assert parameters["do_sample"] is True
+        assert "top_k" not in parameters
+    finally:
+        await backend.stop()
+        await fake.stop()
 
 
 async def test_reply_never_contains_the_next_user_turn(

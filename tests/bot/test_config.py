@@ -77,6 +77,7 @@ def test_an_explicit_empty_system_prompt_is_kept(tmp_path: Path) -> None:
             "invalid value for 'model.temperature': Input should be less than or equal to 2",
         ),
         ("model:\n  backend: gpt5\n", "invalid value for 'model.backend'"),
+        ("model:\n  top_k: -1\n", "invalid value for 'model.top_k'"),
         ("web:\n  port: 70000\n", "invalid value for 'web.port'"),
         ("chat:\n  rate_limit:\n    messages: 0\n", "invalid value for 'chat.rate_limit.messages'"),
         ("telegram:\n  admins: [abc]\n", "invalid value for 'telegram.admins.0'"),
