@@ -117,6 +117,9 @@ def test_the_bundled_model_answers_two_questions_through_a_pipe(tmp_path: Path) 
     )
     result = chat(path, b"Hello, who are you?\nWhat did I just ask you?\n", timeout=600)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
+    # Nothing but the replies on the terminal: no library warning (transformers once printed a
+    # FutureWarning about `past_key_values` in the middle of a reply).
+    assert "Warning" not in result.stderr.decode(), result.stderr.decode()[-2000:]
     with sqlite3.connect(tmp_path / "chat.db") as db:
         stored = db.execute("SELECT role, content FROM messages ORDER BY id").fetchall()
     assert [role for role, _ in stored] == ["user", "assistant", "user", "assistant"]
