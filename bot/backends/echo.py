@@ -5,7 +5,10 @@ put into the prompt. Tests use it to check the engine's history handling, and be
 the framework without a model.
 
 Its "tokens" are words: a text split before each space (`echo_tokens`), each piece keeping its
-leading space. The reply streams one token per chunk and stops after `max_new_tokens` of them.
+leading space, streamed one per chunk. A chat reply is always the whole `echo[N]: T`, however long
+(the contract's reply is exact). Only a stateless completion (`ChatEngine.complete`, the
+OpenAI-compatible endpoint, which reads usage through `generate_reporting`) stops after
+`max_new_tokens` pieces, so the endpoint's `max_tokens` and "length" can be tested without a model.
 Usage counts the same pieces: the prompt is the input text `echo[N]: T` (the backend reads
 nothing else), the completion the pieces it streamed.
 """
@@ -13,6 +16,7 @@ nothing else), the completion the pieces it streamed.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 from bot.backends.base import GenerationReport, PreparedPrompt, finish_reason
 from bot.ports import Conversation, SamplingSettings
@@ -56,21 +60,23 @@ class EchoBackend:
         )
 
     async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
-        """Yield the reply word by word (whitespace kept), so streaming paths get exercised; at
-        most `settings.max_new_tokens` words."""
-        for piece in echo_tokens(prompt.input_text)[: settings.max_new_tokens]:
+        """Yield the whole reply word by word (whitespace kept), so streaming paths get exercised."""
+        for piece in echo_tokens(prompt.input_text):
             yield piece
 
     async def generate_reporting(
         self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport
     ) -> AsyncGenerator[str, None]:
-        """See `UsageReporting`. Counts the chunks `generate` yields (a subclass's too), one
-        token each; "length" when the echo text had more words than `max_new_tokens`."""
+        """See `UsageReporting`. The chunks `generate` yields (a subclass's too), one token each,
+        at most `max_new_tokens` of them; "length" when the echo text had more words than that."""
         words = len(echo_tokens(prompt.input_text))
         report.prompt_tokens = words
         report.completion_tokens = 0
-        async for chunk in self.generate(prompt, settings):
-            report.completion_tokens += 1
-            yield chunk
+        async with aclosing(self.generate(prompt, settings)) as stream:
+            async for chunk in stream:
+                if report.completion_tokens == settings.max_new_tokens:
+                    break
+                report.completion_tokens += 1
+                yield chunk
         ended = words <= settings.max_new_tokens
         report.finish_reason = finish_reason(report.completion_tokens, settings.max_new_tokens, ended=ended)

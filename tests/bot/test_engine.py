@@ -109,6 +109,14 @@ async def test_reset_by_admin_clears_only_that_channel(
     assert await engine.ask(user("again")) == "echo[0]: again"
 
 
+async def test_the_echo_reply_is_exact_however_many_words(make_engine: EngineFactory) -> None:
+    # The interface contract: `echo[N]: T` exactly, also past `model.max_new_tokens` words (only
+    # the OpenAI endpoint's completions are cut at the limit; see tests/adapters/test_web_openai.py).
+    engine = await make_engine(model={"max_new_tokens": 16})
+    text = " ".join(f"word{i}" for i in range(600))
+    assert await engine.ask(user(text)) == f"echo[0]: {text}"
+
+
 async def test_a_message_queued_before_a_reset_is_not_answered_after_it(
     make_engine: EngineFactory, repository: ChatRepository
 ) -> None:
