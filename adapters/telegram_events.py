@@ -74,7 +74,10 @@ def to_event(
         text=text,
         is_admin=is_admin,
         is_direct=direct,
-        message_id=str(message.message_id),
+        # Qualified by the chat: a supergroup numbers its messages from 1 again, and a group upgraded
+        # to one moves its history into the new chat's channel, where the two numberings meet. The
+        # old group's redelivered updates (mapped to the new channel) still find their stored copy.
+        message_id=f"{chat.id}:{message.message_id}",
     )
 
 
@@ -133,10 +136,16 @@ def telegram_pieces(text: str) -> list[str]:
 
 
 def chat_id_of(payload: dict[str, Any]) -> int:
-    """The chat a raw update belongs to (0 when it has none): the unit of ordering."""
+    """The chat whose order a raw update takes its place in (0 when it has none).
+
+    A group's upgrade notice (`migrate_to_chat_id`, posted in the old group) is ordered with the
+    new supergroup: the new group's next messages then wait until the history has moved there.
+    """
     for key in ("message", "edited_message", "channel_post", "my_chat_member"):
         body = payload.get(key)
         if isinstance(body, dict):
+            if isinstance(body.get("migrate_to_chat_id"), int):
+                return int(body["migrate_to_chat_id"])
             chat = body.get("chat")
             if isinstance(chat, dict) and isinstance(chat.get("id"), int):
                 return int(chat["id"])

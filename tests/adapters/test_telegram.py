@@ -28,6 +28,7 @@ from storage.db import Database
 from storage.inbox import UpdateInbox
 from storage.locks import claim_exclusive
 from storage.repository import ChatRepository
+from tests.bot.doubles import SlowEchoBackend
 from tests.conftest import EngineFactory
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
 from tests.fakes.waiting import ReplyLog, wait_until
@@ -303,6 +304,42 @@ async def test_a_migration_service_message_moves_history_and_settings(
     repository = ChatRepository(database)
     assert (await repository.get_settings(f"telegram:{new}")).temperature == 0.4
     assert await repository.message_count(f"telegram:{old}") == 0
+
+
+async def test_the_new_group_waits_for_the_move_while_the_old_one_is_busy(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory, database: Database
+) -> None:
+    """The upgrade notice is ordered with the new supergroup: the new group's first message is
+    answered after the history moved, even while the old group's worker is held up by a reply."""
+    old, new = -4003, -1004003
+    backend = SlowEchoBackend(delay_s=0)
+    backend.gates["slow"] = asyncio.Event()
+    await start_adapter(await make_engine(backend))
+    fake.push_message(old, f"@{BOT_USERNAME} one")
+    assert await replies(fake, old, 1) == ["echo[0]: one"]
+    fake.push_message(old, f"@{BOT_USERNAME} slow")
+    await wait_until(lambda: "slow" in backend.started, what="the old group's reply is generating")
+    fake.push_update(
+        {
+            "message": {
+                "message_id": 9001,
+                "date": 1,
+                "chat": {"id": old, "type": "group", "title": "Group"},
+                "from": {"id": 42, "is_bot": False, "first_name": "Alice"},
+                "migrate_to_chat_id": new,
+            }
+        }
+    )
+    two = fake.push_message(new, f"@{BOT_USERNAME} two")
+    inbox = UpdateInbox(database, "telegram")
+
+    async def two_received() -> bool:
+        return await inbox.state(int(two["update_id"])) is not None
+
+    await wait_until(two_received, what="the new group's message is received")
+    backend.gates["slow"].set()
+    # The new chat numbers its messages from 1 again, like the moved "one": it is not a duplicate.
+    assert await replies(fake, new, 1) == ["echo[4]: two"]  # one, its answer, slow, its answer
 
 
 async def test_updates_are_committed_before_they_are_confirmed(

@@ -45,7 +45,7 @@ def test_private_text_is_answered_and_its_user_is_admin() -> None:
         text="hi",
         is_admin=True,
         is_direct=True,
-        message_id="77",
+        message_id="111:77",  # chat-qualified: a supergroup numbers its messages anew
     )
     assert event.channel_key == "telegram:111"
 
