@@ -278,16 +278,8 @@ async def test_a_migrated_group_is_followed_with_its_history(
     assert [m.content for m in moved if m.role == "user"] == ["one", "two", "three"]
 
 
-async def test_a_migration_service_message_moves_history_and_settings(
-    fake: FakeTelegram, start_adapter: StartAdapter, database: Database
-) -> None:
-    old, new = -4002, -1004002
-    fake.admins[old] = {42}
-    await start_adapter()
-    fake.push_message(old, "/temperature 0.4", user_id=42)
-    fake.push_message(old, f"@{BOT_USERNAME} one")
-    assert (await replies(fake, old, 2))[1] == "echo[0]: one"
-    # Telegram announces the upgrade in the old group; later messages arrive from the new id.
+def announce_upgrade(fake: FakeTelegram, old: int, new: int) -> None:
+    """Telegram's notice, in the old group, that it became the supergroup `new`."""
     fake.push_update(
         {
             "message": {
@@ -299,6 +291,19 @@ async def test_a_migration_service_message_moves_history_and_settings(
             }
         }
     )
+
+
+async def test_a_migration_service_message_moves_history_and_settings(
+    fake: FakeTelegram, start_adapter: StartAdapter, database: Database
+) -> None:
+    old, new = -4002, -1004002
+    fake.admins[old] = {42}
+    await start_adapter()
+    fake.push_message(old, "/temperature 0.4", user_id=42)
+    fake.push_message(old, f"@{BOT_USERNAME} one")
+    assert (await replies(fake, old, 2))[1] == "echo[0]: one"
+    # Telegram announces the upgrade in the old group; later messages arrive from the new id.
+    announce_upgrade(fake, old, new)
     fake.push_message(new, f"@{BOT_USERNAME} two")
     assert await replies(fake, new, 1) == ["echo[2]: two"]
     repository = ChatRepository(database)
@@ -319,17 +324,7 @@ async def test_the_new_group_waits_for_the_move_while_the_old_one_is_busy(
     assert await replies(fake, old, 1) == ["echo[0]: one"]
     fake.push_message(old, f"@{BOT_USERNAME} slow")
     await wait_until(lambda: "slow" in backend.started, what="the old group's reply is generating")
-    fake.push_update(
-        {
-            "message": {
-                "message_id": 9001,
-                "date": 1,
-                "chat": {"id": old, "type": "group", "title": "Group"},
-                "from": {"id": 42, "is_bot": False, "first_name": "Alice"},
-                "migrate_to_chat_id": new,
-            }
-        }
-    )
+    announce_upgrade(fake, old, new)
     two = fake.push_message(new, f"@{BOT_USERNAME} two")
     inbox = UpdateInbox(database, "telegram")
 
