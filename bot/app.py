@@ -158,6 +158,7 @@ class _Running:
 
     engine: ChatEngine
     database: Database
+    repository: ChatRepository  # read by the adapters' capabilities (one channel-id cache for all)
     readiness: Readiness
     metrics: PrometheusMetrics | None
 
@@ -169,7 +170,7 @@ def _web_adapter(settings: Settings, running: _Running) -> Adapter | None:
         settings.web,
         settings.model,
         running.engine,
-        ChatRepository(running.database),  # read through HistoryReader: the page shows history
+        running.repository,  # read through HistoryReader: the page shows history
         readiness=running.readiness,
         metrics=running.metrics,
     )
@@ -191,7 +192,7 @@ def _telegram_adapter(settings: Settings, running: _Running) -> Adapter | None:
 def _discord_adapter(settings: Settings, running: _Running) -> Adapter | None:
     from adapters.discord import PLATFORM, create
 
-    repository = ChatRepository(running.database)
+    repository = running.repository
 
     async def last_answered() -> dict[str, str]:
         return await repository.last_platform_message_ids(PLATFORM)
@@ -301,7 +302,13 @@ class Application:
                 backend_depth = self.backend.queue_depth if isinstance(self.backend, QueueReporting) else None
                 metrics.watch_queue(lambda: engine.stats.in_flight, backend_depth)
             readiness = Readiness({"database": database.ping, "backend": backend_check(self.backend)})
-            self._running = _Running(engine=engine, database=database, readiness=readiness, metrics=metrics)
+            self._running = _Running(
+                engine=engine,
+                database=database,
+                repository=ChatRepository(database),
+                readiness=readiness,
+                metrics=metrics,
+            )
         except BaseException:
             await self._stack.aclose()
             raise
