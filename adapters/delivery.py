@@ -142,7 +142,9 @@ def _preview(reply: Reply, sink: Sink[M]) -> str:
 
 
 async def keep_typing(reply: Reply, sink: Sink[M], interval_s: float) -> None:
-    """Show "typing…" every `interval_s` until the reply is done."""
+    """Show "typing…" every `interval_s` until the reply is done, from when the engine decided to
+    respond (a group message it ignores shows none)."""
+    await reply.wait_engaged()
     while not reply.done:
         await sink.typing()
         with contextlib.suppress(TimeoutError):

@@ -111,6 +111,12 @@ class RateLimitConfig(_Section):
     per_seconds: int = Field(default=60, ge=1)
 
 
+class QuotaConfig(_Section):
+    """`chat.quota:` — generated tokens per user per UTC day; 0 = no quota (admins are exempt)."""
+
+    tokens_per_day: int = Field(default=0, ge=0)
+
+
 class ChatConfig(_Section):
     """`chat:` — limits the engine applies to every platform."""
 
@@ -118,6 +124,60 @@ class ChatConfig(_Section):
     history_messages: int = Field(default=50, ge=0, le=10_000)
     history_chars: int = Field(default=60_000, ge=1)
     rate_limit: RateLimitConfig = RateLimitConfig()
+    # The history mode of a channel that has not chosen one with /context.
+    group_context: Literal["shared", "member"] = "shared"
+    quota: QuotaConfig = QuotaConfig()
+    # Messages older than this many days are deleted (at start and hourly); 0 = keep forever.
+    retention_days: int = Field(default=0, ge=0, le=36_500)
+
+
+# "platform:id" in the access lists: Telegram and Discord ids are integers (a Telegram group's is
+# negative, a forum topic's channel is "chat:topic"); web channel ids and the terminal's are words.
+_ACCESS_ID_SHAPES: dict[str, re.Pattern[str]] = {
+    "telegram": re.compile(r"-?\d{1,20}(:\d{1,20})?"),
+    "discord": re.compile(r"\d{1,20}"),
+    "web": re.compile(r"[A-Za-z0-9_-]{1,128}"),
+    "console": re.compile(r"[A-Za-z0-9_-]{1,128}"),
+}
+
+
+def _access_ids(values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        platform, colon, local_id = str(value).partition(":")
+        shape = _ACCESS_ID_SHAPES.get(platform)
+        if not colon or shape is None or not shape.fullmatch(local_id):
+            raise ValueError(
+                f'expected "platform:id" with platform one of {", ".join(_ACCESS_ID_SHAPES)} and the '
+                'platform\'s id (e.g. "telegram:1011", "telegram:-1001234", "discord:81234"), '
+                f"got {str(value)[:40]!r}"
+            )
+    return values
+
+
+class AccessConfig(_Section):
+    """`access:` — who may talk to the bot (see bot/access.py). Ids are "platform:id" strings."""
+
+    allowed_users: tuple[str, ...] = ()  # empty = everyone
+    blocked_users: tuple[str, ...] = ()  # blocked wins over allowed
+    allowed_channels: tuple[str, ...] = ()  # the event's channel key; empty = all
+    blocked_channels: tuple[str, ...] = ()
+    direct_messages: bool = True  # false: in private chats and DMs only admins are answered
+
+    @field_validator("allowed_users", "blocked_users", "allowed_channels", "blocked_channels")
+    @classmethod
+    def _platform_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _access_ids(value)
+
+
+PERSONA_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+class PersonaConfig(_Section):
+    """One entry of `personas:` — a preset a channel switches to with /persona NAME."""
+
+    system_prompt: str = Field(min_length=1, max_length=4000)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    description: str = Field(default="", max_length=200)
 
 
 class StorageConfig(_Section):
@@ -168,6 +228,10 @@ class DiscordConfig(_Section):
     api_base: str | None = None
     gateway_url: str | None = None
     channels: tuple[int, ...] = ()
+    # Role ids: when allowed_roles is set, in guilds only members holding one of them (or admins)
+    # are answered; a member holding a blocked role is not.
+    allowed_roles: tuple[int, ...] = ()
+    blocked_roles: tuple[int, ...] = ()
     edit_interval_s: float = Field(default=1.5, gt=0)
     first_post_delay_s: float = Field(default=0.5, ge=0)
     typing_interval_s: float = Field(default=8.0, gt=0)
@@ -224,11 +288,30 @@ class Settings(_Section):
 
     model: ModelConfig = ModelConfig()
     chat: ChatConfig = ChatConfig()
+    access: AccessConfig = AccessConfig()
+    personas: dict[str, PersonaConfig] = Field(default_factory=dict)
     storage: StorageConfig = StorageConfig()
     telegram: TelegramConfig = TelegramConfig()
     discord: DiscordConfig = DiscordConfig()
     web: WebConfig = WebConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("personas")
+    @classmethod
+    def _persona_names(cls, value: dict[str, PersonaConfig]) -> dict[str, PersonaConfig]:
+        seen: set[str] = set()
+        for name in value:
+            if not PERSONA_NAME.fullmatch(name):
+                raise ValueError(
+                    f"persona name {name[:40]!r} must be 1 to 32 letters, digits, '_' or '-' "
+                    "(it is typed after /persona)"
+                )
+            if name.lower() == "default":
+                raise ValueError("'default' is reserved: /persona default restores the configured prompt")
+            if name.lower() in seen:
+                raise ValueError(f"persona names differ only in case: {name!r}")
+            seen.add(name.lower())
+        return value
 
 
 def expand_env(value: Any, environ: Mapping[str, str] | None = None) -> Any:

@@ -17,6 +17,16 @@ class ChatEvent:
     instead of the silent duplicate an ordinary repeat gets.
     `rate_limited` False exempts the author from the per-user rate limit: set by an adapter whose
     user is the bot's own operator (the terminal, where a piped file of 100 lines is legitimate).
+
+    Facts for the access policy, quotas and listening (see `bot.access`), supplied by the adapter:
+    `is_admin` says the author may run admin commands *here* (the user of a private chat may, in
+    their own chat); `is_staff` is stronger: a configured admin (`telegram.admins`,
+    `discord.admins`) or an administrator of the group or guild. Staff pass the access lists and
+    are exempt from quotas; the user of a private chat alone is not staff. `roles` are the author's
+    role ids in a Discord guild (empty elsewhere). `addressed` False marks a group message that does
+    not mention the bot, reply to it or run a command: it is answered only in a channel set to
+    `/listen all`. `sees_all_messages` False says the platform does not deliver such messages to
+    the bot at all (Telegram's privacy mode), so `/listen all` can warn about it.
     """
 
     platform: str
@@ -29,6 +39,10 @@ class ChatEvent:
     message_id: str | None = None
     redelivered: bool = False
     rate_limited: bool = True
+    is_staff: bool = False
+    roles: tuple[str, ...] = ()
+    addressed: bool = True
+    sees_all_messages: bool = True
 
     @property
     def channel_key(self) -> str:

@@ -14,7 +14,7 @@ import contextlib
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 
 from bot.events import ChatEvent
@@ -28,25 +28,59 @@ CutReason = _CutReason  # storage names it from here (it may import no other mod
 Role = Literal["user", "assistant"]
 
 
+def spoken(content: str, speaker: str | None) -> str:
+    """A user turn as the model reads it: `NAME: TEXT` in a group (`speaker` set), else TEXT."""
+    return content if speaker is None else f"{speaker}: {content}"
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """One earlier message of a conversation."""
+    """One earlier message of a conversation. `speaker` is the cleaned display name of a user
+    turn's author in a channel that is not direct (see `bot.speakers`); None otherwise."""
 
     role: Role
     content: str
+    speaker: str | None = None
+
+    @property
+    def text(self) -> str:
+        """What the model reads for this turn: `NAME: TEXT` for a named speaker, else TEXT."""
+        return spoken(self.content, self.speaker) if self.role == "user" else self.content
 
 
 @dataclass(frozen=True, slots=True)
 class Conversation:
     """What the engine asks a backend to answer: the system prompt, earlier turns (oldest first)
-    and the new user message."""
+    and the new user message (`speaker` its author's cleaned name in a group, else None)."""
 
     system_prompt: str
     history: Sequence[Turn]
     message: str
     context_key: str | None = None
-    """The channel this conversation belongs to; backends that keep per-channel state (the local
-    model's KV cache) key it by this. None: a stateless request."""
+    """The conversation's key; backends that keep per-conversation state (the local model's KV
+    cache) key it by this: the channel key, or `member_context_key(...)` for one member's
+    conversation in a channel in member mode. None: a stateless request."""
+    speaker: str | None = None
+
+    @property
+    def message_text(self) -> str:
+        """The new message as the model reads it (`NAME: TEXT` in a group). The echo backend
+        echoes `message` instead, without the name."""
+        return spoken(self.message, self.speaker)
+
+
+MEMBER_SEPARATOR = "#"  # never in a channel key: platform ids are digits, web ids [A-Za-z0-9_-]
+
+
+def member_context_key(channel_key: str, member_id: str) -> str:
+    """The context key of one member's own conversation in a channel in member mode."""
+    return f"{channel_key}{MEMBER_SEPARATOR}{member_id}"
+
+
+def within_channel(context_key: str, channel_key: str) -> bool:
+    """True when `context_key` is the channel's own or one of its members' (`Backend.forget`
+    of a channel drops them all)."""
+    return context_key == channel_key or context_key.startswith(channel_key + MEMBER_SEPARATOR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +139,65 @@ class StoredMessage:
     platform_message_id: str | None
     created_at: datetime  # timezone-aware, UTC
     cut: CutReason | None = None
+    member_id: str | None = None
+    """Whose conversation in the channel the message belongs to: a user message's author, the
+    asker of an assistant message (member mode reads one member's history by it, `/forget`
+    deletes by it). None for messages stored without one."""
+
+
+ContextMode = Literal["shared", "member"]
+"""`shared`: everyone in a channel shares one history; `member`: each author has their own."""
+ListenMode = Literal["all", "mention"]
+"""`all`: answer every message of a group channel; `mention`: only those addressed to the bot."""
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelSettings:
-    """A channel's overrides; None means "use the configured default"."""
+    """A channel's overrides; None means "use the configured default". `persona` names the preset
+    (`personas:` in the config) the system prompt and temperature were last set from."""
 
     system_prompt: str | None = None
     temperature: float | None = None
+    persona: str | None = None
+    context: ContextMode | None = None
+    listen: ListenMode | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCharge:
+    """What one reply cost its asker, recorded in the same transaction as the reply (so a reply
+    is counted exactly once, whichever process wrote it)."""
+
+    user_key: str  # "<platform>:<author id>"
+    user_name: str | None
+    tokens: int  # at least 1
+    day: date  # the UTC day the reply was stored
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """One user's tokens on one UTC day (in one channel, or in all of them)."""
+
+    user_key: str
+    user_name: str | None
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """What `/forget` deleted: how many messages, and the channels they were in (whose cached
+    model context must be dropped too)."""
+
+    deleted: int
+    channel_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberMessage:
+    """A stored message with its channel, for a data export."""
+
+    channel_key: str
+    message: StoredMessage
 
 
 class _Unset(enum.Enum):
@@ -144,19 +229,30 @@ class Repository(Protocol):
         author_name: str | None = None,
         platform_message_id: str | None = None,
         cut: CutReason | None = None,
+        member_id: str | None = None,
+        charge: TokenCharge | None = None,
     ) -> StoredMessage | None:
         """Store a message (creating the channel on first use). None when `platform_message_id`
         was already stored in this channel: a duplicate delivery, nothing changed. `cut`: an
-        assistant message cut short, kept with the reason."""
+        assistant message cut short, kept with the reason. `member_id`: see
+        `StoredMessage.member_id` (a user message without one takes its `author_id`). `charge`:
+        add these tokens to the user's usage in the same transaction (a reply's cost)."""
         ...
 
     async def recent_messages(
-        self, channel_key: str, *, limit: int, max_chars: int | None = None, max_id: int | None = None
+        self,
+        channel_key: str,
+        *,
+        limit: int,
+        max_chars: int | None = None,
+        max_id: int | None = None,
+        member_id: str | None = None,
     ) -> list[StoredMessage]:
         """The newest `limit` messages, oldest first. With `max_chars`, the oldest are dropped until
         the contents total at most `max_chars` characters, but the newest one is always kept. With
         `max_id`, only messages whose id is at most `max_id` count (the history as it stood when
-        that message was stored)."""
+        that message was stored). With `member_id`, only that member's conversation (their
+        messages and the replies to them), read through an index."""
         ...
 
     async def answer_to(
@@ -190,10 +286,15 @@ class Repository(Protocol):
         *,
         system_prompt: str | _Unset | None = UNSET,
         temperature: float | _Unset | None = UNSET,
+        persona: str | _Unset | None = UNSET,
+        context: ContextMode | _Unset | None = UNSET,
+        listen: ListenMode | _Unset | None = UNSET,
     ) -> ChannelSettings:
-        """Change the given settings (None clears one back to the default); returns them all.
+        """Change the given settings in one transaction (None clears one back to the default);
+        returns them all.
 
-        A temperature that is not a finite number raises `ValueError`."""
+        A temperature that is not a finite number, or a context or listen mode not in its
+        Literal, raises `ValueError`."""
         ...
 
     async def message_count(self, channel_key: str) -> int:
@@ -209,6 +310,31 @@ class Repository(Protocol):
         never answered (a crash between storing a message and storing its answer), which they hand
         to the engine as redelivered. A message whose answer failed (a notice, nothing stored) and
         that was followed by an answered one is not named again."""
+        ...
+
+    async def tokens_used(self, user_key: str, day: date) -> int:
+        """The tokens charged to `user_key` on the UTC `day`, over every channel (0 if none)."""
+        ...
+
+    async def top_usage(self, channel_key: str, day: date, limit: int) -> list[UsageEntry]:
+        """The channel's users by tokens charged there on `day`, most first, at most `limit`."""
+        ...
+
+    async def forget_member(self, platform: str, member_id: str) -> Forgotten:
+        """Delete every message whose `member_id` is `member_id` in every channel of `platform`
+        (a user's messages and the bot's replies to them) in one transaction, and the user's name
+        from the usage records (the counts stay: forgetting does not reset a quota)."""
+        ...
+
+    async def purge_older_than(self, cutoff: datetime, batch_size: int = 500) -> int:
+        """Delete messages created before `cutoff` (timezone-aware), `batch_size` per short
+        transaction so no write lock is held for long; returns how many. Usage records of days
+        before `cutoff` go too."""
+        ...
+
+    async def member_messages(self, platform: str, member_id: str) -> list[MemberMessage]:
+        """Every stored message whose `member_id` is `member_id` on `platform` (a data export),
+        by channel, oldest first."""
         ...
 
 

@@ -36,6 +36,7 @@ class ReplyStatus(Enum):
     SUPERSEDED = "superseded"  # a /reset came after this message was queued: not answered, the text says so
     DUPLICATE = "duplicate"  # this platform message was seen already: send nothing
     DROPPED = "dropped"  # rate-limited again after the notice: send nothing
+    IGNORED = "ignored"  # not for the bot (unaddressed, or refused in a group): send nothing, nothing stored
     FAILED = "failed"  # generation or storage failed; the text is an error message for the user
 
 
@@ -49,7 +50,7 @@ class CutReason(Enum):
 
 
 # Statuses whose text must not be posted to the platform.
-SILENT_STATUSES = frozenset({ReplyStatus.DUPLICATE, ReplyStatus.DROPPED})
+SILENT_STATUSES = frozenset({ReplyStatus.DUPLICATE, ReplyStatus.DROPPED, ReplyStatus.IGNORED})
 
 
 class Reply:
@@ -59,10 +60,13 @@ class Reply:
     Readers never block the producer: chunks are kept until the reply is done.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, engaged: bool = True) -> None:
         self._chunks: list[str] = []
         self._changed = asyncio.Condition()
         self._done = False
+        # False while the engine has not yet decided to answer (a group message the bot may be
+        # meant to ignore): adapters show no "typing…" until then. See `engage`.
+        self._engaged = engaged
         self.status = ReplyStatus.PENDING
         # Set by `ChatEngine.complete` before the reply finishes, when the backend reports them;
         # None otherwise (other replies, backends that do not count, failed generations).
@@ -75,6 +79,23 @@ class Reply:
     def done(self) -> bool:
         """True once the engine has finished this reply."""
         return self._done
+
+    @property
+    def engaged(self) -> bool:
+        """True once the engine has decided to respond (typing may show); always true for
+        replies to messages addressed to the bot."""
+        return self._engaged
+
+    async def engage(self) -> None:
+        """Mark that the engine will respond (engine side)."""
+        async with self._changed:
+            self._engaged = True
+            self._changed.notify_all()
+
+    async def wait_engaged(self) -> None:
+        """Wait until the engine has decided to respond, or the reply is done."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._engaged or self._done)
 
     @property
     def silent(self) -> bool:
