@@ -1,5 +1,6 @@
-"""Command line: `python -m bot run` (all enabled adapters), `python -m bot chat` (terminal) and
-`python -m bot migrate` (bring the database schema to the newest revision, then exit)."""
+"""Command line: `python -m bot run` (all enabled adapters), `python -m bot chat` (terminal),
+`python -m bot migrate` (bring the database schema to the newest revision, then exit) and
+`python -m bot export --user PLATFORM:ID` (one user's stored messages as JSON)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bot.app import Application, configure_logging, database_options, serve
 from bot.config import DEFAULT_CONFIG_PATH, Settings, load_settings
@@ -21,11 +23,15 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "start every adapter enabled in the config, until SIGINT/SIGTERM"),
         ("chat", "chat in the terminal (reads stdin, prints replies; Ctrl-D quits)"),
         ("migrate", "migrate the database schema to the newest revision and exit (a release step)"),
+        ("export", "write one user's stored messages as JSON (a data request) and exit"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument(
             "--config", default=str(DEFAULT_CONFIG_PATH), help="path to config.yaml (default: %(default)s)"
         )
+        if name == "export":
+            sub.add_argument("--user", required=True, help='PLATFORM:ID, e.g. "telegram:1011"')
+            sub.add_argument("--output", help="file to write (default: standard output)")
     return parser
 
 
@@ -51,6 +57,26 @@ async def _migrate(settings: Settings) -> None:
     print("chinwag: the database schema is up to date", file=sys.stderr)
 
 
+async def _export(settings: Settings, user: str) -> str:
+    from bot.export import export_user
+    from storage.repository import ChatRepository
+
+    database = Database(settings.storage.url.get_secret_value(), options=database_options(settings))
+    await database.start()
+    try:
+        return await export_user(ChatRepository(database), user)
+    finally:
+        await database.stop()
+
+
+def _write_export(document: str, user: str, output: str | None) -> None:
+    if output is None:
+        sys.stdout.write(document)
+    else:
+        Path(output).write_text(document, encoding="utf-8")
+        print(f"chinwag: exported {user} to {output}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = _parser().parse_args(argv)
@@ -63,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_chat = args.command == "chat" and settings.logging.level == "INFO"
     configure_logging("WARNING" if quiet_chat else settings.logging.level)
     try:
+        if args.command == "export":
+            _write_export(asyncio.run(_export(settings, args.user)), args.user, args.output)
+            return 0
         commands = {"chat": _chat, "migrate": _migrate, "run": serve}
         asyncio.run(commands[args.command](settings))
     except KeyboardInterrupt:
@@ -73,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChinwagError as error:
         print(f"chinwag: {error}", file=sys.stderr)
         return 1
+    except ValueError as error:  # a malformed --user
+        print(f"chinwag: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

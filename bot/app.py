@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -13,15 +14,17 @@ from pathlib import Path
 from types import TracebackType
 
 from adapters.base import Adapter
+from bot.access import RoleRules
 from bot.backends.base import Backend, QueueReporting
 from bot.backends.batching_settings import BatchingSettings
 from bot.backends.remote_retry import RetryPolicy
-from bot.config import BatchingConfig, ChatConfig, ModelConfig, Settings
+from bot.config import AccessConfig, BatchingConfig, ChatConfig, ModelConfig, PersonaConfig, Settings
 from bot.engine import ChatEngine
 from bot.errors import ConfigError
 from bot.health import Readiness, backend_check
 from bot.metrics import EngineMetrics, PrometheusMetrics
 from bot.ports import ChannelLocks, Claim
+from bot.retention import Retention
 from storage.db import Database, DatabaseOptions
 from storage.locks import channel_locks_for
 from storage.repository import ChatRepository
@@ -138,6 +141,9 @@ def build_engine(
     *,
     locks: ChannelLocks | None = None,
     metrics: EngineMetrics | None = None,
+    access: AccessConfig | None = None,
+    roles: dict[str, RoleRules] | None = None,
+    personas: dict[str, PersonaConfig] | None = None,
 ) -> ChatEngine:
     """The one place a `ChatEngine` is composed (the application, the tests and the benchmarks):
     the repository over `database` and its channel locks (advisory locks on PostgreSQL, none on
@@ -149,7 +155,34 @@ def build_engine(
         chat,
         locks=locks if locks is not None else channel_locks_for(database),
         metrics=metrics,
+        access=access,
+        roles=roles,
+        personas=personas,
     )
+
+
+def platform_roles(settings: Settings) -> dict[str, RoleRules]:
+    """The access policy's role lists per platform (Discord's; role ids as strings, like the
+    events carry them)."""
+    discord = settings.discord
+    return {
+        "discord": RoleRules(
+            allowed=frozenset(str(role) for role in discord.allowed_roles),
+            blocked=frozenset(str(role) for role in discord.blocked_roles),
+        )
+    }
+
+
+async def _keep_retention(retention: Retention, stack: AsyncExitStack) -> None:
+    """Run the retention purge in the background while the application runs."""
+    task = asyncio.create_task(retention.run(), name="chinwag:retention")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +328,19 @@ class Application:
             self._stack.push_async_callback(self.backend.stop)
             metrics = build_metrics(self.settings)
             engine = build_engine(
-                database, self.backend, self.settings.model, self.settings.chat, metrics=metrics
+                database,
+                self.backend,
+                self.settings.model,
+                self.settings.chat,
+                metrics=metrics,
+                access=self.settings.access,
+                roles=platform_roles(self.settings),
+                personas=self.settings.personas,
             )
             self._stack.push_async_callback(engine.close)
+            retention = Retention(ChatRepository(database), self.settings.chat.retention_days)
+            if retention.enabled:
+                await _keep_retention(retention, self._stack)
             if metrics is not None:
                 backend_depth = self.backend.queue_depth if isinstance(self.backend, QueueReporting) else None
                 metrics.watch_queue(lambda: engine.stats.in_flight, backend_depth)

@@ -1,4 +1,5 @@
-"""Chat commands (`/reset`, `/help`, `/system`, `/temperature`): parsing and handling."""
+"""Chat commands: the list, parsing, and `/reset`, `/help`, `/system`, `/temperature`; the
+community commands (`/persona`, `/context`, `/listen`, `/usage`, `/forget`) are in `bot.community`."""
 
 from __future__ import annotations
 
@@ -6,14 +7,13 @@ import math
 import re
 from dataclasses import dataclass
 
+from bot.community import DEFAULT_WORDS, NOT_ALLOWED, CommunityCommands
 from bot.events import ChatEvent
 from bot.ports import Repository
 
 MAX_SYSTEM_PROMPT_CHARS = 4000
 MIN_TEMPERATURE = 0.0
 MAX_TEMPERATURE = 2.0
-# Words that put a setting back to the configured default.
-_DEFAULT_WORDS = frozenset({"default", "--default"})
 _COMMAND = re.compile(r"/(\S+)(?:\s+(.*))?", re.DOTALL)
 
 
@@ -62,6 +62,42 @@ COMMANDS: tuple[CommandSpec, ...] = (
         argument="value",
         argument_summary="The new temperature, 0 to 2 (admins); empty shows the current one",
     ),
+    CommandSpec(
+        "persona",
+        "List or switch personas",
+        "list the personas; /persona NAME switches this chat to one, /persona default restores "
+        "the default (switching: admins only)",
+        argument="name",
+        argument_summary="The persona to switch to (admins); empty lists them",
+    ),
+    CommandSpec(
+        "context",
+        "Show or set shared or per-member history",
+        "show whether this chat shares one conversation; /context shared or /context member "
+        "sets it (setting: admins only)",
+        argument="mode",
+        argument_summary="shared or member (admins); empty shows the current mode",
+    ),
+    CommandSpec(
+        "listen",
+        "Show or set when I answer in a group",
+        "show when I answer here; /listen all answers every message, /listen mention only "
+        "mentions and replies (setting: admins only)",
+        argument="mode",
+        argument_summary="all or mention (admins); empty shows the current mode",
+    ),
+    CommandSpec(
+        "usage",
+        "Show your tokens today",
+        "show your tokens today and the daily limit; /usage all shows this chat's top users (admins only)",
+        argument="scope",
+        argument_summary="all: this chat's top users (admins); empty: your own usage",
+    ),
+    CommandSpec(
+        "forget",
+        "Delete your messages",
+        "delete your messages on this platform, in every chat, and my replies to them",
+    ),
 )
 """Every command the bot lists: /help, Telegram's menu and Discord's commands are derived from it."""
 
@@ -72,7 +108,6 @@ HELP_TEXT = "\n".join(
     ["Commands:", *(spec.help_line for spec in COMMANDS), "Anything else is a message to the model."]
 )
 
-NOT_ALLOWED = "Sorry, only an admin is allowed to do that here."
 RESET_COMMANDS = frozenset({"reset", "clear"})
 """Command names that clear a channel's conversation."""
 
@@ -111,9 +146,10 @@ class Defaults:
 class CommandHandler:
     """Answers commands against the repository; returns the reply text."""
 
-    def __init__(self, repository: Repository, defaults: Defaults) -> None:
+    def __init__(self, repository: Repository, defaults: Defaults, community: CommunityCommands) -> None:
         self._repository = repository
         self._defaults = defaults
+        self._community = community
 
     async def handle(self, command: Command, event: ChatEvent) -> str:
         """Run `command` for `event`'s channel. Setting commands are refused for non-admins."""
@@ -126,6 +162,16 @@ class CommandHandler:
                 return await self._system(command.argument, event)
             case "temperature" | "temp":
                 return await self._temperature(command.argument, event)
+            case "persona":
+                return await self._community.persona(command.argument, event)
+            case "context":
+                return await self._community.context(command.argument, event)
+            case "listen":
+                return await self._community.listen(command.argument, event)
+            case "usage":
+                return await self._community.usage(command.argument, event)
+            case "forget":
+                return await self._community.forget(event)
             case _:
                 return f"Unknown command /{command.name}. Send /help to see what I understand."
 
@@ -138,32 +184,39 @@ class CommandHandler:
 
     async def _system(self, argument: str, event: ChatEvent) -> str:
         if not argument:
-            current = (await self._repository.get_settings(event.channel_key)).system_prompt
-            source = "this chat's" if current is not None else "the default"
+            settings = await self._repository.get_settings(event.channel_key)
+            current = settings.system_prompt
+            source = "the default" if current is None else "this chat's"
+            if current is not None and settings.persona is not None:
+                source = f"persona {settings.persona}"
             prompt = current if current is not None else self._defaults.system_prompt
             return f"System prompt ({source}):\n{prompt}"
         if not event.is_admin:
             return NOT_ALLOWED
-        if argument.lower() in _DEFAULT_WORDS:
-            await self._repository.set_settings(event.channel_key, system_prompt=None)
+        if argument.lower() in DEFAULT_WORDS:
+            await self._repository.set_settings(event.channel_key, system_prompt=None, persona=None)
             return "System prompt restored to the default."
         if len(argument) > MAX_SYSTEM_PROMPT_CHARS:
             return (
                 f"That system prompt is too long ({len(argument)} characters, "
                 f"at most {MAX_SYSTEM_PROMPT_CHARS})."
             )
-        await self._repository.set_settings(event.channel_key, system_prompt=argument)
+        # A prompt of one's own is no longer the persona's.
+        await self._repository.set_settings(event.channel_key, system_prompt=argument, persona=None)
         return "System prompt updated for this chat."
 
     async def _temperature(self, argument: str, event: ChatEvent) -> str:
         if not argument:
-            current = (await self._repository.get_settings(event.channel_key)).temperature
+            settings = await self._repository.get_settings(event.channel_key)
+            current = settings.temperature
             value = current if current is not None else self._defaults.temperature
             source = "this chat's" if current is not None else "the default"
+            if current is not None and settings.persona is not None:
+                source = f"persona {settings.persona}"
             return f"Temperature ({source}): {value:g}"
         if not event.is_admin:
             return NOT_ALLOWED
-        if argument.lower() in _DEFAULT_WORDS:
+        if argument.lower() in DEFAULT_WORDS:
             await self._repository.set_settings(event.channel_key, temperature=None)
             return f"Temperature restored to the default ({self._defaults.temperature:g})."
         try:

@@ -1,11 +1,27 @@
-"""What the model sees for a stored question: its channel's recent history and settings."""
+"""What the model sees for a stored question: its channel's recent history and settings.
+
+In a channel that is not direct, user turns carry their author's cleaned display name (the model
+reads `NAME: TEXT`); each author is named by their newest name, so a user renamed mid-conversation
+is one person to the model. In member mode (`/context member`) the history is the asker's own
+messages and the bot's replies to them, and the local model caches each member's context apart.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from bot.config import ChatConfig, ModelConfig
-from bot.ports import Conversation, Repository, SamplingSettings, StoredMessage, Turn
+from bot.events import ChatEvent
+from bot.ports import (
+    ChannelSettings,
+    Conversation,
+    Repository,
+    SamplingSettings,
+    StoredMessage,
+    Turn,
+    member_context_key,
+)
+from bot.speakers import clean_speaker_name
 
 
 def configured_sampling(model: ModelConfig) -> SamplingSettings:
@@ -33,24 +49,41 @@ class ConversationReader:
         self._sampling = sampling
 
     async def for_question(
-        self, channel_key: str, question: StoredMessage
+        self, event: ChatEvent, question: StoredMessage, settings: ChannelSettings
     ) -> tuple[Conversation, SamplingSettings]:
-        """The prompt input for `question` and the sampling settings to answer it with.
-        Raises `StorageError` when the database fails."""
-        history = await self._history_before(channel_key, question)
-        settings = await self._repository.get_settings(channel_key)
+        """The prompt input for `question` (stored for `event`) and the sampling settings to
+        answer it with, under the channel's `settings`. Raises `StorageError` when the database
+        fails."""
+        channel_key = event.channel_key
+        member = event.author_id if self.context_mode(settings) == "member" else None
+        earlier = await self._history_before(channel_key, question, member)
         system_prompt = settings.system_prompt if settings.system_prompt is not None else self._system_prompt
         sampling = self._sampling
         if settings.temperature is not None:
             sampling = replace(sampling, temperature=settings.temperature)
+        names = {} if event.is_direct else _newest_names(earlier, event)
+        history = [
+            Turn(message.role, message.content, _speaker(message, names) if message.role == "user" else None)
+            for message in earlier
+        ]
         conversation = Conversation(
-            system_prompt=system_prompt, history=history, message=question.content, context_key=channel_key
+            system_prompt=system_prompt,
+            history=history,
+            message=question.content,
+            context_key=channel_key if member is None else member_context_key(channel_key, member),
+            speaker=names.get(event.author_id),
         )
         return conversation, sampling
 
-    async def _history_before(self, channel_key: str, new_message: StoredMessage) -> list[Turn]:
-        """The channel's recent turns before `new_message` (lower ids only, also when it was
-        stored long ago), oldest first, within the configured budget."""
+    def context_mode(self, settings: ChannelSettings) -> str:
+        """The channel's history mode: its own `/context`, else `chat.group_context`."""
+        return settings.context or self._chat.group_context
+
+    async def _history_before(
+        self, channel_key: str, new_message: StoredMessage, member_id: str | None
+    ) -> list[StoredMessage]:
+        """The channel's (or one member's) recent messages before `new_message` (lower ids only,
+        also when it was stored long ago), oldest first, within the configured budget."""
         if self._chat.history_messages == 0:
             return []
         recent = await self._repository.recent_messages(
@@ -58,5 +91,30 @@ class ConversationReader:
             limit=self._chat.history_messages + 1,
             max_chars=self._chat.history_chars + len(new_message.content),
             max_id=new_message.id,
+            member_id=member_id,
         )
-        return [Turn(message.role, message.content) for message in recent if message.id != new_message.id]
+        return [message for message in recent if message.id != new_message.id]
+
+
+def _newest_names(history: list[StoredMessage], event: ChatEvent) -> dict[str, str]:
+    """Author id -> cleaned display name, the newest one each author used (the asker's current
+    name last), so a rename does not split one person in two."""
+    names: dict[str, str] = {}
+    for message in history:
+        if message.role == "user" and message.author_id is not None and message.author_name:
+            names[message.author_id] = clean_speaker_name(message.author_name, _fallback(message.author_id))
+    names[event.author_id] = clean_speaker_name(event.author_name, _fallback(event.author_id))
+    return names
+
+
+def _speaker(message: StoredMessage, names: dict[str, str]) -> str | None:
+    if not names:
+        return None  # a direct chat: no names
+    if message.author_id is None:
+        return clean_speaker_name(message.author_name, "User")
+    return names.get(message.author_id) or _fallback(message.author_id)
+
+
+def _fallback(author_id: str) -> str:
+    """The name of an author whose display name is empty once cleaned."""
+    return f"User {author_id[-6:]}"

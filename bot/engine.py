@@ -13,9 +13,13 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from bot.backends.base import Backend, GenerationReport, PreparedPrompt
+from bot.access import AccessPolicy, RoleRules
+from bot.admission import Arrival, Gate
+from bot.backends.base import Backend, GenerationReport
 from bot.commands import RESET_COMMANDS, CommandHandler, Defaults, parse_command
-from bot.config import ChatConfig, ModelConfig
+from bot.community import CommunityCommands
+from bot.completion import Completions, push_input_notices
+from bot.config import AccessConfig, ChatConfig, ModelConfig, PersonaConfig
 from bot.conversation import ConversationReader, configured_sampling
 from bot.errors import RateLimited, StorageError
 from bot.events import ChatEvent
@@ -38,7 +42,8 @@ from bot.ports import (
     SamplingOverrides,
     StoredMessage,
 )
-from bot.ratelimit import RateLimiter, Verdict
+from bot.quota import Quota
+from bot.ratelimit import RateLimiter
 from bot.redact import redact
 from bot.reply import CutReason, Reply, ReplyStatus
 from bot.sanitize import clip, sanitize_text
@@ -46,11 +51,6 @@ from bot.sanitize import clip, sanitize_text
 logger = logging.getLogger(__name__)
 
 EMPTY_MESSAGE_REPLY = "I didn't catch that: your message was empty. Send me some text and I'll answer."
-INPUT_CUT_NOTICE = "\n\n(Your message was longer than {limit} characters; I only read the first {limit}.)"
-WINDOW_CUT_NOTICE = (
-    "\n\n(Your message was too long for my context window; I read only its beginning and its end.)"
-)
-RATE_LIMIT_REPLY = "You're sending messages faster than I can answer. Please wait {seconds} s and try again."
 EMPTY_MODEL_REPLY = "(I have no answer to that. Could you rephrase it?)"
 RESET_SKIPPED_REPLY = "(Not answered: this conversation was reset before I got to it.)"
 # At shutdown, how long replies cut short after the grace get to store their kept text.
@@ -83,14 +83,29 @@ class ChatEngine:
         *,
         locks: ChannelLocks | None = None,
         metrics: EngineMetrics | None = None,
+        access: AccessConfig | None = None,
+        roles: dict[str, RoleRules] | None = None,
+        personas: dict[str, PersonaConfig] | None = None,
     ) -> None:
         self._repository = repository
         self._locks: ChannelLocks = locks if locks is not None else LocalChannelLocks()
         self._metrics: EngineMetrics = metrics if metrics is not None else NoMetrics()
         self._backend = backend
         self._chat = chat
-        self._commands = CommandHandler(repository, Defaults(model.system_prompt, model.temperature))
-        self._limiter = RateLimiter(chat.rate_limit.messages, chat.rate_limit.per_seconds)
+        self._quota = Quota(repository, chat.quota.tokens_per_day)
+        community = CommunityCommands(
+            repository,
+            personas or {},
+            self._quota,
+            group_context=chat.group_context,
+            forget_context=backend.forget,
+        )
+        defaults = Defaults(model.system_prompt, model.temperature)
+        self._commands = CommandHandler(repository, defaults, community)
+        self._gate = Gate(
+            AccessPolicy(access or AccessConfig(), roles),
+            RateLimiter(chat.rate_limit.messages, chat.rate_limit.per_seconds),
+        )
         self._sampling = configured_sampling(model)
         self._conversations = ConversationReader(repository, chat, model.system_prompt, self._sampling)
         self._order = ChannelOrder()
@@ -99,6 +114,9 @@ class ChatEngine:
             self._metrics,
             stall_timeout_s=model.stall_timeout_s,
             total_timeout_s=model.generation_timeout_s,
+        )
+        self._completions = Completions(
+            self._order, self._generations, self._metrics, self._sampling, chat.max_input_chars
         )
 
     @property
@@ -110,16 +128,16 @@ class ChatEngine:
         """Queue `event` and return its reply at once; read it with `async for` or `await .text()`.
         Raises `ChinwagError` when the engine is closing."""
         self._order.ensure_open()
-        reply = Reply()
         received = time.perf_counter()
-        verdict = self._limiter.check(event.user_key) if event.rate_limited else Verdict.ALLOW
-        if verdict is Verdict.ALLOW and self._is_reset(event):
+        arrival = self._gate.on_arrival(event)
+        reply = Reply(engaged=arrival.engaged)
+        if arrival is Arrival.ANSWER and self._is_reset(event):
             # Now, not in turn: the generation running or queued for this channel is abandoned.
             self._order.reset(event.channel_key)
             self._backend.forget(event.channel_key)
         self._order.queue(
             (event.channel_key,),
-            lambda slot: self._handle_in_turn(event, reply, verdict, received, slot),
+            lambda slot: self._handle_in_turn(event, reply, arrival, received, slot),
             name=f"chinwag:{redact(event.channel_key)}",  # task names show in asyncio's logs
         )
         return reply
@@ -154,50 +172,12 @@ class ChatEngine:
         return await self.handle(event).text()
 
     def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
-        """Answer a stateless conversation (OpenAI-style: the caller sends the whole history).
-
-        Nothing is read from or written to a channel's history. The new message is sanitized and
-        clipped like any other, the rate limit, sampling limits and timeout apply. Raises
-        `RateLimited` at once when `user_key` is over the limit, `ChinwagError` when closing.
-        An answered reply carries the backend's `usage` and `finish_reason` (None where the
-        backend does not report them).
-        """
+        """Answer a stateless conversation (OpenAI-style: the caller sends the whole history); see
+        `bot.completion.Completions.complete`."""
         self._order.ensure_open()
-        if self._limiter.check(user_key) is not Verdict.ALLOW:
-            raise RateLimited(self._limiter.retry_after(user_key))
-        message, input_cut = clip(sanitize_text(conversation.message), self._chat.max_input_chars)
-        conversation = replace(conversation, message=message)
-        sampling = overrides.apply(self._sampling)
-        reply = Reply()
-
-        async def run() -> None:
-            try:
-                report = GenerationReport()
-                generated = await self._generations.run(
-                    conversation, sampling, reply, user_key, saved=False, report=report
-                )
-                if isinstance(generated, ReplyStatus):
-                    await reply.finish(generated)
-                    return
-                if generated.cut is not None:
-                    # A timeout or shutdown (nobody can stop a completion): nothing is stored, so
-                    # the API client gets the failure it always got rather than a whole-looking reply.
-                    cut, detail = generated.cut, generated.detail
-                    await reply.finish(
-                        await report_cut(cut, reply, self._metrics, user_key, detail, kept=False)
-                    )
-                    return
-                await self._push_cut_notice(reply, input_cut, generated.prompt)
-                reply.usage, reply.finish_reason = report.usage(), report.finish_reason
-                await reply.finish(ReplyStatus.ANSWERED)
-            except asyncio.CancelledError:
-                await reply.finish(ReplyStatus.FAILED)
-                raise
-            except Exception:
-                await reply.finish(await report_unexpected(reply, "in a stateless completion"))
-
-        self._order.start(run(), name="chinwag:completion")
-        return reply
+        if not self._gate.allows_completion(user_key):
+            raise RateLimited(self._gate.retry_after(user_key))
+        return self._completions.complete(conversation, overrides, user_key)
 
     def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
         """End the channel's running model reply now, keeping its text (see `ChatService.stop`).
@@ -225,7 +205,7 @@ class ChatEngine:
         await self._order.close(grace_s, cut=cut_all, settle_s=SHUTDOWN_SETTLE_S)
 
     async def _handle_in_turn(
-        self, event: ChatEvent, reply: Reply, verdict: Verdict, received: float, slot: Slot
+        self, event: ChatEvent, reply: Reply, arrival: Arrival, received: float, slot: Slot
     ) -> None:
         """`event`'s whole life once queued: wait for its turn, answer it, finish `reply`."""
         try:
@@ -237,7 +217,7 @@ class ChatEngine:
                 await reply.push(RESET_SKIPPED_REPLY)
                 status = ReplyStatus.SUPERSEDED
             else:
-                status = await self._process(event, reply, verdict, received)
+                status = await self._process(event, reply, arrival, received)
             await reply.finish(status)
         except asyncio.CancelledError:
             await reply.push(notice_after(reply, SHUTDOWN_NOTICE))
@@ -251,13 +231,24 @@ class ChatEngine:
             self._metrics.message_handled(event.platform)
 
     async def _process(
-        self, event: ChatEvent, reply: Reply, verdict: Verdict, received: float
+        self, event: ChatEvent, reply: Reply, arrival: Arrival, received: float
     ) -> ReplyStatus:
-        if verdict is Verdict.DROP:
+        try:
+            if arrival is Arrival.UNADDRESSED:
+                # Read in turn: a /listen just before this message applies to it.
+                if (await self._repository.get_settings(event.channel_key)).listen != "all":
+                    return ReplyStatus.IGNORED
+                arrival = self._gate.rate(event)
+        except StorageError as error:
+            return await report_error(error, reply, self._metrics, event.channel_key, saved=False)
+        if arrival in {Arrival.IGNORED, Arrival.UNADDRESSED}:
+            return ReplyStatus.IGNORED
+        if arrival is Arrival.RATE_DROP:
             return ReplyStatus.DROPPED
-        if verdict is Verdict.NOTIFY:
-            seconds = max(1, round(self._limiter.retry_after(event.user_key)))
-            await reply.push(RATE_LIMIT_REPLY.format(seconds=seconds))
+        await reply.engage()
+        notice = self._gate.refusal_text(arrival, event)
+        if notice is not None:
+            await reply.push(notice)
             return ReplyStatus.NOTICE
         text = sanitize_text(event.text)
         if not text.strip():
@@ -271,6 +262,10 @@ class ChatEngine:
                 if command is not None:
                     await reply.push(await self._commands.handle(command, replace(event, text=text)))
                     return ReplyStatus.COMMAND
+                over_quota = await self._quota.refusal(event)
+                if over_quota is not None:  # no model call, nothing stored
+                    await reply.push(over_quota)
+                    return ReplyStatus.NOTICE
                 return await self._answer(event, text, reply, received)
         except StorageError as error:
             return await report_error(error, reply, self._metrics, event.channel_key, saved=False)
@@ -290,9 +285,13 @@ class ChatEngine:
             if isinstance(resolved, ReplyStatus):
                 return resolved
             stored = resolved
-        conversation, sampling = await self._conversations.for_question(event.channel_key, stored)
+        settings = await self._repository.get_settings(event.channel_key)
+        conversation, sampling = await self._conversations.for_question(event, stored, settings)
         where = event.channel_key
-        generated = await self._generations.run(conversation, sampling, reply, where, saved=True)
+        report = GenerationReport()
+        generated = await self._generations.run(
+            conversation, sampling, reply, where, saved=True, report=report
+        )
         if isinstance(generated, ReplyStatus):
             return generated
         if not generated.text.strip():
@@ -301,11 +300,18 @@ class ChatEngine:
                 return await report_cut(cut, reply, self._metrics, where, detail, kept=False)
             await reply.push(EMPTY_MODEL_REPLY)
             return ReplyStatus.NOTICE
-        await self._repository.append_message(where, "assistant", generated.text, cut=generated.cut)
+        await self._repository.append_message(
+            where,
+            "assistant",
+            generated.text,
+            cut=generated.cut,
+            member_id=event.author_id,
+            charge=self._quota.charge(event, report, generated.text),
+        )
         latency_s = time.perf_counter() - received
         self._metrics.reply_finished(latency_s, generated.chunks)
         logger.debug("answered in %s: %d chars, %.3f s", redact(where), len(generated.text), latency_s)
-        await self._push_cut_notice(reply, input_cut, generated.prompt)
+        await push_input_notices(reply, input_cut, generated.prompt, self._chat.max_input_chars)
         if generated.cut is None:
             return ReplyStatus.ANSWERED
         # The cut's notice last: the web adapter shows it as a marker instead of as text.
@@ -337,14 +343,8 @@ class ChatEngine:
             "redelivered message %s in %s: stored answer resent", event.message_id, redact(event.channel_key)
         )
         await reply.push(stored_answer.content)
-        await self._push_cut_notice(reply, input_cut, None)
+        await push_input_notices(reply, input_cut, None, self._chat.max_input_chars)
         if stored_answer.cut is not None:
             reply.mark_cut(stored_answer.cut)
             await reply.push(CUT_RULES[stored_answer.cut].notice)
         return ReplyStatus.ANSWERED
-
-    async def _push_cut_notice(self, reply: Reply, input_cut: bool, prompt: PreparedPrompt | None) -> None:
-        if input_cut:
-            await reply.push(INPUT_CUT_NOTICE.format(limit=self._chat.max_input_chars))
-        elif prompt is not None and prompt.message_cut:
-            await reply.push(WINDOW_CUT_NOTICE)
