@@ -11,7 +11,8 @@ import pytest
 from bot.app import build_engine
 from bot.backends.base import Backend
 from bot.backends.echo import EchoBackend
-from bot.config import ChatConfig, ModelConfig, RateLimitConfig
+from bot.access import RoleRules
+from bot.config import AccessConfig, ChatConfig, ModelConfig, PersonaConfig, RateLimitConfig
 from bot.engine import ChatEngine
 from storage.db import Database
 from storage.repository import ChatRepository
@@ -56,6 +57,9 @@ async def make_engine(database: Database, reply_log: ReplyLog) -> AsyncIterator[
         rate_limit: int = 1000,
         model: dict[str, Any] | None = None,
         chat: dict[str, Any] | None = None,
+        access: dict[str, Any] | None = None,
+        roles: dict[str, RoleRules] | None = None,
+        personas: dict[str, dict[str, Any]] | None = None,
     ) -> ChatEngine:
         chat_settings = ChatConfig(
             rate_limit=RateLimitConfig(messages=rate_limit, per_seconds=60), **(chat or {})
@@ -65,6 +69,9 @@ async def make_engine(database: Database, reply_log: ReplyLog) -> AsyncIterator[
             backend or EchoBackend(),
             ModelConfig(backend="echo", **(model or {})),
             chat_settings,
+            access=AccessConfig.model_validate(access or {}),
+            roles=roles,
+            personas={name: PersonaConfig.model_validate(preset) for name, preset in (personas or {}).items()},
         )
         engines.append(engine)
         return reply_log.watch(engine)

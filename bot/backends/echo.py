@@ -57,6 +57,7 @@ class EchoBackend:
         return PreparedPrompt(
             input_text=f"echo[{len(conversation.history)}]: {conversation.message}",
             history_used=len(conversation.history),
+            context_key=conversation.context_key,
         )
 
     async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
@@ -67,16 +68,18 @@ class EchoBackend:
     async def generate_reporting(
         self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport
     ) -> AsyncGenerator[str, None]:
-        """See `UsageReporting`. The chunks `generate` yields (a subclass's too), one token each,
-        at most `max_new_tokens` of them; "length" when the echo text had more words than that."""
+        """See `UsageReporting`. The chunks `generate` yields (a subclass's too), one token each;
+        a stateless completion (no `context_key`) gets at most `max_new_tokens` of them, with
+        "length" when the echo text had more words than that. A channel's reply is always whole
+        (the contract's exact echo), and counted the same way (quotas read it)."""
         words = len(echo_tokens(prompt.input_text))
+        limit = settings.max_new_tokens if prompt.context_key is None else max(words, 1)
         report.prompt_tokens = words
         report.completion_tokens = 0
         async with aclosing(self.generate(prompt, settings)) as stream:
             async for chunk in stream:
-                if report.completion_tokens == settings.max_new_tokens:
+                if report.completion_tokens == limit:
                     break
                 report.completion_tokens += 1
                 yield chunk
-        ended = words <= settings.max_new_tokens
-        report.finish_reason = finish_reason(report.completion_tokens, settings.max_new_tokens, ended=ended)
+        report.finish_reason = finish_reason(report.completion_tokens, limit, ended=words <= limit)
