@@ -21,12 +21,18 @@ Formats (the `model.prompt_format` config values):
   or the tokenizer's ``name_or_path``) contains "dialogpt", since DialoGPT checkpoints carry no
   usable template; otherwise ``chat_template`` when the tokenizer has one, else ``plain``.
 
+Speakers: in a group channel every user turn, the new message too, is ``NAME: TEXT`` in all four
+formats (`Turn.text`, `Conversation.message_text`; the engine cleans NAME with
+`bot.speakers.clean_speaker_name`); assistant turns carry no name, and in a direct chat a user
+turn is TEXT alone.
+
 Fitting: the rendered prompt must fit `max_tokens` counted with the real tokenizer. The oldest
 turns go first; the system prompt and the new message always stay. If those two alone do not
-fit, the new message is cut in the middle (its first and last tokens kept, joined by " […] ")
-and `message_cut` is set; only when the system prompt alone leaves the message less than 32
-tokens (or a quarter of the window) is the system prompt cut the same way. Control tokens
-typed by users are encoded as plain text, never as the model's special tokens.
+fit, the new message is cut in the middle (its first and last tokens kept, joined by " […] ";
+a speaker's name in front of it is kept whole) and `message_cut` is set; only when the system
+prompt alone leaves the message less than 32 tokens (or a quarter of the window) is the system
+prompt cut the same way. Control tokens typed by users are encoded as plain text, never as the
+model's special tokens.
 
 This module does not import torch or transformers: any object with `encode`, `decode` and (for
 ``chat_template``) `apply_chat_template` in the transformers style works as the tokenizer.
@@ -42,7 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from bot.backends.base import PreparedPrompt
 from bot.errors import ConfigError
-from bot.ports import Conversation, Turn
+from bot.ports import Conversation, Turn, spoken
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +121,8 @@ class PromptFormat(ABC):
 
     @abstractmethod
     def _build(self, system: str, turns: Sequence[Turn], message: str, memo: _TokenMemo) -> _Rendered:
-        """Render exactly these parts (no fitting)."""
+        """Render exactly these parts (no fitting). `message` is the new message as the model
+        reads it (with its speaker's name); each turn is rendered as `Turn.text`."""
 
     def _first_turn_ok(self, turns: Sequence[Turn]) -> bool:
         """Whether a prompt may start its history with `turns[0]` (see `ChatTemplateFormat`)."""
@@ -143,13 +150,15 @@ class PromptFormat(ABC):
         memo = _TokenMemo(self.tokenizer)
         system = conversation.system_prompt if self.uses_system_prompt else ""
         history = list(conversation.history)
-        message = conversation.message
+        message = conversation.message_text
 
         base = self._build(system, [], message, memo)
         if len(base.ids) > max_tokens:
-            system, cut_message = self._cut_to_fit(system, message, max_tokens, memo)
-            rendered = self._build(system, [], cut_message, memo)
-            return self._prepared(rendered, 0, message_cut=cut_message != message)
+            # The message's own text is cut; its speaker's name stays whole in front of it.
+            content, speaker = conversation.message, conversation.speaker
+            system, cut_content = self._cut_to_fit(system, content, speaker, max_tokens, memo)
+            rendered = self._build(system, [], spoken(cut_content, speaker), memo)
+            return self._prepared(rendered, 0, message_cut=cut_content != content)
 
         built: dict[int, _Rendered] = {}
 
@@ -187,20 +196,25 @@ class PromptFormat(ABC):
             stop=self.stop,
         )
 
-    def _cut_to_fit(self, system: str, message: str, max_tokens: int, memo: _TokenMemo) -> tuple[str, str]:
-        """Shorten the message (and, as a last resort, the system prompt) until both fit."""
+    def _cut_to_fit(
+        self, system: str, message: str, speaker: str | None, max_tokens: int, memo: _TokenMemo
+    ) -> tuple[str, str]:
+        """Shorten the message's text (and, as a last resort, the system prompt) until both fit
+        with the message read as `spoken(message, speaker)`; returns both."""
         marker_len = len(memo(CUT_MARKER))
         min_message = min(_MIN_MESSAGE_TOKENS, max(1, max_tokens // 4), len(memo(message)))
-        if system and len(self._build(system, [], "", memo).ids) + marker_len + min_message > max_tokens:
+        name_only = spoken("", speaker)  # the room the speaker's name takes
+        fixed = len(self._build(system, [], name_only, memo).ids) if system else 0
+        if system and fixed + marker_len + min_message > max_tokens:
             logger.warning("the system prompt alone nearly fills the %d-token window; cutting it", max_tokens)
             system = self._fit_text(
                 system,
-                lambda s: len(self._build(s, [], "", memo).ids),
+                lambda s: len(self._build(s, [], name_only, memo).ids),
                 max_tokens - marker_len - min_message,
                 memo,
             )
         message = self._fit_text(
-            message, lambda m: len(self._build(system, [], m, memo).ids), max_tokens, memo
+            message, lambda m: len(self._build(system, [], spoken(m, speaker), memo).ids), max_tokens, memo
         )
         return system, message
 
@@ -229,7 +243,7 @@ def _guess_kept(history: Sequence[Turn], room: int, overhead: int, memo: _TokenM
     used = 0
     kept = 0
     for turn in reversed(history):
-        used += len(memo(turn.content)) + overhead
+        used += len(memo(turn.text)) + overhead
         if used > room:
             break
         kept += 1
@@ -322,7 +336,7 @@ class ChatTemplateFormat(PromptFormat):
         return not self.strict_alternation or turns[0].role == "user"
 
     def _messages(self, system: str, turns: Sequence[Turn], message: str) -> list[dict[str, str]]:
-        rest = [{"role": t.role, "content": t.content} for t in turns]
+        rest = [{"role": t.role, "content": t.text} for t in turns]
         rest.append({"role": "user", "content": message})
         if self.strict_alternation:
             merged: list[dict[str, str]] = []
@@ -371,7 +385,7 @@ class DialoGPTFormat(PromptFormat):
         self.eos_id: int = int(eos_id)
 
     def _build(self, system: str, turns: Sequence[Turn], message: str, memo: _TokenMemo) -> _Rendered:
-        contents = [t.content for t in turns] + [message]
+        contents = [t.text for t in turns] + [message]
         ids: list[int] = []
         for content in contents:
             ids.extend(memo(content))
@@ -386,7 +400,7 @@ class Seq2SeqFormat(PromptFormat):
     uses_system_prompt = False
 
     def _build(self, system: str, turns: Sequence[Turn], message: str, memo: _TokenMemo) -> _Rendered:
-        text = "\n".join([t.content for t in turns] + [message])
+        text = "\n".join([t.text for t in turns] + [message])
         ids = self.tokenizer.encode(text, add_special_tokens=True, split_special_tokens=True)
         return _Rendered(text, list(ids))
 
@@ -399,7 +413,7 @@ class PlainFormat(PromptFormat):
 
     def _build(self, system: str, turns: Sequence[Turn], message: str, memo: _TokenMemo) -> _Rendered:
         lines = [f"System: {system}\n"] if system else []
-        lines.extend(f"{'User' if t.role == 'user' else 'Assistant'}: {t.content}\n" for t in turns)
+        lines.extend(f"{'User' if t.role == 'user' else 'Assistant'}: {t.text}\n" for t in turns)
         lines.append(f"User: {message}\nAssistant:")
         text = "".join(lines)
         ids = self.tokenizer.encode(text, add_special_tokens=True, split_special_tokens=True)

@@ -53,7 +53,8 @@ class EchoBackend:
         return True
 
     async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
-        """Keep every turn the engine chose; the input text is the reply to give."""
+        """Keep every turn the engine chose; the input text is the reply to give. It echoes the
+        message's own text, never its speaker's name (`Conversation.message`, not `message_text`)."""
         return PreparedPrompt(
             input_text=f"echo[{len(conversation.history)}]: {conversation.message}",
             history_used=len(conversation.history),

@@ -135,7 +135,7 @@ class OpenAIChatBackend:
         messages: list[PromptMessage] = []
         if fitted.system_prompt:
             messages.append(PromptMessage("system", fitted.system_prompt))
-        messages.extend(PromptMessage(turn.role, turn.content) for turn in fitted.history)
+        messages.extend(PromptMessage(turn.role, turn.text) for turn in fitted.history)
         messages.append(PromptMessage("user", fitted.message))
         return PreparedPrompt(
             input_text="",  # the conversation goes as `messages`

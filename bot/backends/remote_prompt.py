@@ -7,6 +7,8 @@ the safe side for code. The rules are those of `bot.prompts`: the oldest turns g
 prompt and the new message always stay; if those two alone are too long, the new message is cut in
 the middle (its beginning and end kept around `CUT_MARKER`) and `message_cut` is set; only when the
 system prompt alone leaves the message less than a quarter of the budget is it cut the same way.
+Turns are measured and sent as the model reads them: `Turn.text` and `Conversation.message_text`
+(`NAME: TEXT` for a group member's turn; a cut message keeps its speaker's name whole).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.ports import Conversation, Turn
+from bot.ports import Conversation, Turn, spoken
 from bot.prompts import CUT_MARKER
 
 CHARS_PER_TOKEN = 4
@@ -25,7 +27,9 @@ MIN_BUDGET_CHARS = 256
 
 @dataclass(frozen=True, slots=True)
 class FittedConversation:
-    """What fits: the (maybe cut) system prompt, the newest turns, and the (maybe cut) message."""
+    """What fits: the (maybe cut) system prompt, the newest turns, and the (maybe cut) message as
+    the model reads it (`Conversation.message_text`: `NAME: TEXT` in a group). Render the turns
+    with `Turn.text`."""
 
     system_prompt: str
     history: tuple[Turn, ...]
@@ -44,7 +48,7 @@ def budget_chars(context_window: int | None, max_new_tokens: int) -> int | None:
 def fit_conversation(conversation: Conversation, budget: int | None) -> FittedConversation:
     """Cut `conversation` to `budget` characters as the module docstring says."""
     system = conversation.system_prompt
-    message = conversation.message
+    message = conversation.message_text
     history = tuple(conversation.history)
     if budget is None:
         return FittedConversation(system, history, message, message_cut=False)
@@ -52,8 +56,9 @@ def fit_conversation(conversation: Conversation, budget: int | None) -> FittedCo
     if fixed > budget:
         if _size(system) > budget - budget // 4:
             system = _cut_middle(system, budget - budget // 4 - TURN_OVERHEAD_CHARS)
-        message = _cut_middle(message, budget - _size(system) - TURN_OVERHEAD_CHARS)
-        return FittedConversation(system, (), message, message_cut=True)
+        name = len(message) - len(conversation.message)  # "NAME: " stays whole in front
+        cut = _cut_middle(conversation.message, budget - _size(system) - TURN_OVERHEAD_CHARS - name)
+        return FittedConversation(system, (), spoken(cut, conversation.speaker), message_cut=True)
     room = budget - fixed
     kept = _newest_that_fit(history, room)
     return FittedConversation(system, history[len(history) - kept :], message, message_cut=False)
@@ -63,7 +68,7 @@ def render_plain(fitted: FittedConversation) -> str:
     """The tutorial's ``System:/User:/Assistant:`` prompt (as `bot.prompts.PlainFormat` renders
     it), ending with "Assistant:" for the model to continue; stop it at "\\nUser:"."""
     lines = [f"System: {fitted.system_prompt}\n"] if fitted.system_prompt else []
-    lines.extend(f"{'User' if t.role == 'user' else 'Assistant'}: {t.content}\n" for t in fitted.history)
+    lines.extend(f"{'User' if t.role == 'user' else 'Assistant'}: {t.text}\n" for t in fitted.history)
     lines.append(f"User: {fitted.message}\nAssistant:")
     return "".join(lines)
 
@@ -79,7 +84,7 @@ def _newest_that_fit(history: Sequence[Turn], room: int) -> int:
     used = 0
     kept = 0
     for turn in reversed(history):
-        used += len(turn.content) + TURN_OVERHEAD_CHARS
+        used += len(turn.text) + TURN_OVERHEAD_CHARS
         if used > room:
             break
         kept += 1

@@ -27,7 +27,7 @@ from bot.failures import (
     UNAVAILABLE_REPLY,
     UNAVAILABLE_STATELESS_REPLY,
 )
-from bot.ports import Conversation, SamplingOverrides
+from bot.ports import Conversation, SamplingOverrides, SamplingSettings, Turn
 from bot.reply import ReplyStatus, Usage
 from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
@@ -234,6 +234,40 @@ async def test_long_history_is_cut_to_the_window_keeping_system_and_message(
     assert status is ReplyStatus.ANSWERED
     assert "too long for my context window" in answer
     assert len(str(remote.sent())) < 1500
+
+
+async def test_group_turns_reach_the_server_as_name_and_text(kind: Kind) -> None:
+    """In a group channel every user turn, the new message too, is `NAME: TEXT`; the bot's own
+    turns carry no name."""
+    async with make_fake(kind) as fake:
+        backend = make_backend(kind, fake.base_url)
+        await backend.start()
+        try:
+            history = [
+                Turn("user", "hi", speaker="Alice"),
+                Turn("assistant", "Hello there!"),
+                Turn("user", "yo", speaker="Bob"),
+            ]
+            conversation = Conversation(SYSTEM, history, "what now?", context_key="test:c1", speaker="Carol")
+            prompt = await backend.prepare(conversation, 42)
+            settings = SamplingSettings(max_new_tokens=42)
+            assert "".join([chunk async for chunk in backend.generate(prompt, settings)]) == "Hello there!"
+        finally:
+            await backend.stop()
+        sent = fake.generation_requests[-1].body
+    if kind == "openai":
+        assert sent["messages"] == [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Alice: hi"},
+            {"role": "assistant", "content": "Hello there!"},
+            {"role": "user", "content": "Bob: yo"},
+            {"role": "user", "content": "Carol: what now?"},
+        ]
+    else:
+        assert sent["inputs"] == (
+            f"System: {SYSTEM}\nUser: Alice: hi\nAssistant: Hello there!\nUser: Bob: yo\n"
+            "User: Carol: what now?\nAssistant:"
+        )
 
 
 # --- faults ----------------------------------------------------------------------------------------

@@ -164,6 +164,31 @@ def test_plain_prompt_matches_the_tutorial_format() -> None:
     assert render_plain(fit_conversation(Conversation("", [], "c"), None)) == "User: c\nAssistant:"
 
 
+def test_fitting_and_the_plain_prompt_read_each_group_turn_as_name_and_text() -> None:
+    history = [Turn("user", "a", speaker="Alice"), Turn("assistant", "b"), Turn("user", "c", speaker="Bob")]
+    fitted = fit_conversation(Conversation("Be kind.", history, "d", speaker="Carol"), None)
+    assert fitted.message == "Carol: d"
+    assert render_plain(fitted) == (
+        "System: Be kind.\nUser: Alice: a\nAssistant: b\nUser: Bob: c\nUser: Carol: d\nAssistant:"
+    )
+
+
+def test_fitting_measures_the_names_of_the_turns() -> None:
+    # Each turn is 1 character of text; with its 50-character name it takes 53 + 16 characters.
+    history = [Turn("user", "x", speaker="N" * 50) for _ in range(10)]
+    assert len(fit_conversation(Conversation("sys", history, "new"), 300).history) == 3
+    unnamed = [Turn("user", "x") for _ in range(10)]
+    assert len(fit_conversation(Conversation("sys", unnamed, "new"), 300).history) == 10
+
+
+def test_a_cut_named_message_keeps_its_whole_name() -> None:
+    message = "BEGIN " + "m" * 5000 + " END"
+    fitted = fit_conversation(Conversation("sys", [], message, speaker="Carol"), 400)
+    assert fitted.message_cut
+    assert fitted.message.startswith("Carol: BEGIN") and fitted.message.endswith("END")
+    assert CUT_MARKER in fitted.message and len(fitted.message) <= 400
+
+
 # --- configuration and wiring ---------------------------------------------------------------------
 
 
