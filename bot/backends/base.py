@@ -73,9 +73,12 @@ class Backend(Protocol):
         `BackendBusy` when too many generations are queued, `GenerationCancelled` after `forget`."""
         ...
 
-    def forget(self, context_key: str) -> None:
-        """The channel `context_key` was reset: cancel its running generation and drop whatever
-        the backend keeps for it. Non-blocking; a no-op for stateless backends."""
+    def forget(self, channel_key: str) -> None:
+        """The channel `channel_key` was reset (or a member forgotten in it): cancel the running
+        generations of every conversation within it and drop whatever the backend keeps for
+        them, i.e. of every context key for which `bot.ports.within_channel(key, channel_key)`
+        holds: the channel's own and each member's (`member_context_key`) in member mode.
+        Non-blocking; a no-op for stateless backends."""
         ...
 
 

@@ -43,6 +43,7 @@ from bot.backends.local_worker import GenerationJob, IncrementalDecoder, ModelWo
 from bot.backends.row_sampler import RowSampler
 from bot.backends.stops import StopFilter
 from bot.errors import BackendBusy, BackendError, GenerationCancelled
+from bot.ports import within_channel
 
 logger = logging.getLogger("bot.backends.batching")
 
@@ -242,12 +243,15 @@ class BatchScheduler:
             self._waiting.append(job)
             self._lock.notify()
 
-    def forget(self, key: str) -> None:
-        """Cancel `key`'s generations and drop its cached context (at the next step)."""
+    def forget(self, channel_key: str) -> None:
+        """Cancel the generations of `channel_key` and of its members' conversations
+        (`within_channel`) and drop their cached contexts (at the next step)."""
         with self._lock:
-            self._forget.add(key)
+            self._forget.add(channel_key)
+            # A linear scan: at most max_batch + max_waiting jobs are in.
             for job in [*self._waiting, *(r.job for r in (*self._prefilling, *self._batch.rows))]:
-                if job.prompt.context_key == key:
+                key = job.prompt.context_key
+                if key is not None and within_channel(key, channel_key):
                     job.cancel.set()
             self._lock.notify()
 
@@ -301,8 +305,8 @@ class BatchScheduler:
                 self._waiting.remove(job)
             room = self._settings.max_batch - len(self._batch) - len(self._prefilling)
             admitted = self._admit(room)
-        for key in forget:
-            self.contexts.forget(key)
+        for channel_key in forget:
+            self.contexts.forget_channel(channel_key)
         for job in cancelled:
             _resolve(job, GenerationCancelled("the generation was cancelled"))
         for job in admitted:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bot.ports import within_channel
+
 KeyValues = list[tuple[torch.Tensor, torch.Tensor]]
 """One `(keys, values)` pair per layer."""
 
@@ -110,6 +112,13 @@ class ContextCache:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self.used_bytes -= entry.nbytes
+
+    def forget_channel(self, channel_key: str) -> None:
+        """Drop the entries of `channel_key` and of its members' conversations (`within_channel`)."""
+        # A linear scan is fine: entries are whole KV caches, so the byte budget keeps them few
+        # (hundreds, not the channels' count), and this runs once per /reset or /forget.
+        for key in [key for key in self._entries if within_channel(key, channel_key)]:
+            self.forget(key)
 
     def clear(self) -> None:
         """Drop everything."""

@@ -45,8 +45,8 @@ class EchoBackend:
     async def stop(self) -> None:
         """Nothing to release."""
 
-    def forget(self, context_key: str) -> None:
-        """Keeps nothing per channel."""
+    def forget(self, channel_key: str) -> None:
+        """Keeps nothing per channel or member."""
 
     async def ping(self) -> bool:
         """Always ready: nothing remote."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from bot.backends.base import Backend, GenerationReport, PreparedPrompt
 from bot.backends.model_loading import ModelSource, load_model, resolve_model_source
 from bot.errors import BackendError, ConfigError, GenerationTimeout, ModelLoadError
-from bot.ports import Conversation, SamplingSettings, Turn
+from bot.ports import MEMBER_SEPARATOR, Conversation, SamplingSettings, Turn, within_channel
 from bot.prompts import FORMAT_NAMES, PromptFormat, resolve_format, unknown_format
 
 if TYPE_CHECKING:
@@ -51,7 +51,59 @@ class _Running:
     scheduler_thread: threading.Thread | None = None
 
 
-_ANCHORS_KEPT = 100_000  # channels whose history cut point is remembered (a few hundred bytes each)
+_ANCHORS_KEPT = 100_000  # conversations whose history cut point is remembered (a few hundred bytes each)
+
+
+class _Anchors:
+    """Per context key, the first kept history turns of its last prompt (see
+    `LocalBackend._keep_from`): the `limit` most recently used keys.
+
+    Indexed by channel as well: a channel in member mode has one key per member, and forgetting
+    the channel must find them all without scanning up to `limit` keys on the event loop. A
+    channel key never holds `MEMBER_SEPARATOR`, so a key's channel is what precedes the first one.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._turns: OrderedDict[str, tuple[Turn, ...]] = OrderedDict()
+        self._members: dict[str, set[str]] = {}  # channel key -> its member keys held here
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._turns
+
+    def get(self, key: str) -> tuple[Turn, ...] | None:
+        return self._turns.get(key)
+
+    def put(self, key: str, turns: tuple[Turn, ...]) -> None:
+        self._turns[key] = turns
+        self._turns.move_to_end(key)
+        channel, separator, _ = key.partition(MEMBER_SEPARATOR)
+        if separator:
+            self._members.setdefault(channel, set()).add(key)
+        while len(self._turns) > self._limit:
+            self._drop(next(iter(self._turns)))
+
+    def forget_channel(self, channel_key: str) -> None:
+        """Drop the keys of `channel_key` and of its members' conversations (`within_channel`)."""
+        self._drop(channel_key)
+        for key in list(self._members.get(channel_key, ())):
+            self._drop(key)
+
+    def clear(self) -> None:
+        self._turns.clear()
+        self._members.clear()
+
+    def _drop(self, key: str) -> None:
+        self._turns.pop(key, None)
+        channel, separator, _ = key.partition(MEMBER_SEPARATOR)
+        members = self._members.get(channel) if separator else None
+        if members is not None:
+            members.discard(key)
+            if not members:
+                del self._members[channel]
 
 
 class LocalBackend:
@@ -108,7 +160,7 @@ class LocalBackend:
         self._prepare_lock = threading.Lock()
         self._active: dict[threading.Event, str | None] = {}  # cancel flag -> context key
         # context key -> the first kept history turns of its last prompt (see `_keep_from`).
-        self._anchors: OrderedDict[str, tuple[Turn, ...]] = OrderedDict()
+        self._anchors = _Anchors(_ANCHORS_KEPT)
         self.load_origin: str | None = None
         """After `start`: "directory", "gguf-cache" or "gguf-converted"."""
         self.load_seconds: float | None = None
@@ -282,10 +334,7 @@ class LocalBackend:
             if reuse and key is not None:
                 history = conversation.history
                 first = len(history) - prepared.history_used
-                self._anchors[key] = tuple(history[first : first + 2])
-                self._anchors.move_to_end(key)
-                while len(self._anchors) > _ANCHORS_KEPT:
-                    self._anchors.popitem(last=False)
+                self._anchors.put(key, tuple(history[first : first + 2]))
         return replace(prepared, context_key=key)
 
     def _keep_from(self, key: str, history: Sequence[Turn]) -> int | None:
@@ -306,16 +355,18 @@ class LocalBackend:
         with self._prepare_lock:
             return len(running.prompt_format.tokenizer.encode(text, add_special_tokens=False))
 
-    def forget(self, context_key: str) -> None:
-        """Cancel `context_key`'s generation (queued or running) and drop its cached context."""
+    def forget(self, channel_key: str) -> None:
+        """Cancel the generations (queued or running) of `channel_key` and of its members'
+        conversations (every context key `within_channel` of it), and drop their cached contexts."""
+        # A linear scan: `_active` holds the generations in flight, a bounded handful.
         for cancel, key in list(self._active.items()):
-            if key == context_key:
+            if key is not None and within_channel(key, channel_key):
                 cancel.set()
         with self._prepare_lock:
-            self._anchors.pop(context_key, None)
+            self._anchors.forget_channel(channel_key)
         running = self._running
         if running is not None and running.scheduler is not None:
-            running.scheduler.forget(context_key)
+            running.scheduler.forget(channel_key)
 
     def generate_reporting(
         self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport

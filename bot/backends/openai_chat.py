@@ -125,9 +125,10 @@ class OpenAIChatBackend:
             return False
         return True
 
-    def forget(self, context_key: str) -> None:
-        """Stop `context_key`'s running generation (the server may cache prefixes on its own)."""
-        self._cancels.cancel(context_key)
+    def forget(self, channel_key: str) -> None:
+        """Stop the running generations of `channel_key` and of its members' conversations (the
+        server may cache prefixes on its own)."""
+        self._cancels.cancel(channel_key)
 
     async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
         """The conversation as chat messages, fitted to the context window in characters."""

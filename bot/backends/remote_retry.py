@@ -32,6 +32,7 @@ from bot.errors import (
     BackendUnavailable,
     GenerationCancelled,
 )
+from bot.ports import within_channel
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def redact_url(url: str) -> str:
 
 
 class ChannelCancels:
-    """Cancel flags of the running remote generations, by channel, for `Backend.forget`.
+    """Cancel flags of the running remote generations, by context key, for `Backend.forget`.
 
     A generation checks its flag at every chunk (and the engine's generation timeout bounds a
     wait for the first one), then stops with `GenerationCancelled`; closing it closes the request.
@@ -212,7 +213,11 @@ class ChannelCancels:
             if not flags:
                 self._flags.pop(context_key, None)
 
-    def cancel(self, context_key: str) -> None:
-        """Set the flags of `context_key`'s running generations."""
-        for flag in self._flags.get(context_key, ()):
-            flag.set()
+    def cancel(self, channel_key: str) -> None:
+        """Set the flags of the running generations of `channel_key` and of its members'
+        conversations (`within_channel`)."""
+        # A linear scan: the keys are those of generations running right now, a handful.
+        for key, flags in self._flags.items():
+            if within_channel(key, channel_key):
+                for flag in flags:
+                    flag.set()

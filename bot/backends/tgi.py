@@ -133,9 +133,10 @@ class TGIBackend:
             return False
         return response.is_success
 
-    def forget(self, context_key: str) -> None:
-        """Stop `context_key`'s running generation; nothing else is kept per channel."""
-        self._cancels.cancel(context_key)
+    def forget(self, channel_key: str) -> None:
+        """Stop the running generations of `channel_key` and of its members' conversations;
+        nothing else is kept per channel."""
+        self._cancels.cancel(channel_key)
 
     async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
         """The plain prompt, fitted to the context window in characters, with the "\\nUser:" stop."""

@@ -19,11 +19,11 @@ import torch
 from bot.backends.base import PreparedPrompt, QueueReporting
 from bot.backends.batching_settings import BatchingSettings
 from bot.backends.dtype_choice import bfloat16_is_faster, cpu_has_native_bf16
-from bot.backends.local import LocalBackend
+from bot.backends.local import LocalBackend, _Anchors
 from bot.errors import BackendBusy, GenerationCancelled
 from bot.events import ChatEvent
 from bot.failures import BUSY_REPLY, CANCELLED_NOTICE
-from bot.ports import Conversation, SamplingSettings, Turn
+from bot.ports import Conversation, SamplingSettings, Turn, member_context_key
 from storage.repository import ChatRepository
 from tests.backends.tiny_models import started
 from tests.conftest import EngineFactory
@@ -173,6 +173,86 @@ async def test_forget_cancels_the_channel_and_drops_its_context(batched: LocalBa
     # The model thread drops the context when it handles the cancellation, after the stream ended.
     await wait_until(lambda: "chan" not in scheduler.contexts, WAIT, what="the context is dropped")
     assert "other" in scheduler.contexts
+
+
+ROOM = "web:room"
+ALICE = member_context_key(ROOM, "alice")
+BOB = member_context_key(ROOM, "bob")
+NEIGHBOUR = "web:room2"  # another channel whose key starts like ROOM's
+NEIGHBOUR_MEMBER = member_context_key(NEIGHBOUR, "carol")
+
+
+async def test_each_member_conversation_of_a_channel_reuses_its_own_context(batched: LocalBackend) -> None:
+    """Member mode: one context key per member of a channel. Played in turns (Alice, Bob, a
+    member of another channel, again), each second turn starts with the whole prompt of the
+    same member's first turn, taken from the cache; then forgetting the channel drops both of
+    its members' contexts, and the other channel's stays."""
+    scheduler = batched.scheduler
+    assert scheduler is not None
+    speakers = {ALICE: "Alice", BOB: "Bob", NEIGHBOUR_MEMBER: "Carol"}
+    histories: dict[str, tuple[Turn, ...]] = dict.fromkeys(speakers, ())
+    first_prompts: dict[str, PreparedPrompt] = {}
+    for turn in range(2):
+        for index, (key, speaker) in enumerate(speakers.items()):
+            question = QUESTIONS[turn * 3 + index]
+            conv = Conversation("You are terse.", histories[key], question, context_key=key, speaker=speaker)
+            prompt = await batched.prepare(conv, 16)
+            assert prompt.input_text.startswith(f"{speakers[key]}: ")
+            hits, reused = scheduler.contexts.hits, scheduler.contexts.reused_tokens
+            got = await text_of(batched.generate(prompt, greedy(16)))
+            if turn == 0:
+                first_prompts[key] = prompt
+                assert scheduler.contexts.hits == hits
+            else:
+                assert scheduler.contexts.hits == hits + 1
+                # Its own first prompt (another member's starts with another name) came from the cache.
+                assert prompt.token_ids[: len(first_prompts[key].token_ids)] == first_prompts[key].token_ids
+                assert scheduler.contexts.reused_tokens - reused >= len(first_prompts[key].token_ids)
+            exchange = (Turn("user", question, speaker=speaker), Turn("assistant", got))
+            histories[key] = (*histories[key], *exchange)
+    assert all(key in scheduler.contexts for key in speakers)
+
+    batched.forget(ROOM)
+    await wait_until(
+        lambda: ALICE not in scheduler.contexts and BOB not in scheduler.contexts,
+        WAIT,
+        what="both members' contexts are dropped",
+    )
+    assert NEIGHBOUR_MEMBER in scheduler.contexts
+
+
+async def test_forgetting_a_channel_cancels_every_member_generation(batched: LocalBackend) -> None:
+    streams = [
+        batched.generate(await batched.prepare(conversation(QUESTIONS[i], key=key), 900), greedy(900))
+        for i, key in enumerate((ALICE, BOB))
+    ]
+    neighbour = asyncio.create_task(answer(batched, conversation(QUESTIONS[4], key=NEIGHBOUR), greedy(20)))
+    for stream in streams:
+        assert await asyncio.wait_for(anext(stream), WAIT)  # both members' replies are generating
+    batched.forget(ROOM)
+    for stream in streams:
+        with pytest.raises(GenerationCancelled):
+            await text_of(stream)
+    assert await asyncio.wait_for(neighbour, WAIT)  # a channel whose key starts alike goes on
+
+
+def test_anchors_forget_a_channel_with_its_members_only() -> None:
+    anchors = _Anchors(limit=4)
+    turns = (Turn("user", "hi"),)
+    for key in (ROOM, ALICE, BOB, NEIGHBOUR_MEMBER):
+        anchors.put(key, turns)
+    anchors.forget_channel(ROOM)
+    assert len(anchors) == 1 and NEIGHBOUR_MEMBER in anchors
+    # Eviction keeps the channel index in step: an evicted member is not forgotten twice, and
+    # a member put back after eviction is forgotten with its channel.
+    for key in (ALICE, "web:a", "web:b", "web:c", "web:d"):
+        anchors.put(key, turns)
+    assert ALICE not in anchors
+    anchors.put(ALICE, turns)
+    anchors.forget_channel(ROOM)
+    assert ALICE not in anchors and len(anchors) == 3
+    anchors.clear()
+    assert len(anchors) == 0
 
 
 async def test_a_cached_context_gives_the_text_of_a_fresh_encode(

@@ -19,6 +19,7 @@ from bot.backends.openai_chat import OpenAIChatBackend
 from bot.backends.remote_retry import RetryPolicy
 from bot.backends.tgi import TGIBackend
 from bot.engine import EMPTY_MODEL_REPLY, ChatEngine
+from bot.errors import GenerationCancelled
 from bot.events import ChatEvent
 from bot.failures import (
     REJECTED_REPLY,
@@ -27,7 +28,7 @@ from bot.failures import (
     UNAVAILABLE_REPLY,
     UNAVAILABLE_STATELESS_REPLY,
 )
-from bot.ports import Conversation, SamplingOverrides, SamplingSettings, Turn
+from bot.ports import Conversation, SamplingOverrides, SamplingSettings, Turn, member_context_key
 from bot.reply import ReplyStatus, Usage
 from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
@@ -268,6 +269,30 @@ async def test_group_turns_reach_the_server_as_name_and_text(kind: Kind) -> None
             f"System: {SYSTEM}\nUser: Alice: hi\nAssistant: Hello there!\nUser: Bob: yo\n"
             "User: Carol: what now?\nAssistant:"
         )
+
+
+async def test_forgetting_a_channel_stops_its_members_generations(kind: Kind) -> None:
+    async with make_fake(kind) as fake:
+        fake.script(*[Reply(tuple(f" w{i}" for i in range(60)), delay_s=0.02)] * 3)
+        backend = make_backend(kind, fake.base_url)
+        await backend.start()
+        try:
+            settings = SamplingSettings(max_new_tokens=500)
+            streams = []
+            for key in (member_context_key("test:c1", "u1"), member_context_key("test:c1", "u2"), "test:c10"):
+                prompt = await backend.prepare(Conversation(SYSTEM, [], "go", context_key=key), 500)
+                stream = backend.generate(prompt, settings)
+                assert await anext(stream)  # streaming
+                streams.append(stream)
+            backend.forget("test:c1")
+            for stream in streams[:2]:
+                with pytest.raises(GenerationCancelled):
+                    async for _ in stream:
+                        pass
+            neighbour = "".join([chunk async for chunk in streams[2]])  # "test:c10" is another channel
+            assert neighbour.endswith(" w59")
+        finally:
+            await backend.stop()
 
 
 # --- faults ----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from bot.backends.openai_chat import OpenAIChatBackend
 from bot.backends.remote_prompt import CHARS_PER_TOKEN, budget_chars, fit_conversation, render_plain
 from bot.backends.remote_retry import (
     MAX_RETRY_AFTER_S,
+    ChannelCancels,
     Failure,
     RetryPolicy,
     parse_retry_after,
@@ -26,7 +27,7 @@ from bot.backends.tgi import TGIBackend
 from bot.config import parse_settings
 from bot.errors import BackendRejected, BackendStreamBroken, BackendUnavailable, ConfigError
 from bot.events import ChatEvent
-from bot.ports import Conversation, Turn
+from bot.ports import Conversation, Turn, member_context_key
 from bot.prompts import CUT_MARKER
 from tests.fakes.inference import free_port
 
@@ -187,6 +188,25 @@ def test_a_cut_named_message_keeps_its_whole_name() -> None:
     assert fitted.message_cut
     assert fitted.message.startswith("Carol: BEGIN") and fitted.message.endswith("END")
     assert CUT_MARKER in fitted.message and len(fitted.message) <= 400
+
+
+async def test_cancelling_a_channel_sets_the_flags_of_its_members_generations_only() -> None:
+    cancels = ChannelCancels()
+    keys = ["web:room", member_context_key("web:room", "a"), member_context_key("web:room", "b")]
+    others = ["web:room2", member_context_key("web:room2", "a"), "web:other"]
+    with (
+        cancels.track(keys[0]) as own,
+        cancels.track(keys[1]) as alice,
+        cancels.track(keys[2]) as bob,
+        cancels.track(others[0]) as neighbour,
+        cancels.track(others[1]) as neighbours_member,
+        cancels.track(others[2]) as other,
+        cancels.track(None) as stateless,
+    ):
+        cancels.cancel("web:room")
+        assert own.is_set() and alice.is_set() and bob.is_set()
+        assert not any(f.is_set() for f in (neighbour, neighbours_member, other, stateless))
+    cancels.cancel("web:room")  # nothing tracked any more: a no-op
 
 
 # --- configuration and wiring ---------------------------------------------------------------------
