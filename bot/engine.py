@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from bot.access import AccessPolicy, RoleRules
 from bot.admission import Arrival, Gate
-from bot.backends.base import Backend, GenerationReport
+from bot.backends.base import Backend, GenerationReport, context_dropper
 from bot.commands import RESET_COMMANDS, CommandHandler, Defaults, parse_command
 from bot.community import CommunityCommands
 from bot.completion import Completions, push_input_notices
@@ -98,7 +98,7 @@ class ChatEngine:
             personas or {},
             self._quota,
             group_context=chat.group_context,
-            forget_context=backend.forget,
+            forget_context=context_dropper(backend),
         )
         defaults = Defaults(model.system_prompt, model.temperature)
         self._commands = CommandHandler(repository, defaults, community)

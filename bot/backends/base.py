@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -138,6 +138,23 @@ class Pingable(Protocol):
     async def ping(self) -> bool:
         """True when the model can answer now. Short and never raises: False on any failure."""
         ...
+
+
+@runtime_checkable
+class ContextDropping(Protocol):
+    """A backend that keeps model state per conversation (the local model's cached contexts)."""
+
+    def drop_contexts(self, channel_key: str) -> None:
+        """Forget what is kept for `channel_key` and its members' conversations (their messages
+        were deleted: `/forget`), without cancelling any generation. Non-blocking."""
+        ...
+
+
+def context_dropper(backend: Backend) -> Callable[[str], None]:
+    """`backend.drop_contexts` where it keeps per-conversation state; else a no-op."""
+    if isinstance(backend, ContextDropping):
+        return backend.drop_contexts
+    return lambda channel_key: None
 
 
 @runtime_checkable

@@ -255,6 +255,13 @@ class BatchScheduler:
                     job.cancel.set()
             self._lock.notify()
 
+    def drop_contexts(self, channel_key: str) -> None:
+        """Drop the cached contexts of `channel_key` and its members (at the next step) without
+        cancelling anything: `/forget` of one member must not cut the others' replies."""
+        with self._lock:
+            self._forget.add(channel_key)
+            self._lock.notify()
+
     def stop(self) -> None:
         """End `run` after the current step; unfinished jobs end with an error."""
         with self._lock:

@@ -368,6 +368,15 @@ class LocalBackend:
         if running is not None and running.scheduler is not None:
             running.scheduler.forget(channel_key)
 
+    def drop_contexts(self, channel_key: str) -> None:
+        """See `ContextDropping`: forget what is cached for the channel and its members, cancelling
+        nothing."""
+        with self._prepare_lock:
+            self._anchors.forget_channel(channel_key)
+        running = self._running
+        if running is not None and running.scheduler is not None:
+            running.scheduler.drop_contexts(channel_key)
+
     def generate_reporting(
         self, prompt: PreparedPrompt, settings: SamplingSettings, report: GenerationReport
     ) -> AsyncGenerator[str, None]:
