@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, CursorResult, Row, Select, bindparam, delete, func, select, update
+from sqlalchemy import Connection, CursorResult, Row, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
@@ -22,105 +22,21 @@ from bot.ports import (
     _Unset,
 )
 from storage.db import Database
+from storage.messages import (
+    RECENT,
+    RECENT_UP_TO,
+    MessageRow,
+    channel_id_query,
+    find_channel,
+    message_columns,
+    next_message_statement,
+    split_channel_key,
+    stored_message,
+)
 from storage.models import Channel, Message
 
-
-def split_channel_key(channel_key: str) -> tuple[str, str]:
-    """`"web:abc:def"` -> `("web", "abc:def")`: the platform ends at the first colon."""
-    platform, colon, external_id = channel_key.partition(":")
-    if not colon or not platform or not external_id:
-        raise ValueError(f"channel key must look like '<platform>:<id>', got {channel_key!r}")
-    return platform, external_id
-
-
-# id, role, content, author_id, author_name, platform_message_id, created_at, cut
-_MessageRow = Row[int, str, str, str | None, str | None, str | None, datetime, str | None]
-_MessageSelect = Select[int, str, str, str | None, str | None, str | None, datetime, str | None]
-
-
-def _message_columns() -> _MessageSelect:
-    return select(
-        Message.id,
-        Message.role,
-        Message.content,
-        Message.author_id,
-        Message.author_name,
-        Message.platform_message_id,
-        Message.created_at,
-        Message.cut,
-    )
-
-
-def _stored(row: _MessageRow) -> StoredMessage:
-    return StoredMessage(
-        id=row.id,
-        role=cast(Role, row.role),  # the CHECK constraint admits nothing else
-        content=row.content,
-        author_id=row.author_id,
-        author_name=row.author_name,
-        platform_message_id=row.platform_message_id,
-        created_at=row.created_at,
-        # Only `append_message` writes it, from a CutReason.
-        cut=CutReason(row.cut) if row.cut is not None else None,
-    )
-
-
-def recent_messages_statement(channel_id: int, limit: int, max_id: int | None = None) -> _MessageSelect:
-    """The query behind `recent_messages`: the channel's newest `limit` rows (with ids at most
-    `max_id`, when given), newest first.
-
-    It reads the (channel_id, id) index backwards and stops after `limit` rows, so its cost does
-    not grow with the table or the channel.
-    """
-    statement = (
-        _message_columns()
-        # Written as a range on purpose. With `channel_id = X`, PostgreSQL treats channel_id as a
-        # constant, so a backward scan of the primary key also yields "id DESC": for a channel
-        # holding many rows it may prefer that scan and filter out every newer row of the other
-        # channels, which grows with the table (100k rows filtered, 15 ms instead of 0.03 ms, once
-        # such a channel goes quiet). Ordered by (channel_id, id), only this index gives the order
-        # without a sort.
-        .where(Message.channel_id.between(channel_id, channel_id))
-        .order_by(Message.channel_id.desc(), Message.id.desc())
-        .limit(limit)
-    )
-    if max_id is not None:
-        statement = statement.where(Message.id <= max_id)  # still one range of the same index
-    return statement
-
-
-def next_message_statement(channel_id: int, after_id: int) -> _MessageSelect:
-    """The channel's first message after id `after_id` (no row when there is none).
-
-    One step forward in the (channel_id, id) index. Written as a range for the reason given in
-    `recent_messages_statement`: a primary-key scan from `after_id` would step over every newer
-    row of the other channels when this one has none.
-    """
-    return (
-        _message_columns()
-        .where(Message.channel_id.between(channel_id, channel_id), Message.id > after_id)
-        .order_by(Message.channel_id, Message.id)
-        .limit(1)
-    )
-
-
-def _channel_id_query(platform: str, external_id: str) -> Select[int]:
-    return select(Channel.id).where(Channel.platform == platform, Channel.external_id == external_id)
-
-
-# The per-message statements, built once with bound parameters: building a statement costs more
-# Python time than SQLite takes to run it, and a built one also keeps its compiled-cache key.
-_CHANNEL_ID = select(Channel.id).where(
-    Channel.platform == bindparam("platform"), Channel.external_id == bindparam("external_id")
-)
 _CHANNEL_SETTINGS = select(Channel.system_prompt, Channel.temperature).where(
     Channel.platform == bindparam("platform"), Channel.external_id == bindparam("external_id")
-)
-_RECENT = recent_messages_statement(bindparam("channel_id"), bindparam("limit"))  # type: ignore[arg-type]
-_RECENT_UP_TO = recent_messages_statement(
-    bindparam("channel_id"),  # type: ignore[arg-type]
-    bindparam("limit"),  # type: ignore[arg-type]
-    bindparam("max_id"),  # type: ignore[arg-type]
 )
 
 # Channel rows are never deleted and never change id, so a key's id can be remembered for good;
@@ -174,7 +90,7 @@ class ChatRepository:
         theirs (PostgreSQL READ COMMITTED takes a new snapshot per statement; SQLite writers are
         serialized by BEGIN IMMEDIATE).
         """
-        channel_id = _find_channel(connection, platform, external_id)
+        channel_id = find_channel(connection, platform, external_id)
         if channel_id is not None:
             return channel_id
         insert = (
@@ -185,7 +101,7 @@ class ChatRepository:
         )
         channel_id = connection.scalar(insert)
         if channel_id is None:
-            channel_id = _find_channel(connection, platform, external_id)
+            channel_id = find_channel(connection, platform, external_id)
         if channel_id is None:  # cannot happen: channels are never deleted
             raise RuntimeError(f"channel {platform}:{external_id} vanished while being created")
         return channel_id
@@ -251,15 +167,15 @@ class ChatRepository:
 
         known = self._channel_ids.get((platform, external_id))
 
-        def newest(connection: Connection) -> tuple[int | None, Sequence[_MessageRow]]:
-            channel_id = known if known is not None else _find_channel(connection, platform, external_id)
+        def newest(connection: Connection) -> tuple[int | None, Sequence[MessageRow]]:
+            channel_id = known if known is not None else find_channel(connection, platform, external_id)
             if channel_id is None:
                 return None, []
             if max_id is None:
                 parameters = {"channel_id": channel_id, "limit": limit}
-                return channel_id, connection.execute(_RECENT, parameters).all()
+                return channel_id, connection.execute(RECENT, parameters).all()
             parameters = {"channel_id": channel_id, "limit": limit, "max_id": max_id}
-            return channel_id, connection.execute(_RECENT_UP_TO, parameters).all()
+            return channel_id, connection.execute(RECENT_UP_TO, parameters).all()
 
         channel_id, rows = await self._database.run_read(newest)
         self._remember_channel(platform, external_id, channel_id)
@@ -270,7 +186,7 @@ class ChatRepository:
             total += len(row.content)
             if kept and max_chars is not None and total > max_chars:
                 break
-            kept.append(_stored(row))
+            kept.append(stored_message(row))
         kept.reverse()
         return kept
 
@@ -280,13 +196,13 @@ class ChatRepository:
         """See `Repository.answer_to`."""
         platform, external_id = split_channel_key(channel_key)
 
-        def find(connection: Connection) -> tuple[_MessageRow, _MessageRow | None] | None:
-            channel_id = _find_channel(connection, platform, external_id)
+        def find(connection: Connection) -> tuple[MessageRow, MessageRow | None] | None:
+            channel_id = find_channel(connection, platform, external_id)
             if channel_id is None:
                 return None
             # The UNIQUE (channel_id, platform_message_id) index finds the question...
             question = connection.execute(
-                _message_columns().where(
+                message_columns().where(
                     Message.channel_id == channel_id, Message.platform_message_id == platform_message_id
                 )
             ).one_or_none()
@@ -300,8 +216,9 @@ class ChatRepository:
         if found is None:
             return None
         question, following = found
-        answer = _stored(following) if following is not None and following.role == "assistant" else None
-        return _stored(question), answer
+        answered = following is not None and following.role == "assistant"
+        answer = stored_message(following) if following is not None and answered else None
+        return stored_message(question), answer
 
     async def move_channel(self, old_key: str, new_key: str) -> None:
         """See `Repository.move_channel`."""
@@ -357,7 +274,7 @@ class ChatRepository:
         """See `Repository.reset_channel`."""
         platform, external_id = split_channel_key(channel_key)
         statement = delete(Message).where(
-            Message.channel_id == _channel_id_query(platform, external_id).scalar_subquery()
+            Message.channel_id == channel_id_query(platform, external_id).scalar_subquery()
         )
 
         def delete_all(connection: Connection) -> int:
@@ -417,7 +334,7 @@ class ChatRepository:
         query = (
             select(func.count())
             .select_from(Message)
-            .where(Message.channel_id == _channel_id_query(platform, external_id).scalar_subquery())
+            .where(Message.channel_id == channel_id_query(platform, external_id).scalar_subquery())
         )
         return (await self._database.run_read(lambda connection: connection.scalar(query))) or 0
 
@@ -457,10 +374,6 @@ class ChatRepository:
         )
         rows = await self._database.run_read(lambda connection: connection.execute(query).all())
         return {external_id: message_id for external_id, message_id in rows if message_id is not None}
-
-
-def _find_channel(connection: Connection, platform: str, external_id: str) -> int | None:
-    return connection.scalar(_CHANNEL_ID, {"platform": platform, "external_id": external_id})
 
 
 if TYPE_CHECKING:

@@ -8,8 +8,9 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, text
 
 from storage.db import Database
+from storage.messages import next_message_statement, recent_messages_statement
 from storage.models import Channel, Message
-from storage.repository import ChatRepository, next_message_statement, recent_messages_statement
+from storage.repository import ChatRepository
 
 INDEX = "ix_messages_channel_id_id"
 
