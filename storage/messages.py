@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Connection, Row, Select, bindparam, select
+from sqlalchemy import Connection, Row, Select, bindparam, select, tuple_
 
 from bot.ports import CutReason, Role, StoredMessage
 from storage.models import Channel, Message
@@ -19,9 +19,9 @@ def split_channel_key(channel_key: str) -> tuple[str, str]:
     return platform, external_id
 
 
-# id, role, content, author_id, author_name, platform_message_id, created_at, cut
-MessageRow = Row[int, str, str, str | None, str | None, str | None, datetime, str | None]
-MessageSelect = Select[int, str, str, str | None, str | None, str | None, datetime, str | None]
+# id, role, content, author_id, author_name, platform_message_id, created_at, cut, member_id
+MessageRow = Row[int, str, str, str | None, str | None, str | None, datetime, str | None, str | None]
+MessageSelect = Select[int, str, str, str | None, str | None, str | None, datetime, str | None, str | None]
 
 
 def message_columns() -> MessageSelect:
@@ -34,6 +34,7 @@ def message_columns() -> MessageSelect:
         Message.platform_message_id,
         Message.created_at,
         Message.cut,
+        Message.member_id,
     )
 
 
@@ -48,16 +49,21 @@ def stored_message(row: MessageRow) -> StoredMessage:
         created_at=row.created_at,
         # Only `append_message` writes it, from a CutReason.
         cut=CutReason(row.cut) if row.cut is not None else None,
+        member_id=row.member_id,
     )
 
 
-def recent_messages_statement(channel_id: int, limit: int, max_id: int | None = None) -> MessageSelect:
+def recent_messages_statement(
+    channel_id: int, limit: int, max_id: int | None = None, member_id: str | None = None
+) -> MessageSelect:
     """The query behind `recent_messages`: the channel's newest `limit` rows (with ids at most
-    `max_id`, when given), newest first.
+    `max_id`, when given; only `member_id`'s, when given), newest first.
 
-    It reads the (channel_id, id) index backwards and stops after `limit` rows, so its cost does
-    not grow with the table or the channel.
+    It reads the (channel_id, id) index backwards, or (channel_id, member_id, id) for a member,
+    and stops after `limit` rows, so its cost does not grow with the table or the channel.
     """
+    if member_id is not None:
+        return _member_recent_statement(channel_id, limit, max_id, member_id)
     statement = (
         message_columns()
         # Written as a range on purpose. With `channel_id = X`, PostgreSQL treats channel_id as a
@@ -73,6 +79,28 @@ def recent_messages_statement(channel_id: int, limit: int, max_id: int | None = 
     if max_id is not None:
         statement = statement.where(Message.id <= max_id)  # still one range of the same index
     return statement
+
+
+def _member_recent_statement(
+    channel_id: int, limit: int, max_id: int | None, member_id: str
+) -> MessageSelect:
+    # A range again, for the same reason, but of the row value (channel_id, member_id): with
+    # `channel_id BETWEEN X AND X AND member_id BETWEEN M AND M` SQLite bounds its index search by
+    # the first range only and filters the member's rows out of the whole channel; a row-value
+    # range bounds both columns, on SQLite (3.15+) and PostgreSQL alike.
+    key = tuple_(Message.channel_id, Message.member_id)
+    member = tuple_(channel_id, member_id)
+    if max_id is None:
+        upper = key <= member
+    else:  # the member's rows up to max_id: still one range of the index
+        with_id = tuple_(Message.channel_id, Message.member_id, Message.id)
+        upper = with_id <= tuple_(channel_id, member_id, max_id)
+    return (
+        message_columns()
+        .where(key >= member, upper)
+        .order_by(Message.channel_id.desc(), Message.member_id.desc(), Message.id.desc())
+        .limit(limit)
+    )
 
 
 def next_message_statement(channel_id: int, after_id: int) -> MessageSelect:
@@ -105,6 +133,17 @@ RECENT_UP_TO = recent_messages_statement(
     bindparam("channel_id"),  # type: ignore[arg-type]
     bindparam("limit"),  # type: ignore[arg-type]
     bindparam("max_id"),  # type: ignore[arg-type]
+)
+MEMBER_RECENT = recent_messages_statement(
+    bindparam("channel_id"),  # type: ignore[arg-type]
+    bindparam("limit"),  # type: ignore[arg-type]
+    member_id=bindparam("member_id"),  # type: ignore[arg-type]
+)
+MEMBER_RECENT_UP_TO = recent_messages_statement(
+    bindparam("channel_id"),  # type: ignore[arg-type]
+    bindparam("limit"),  # type: ignore[arg-type]
+    bindparam("max_id"),  # type: ignore[arg-type]
+    bindparam("member_id"),  # type: ignore[arg-type]
 )
 
 

@@ -56,13 +56,19 @@ def charge_statement(dialect_name: str) -> postgresql.Insert | sqlite.Insert:
 
     `tokens = usage.tokens + excluded.tokens` is evaluated on the row as it stands when the
     statement gets it (PostgreSQL locks the conflicting row and re-reads it; SQLite has one writer),
-    so concurrent charges add up instead of overwriting each other."""
+    so concurrent charges add up instead of overwriting each other. The charge's name, when it
+    has one, replaces the row's: the newest name is shown."""
+    return _adding_upsert(dialect_name, newer_name_wins=True)
+
+
+def _adding_upsert(dialect_name: str, *, newer_name_wins: bool) -> postgresql.Insert | sqlite.Insert:
     insert = postgresql.insert(Usage) if dialect_name == "postgresql" else sqlite.insert(Usage)
+    names = (insert.excluded.user_name, Usage.user_name)
     return insert.on_conflict_do_update(
         index_elements=[Usage.day, Usage.user_key, Usage.channel_id],
         set_={
             "tokens": Usage.tokens + insert.excluded.tokens,
-            "user_name": func.coalesce(insert.excluded.user_name, Usage.user_name),
+            "user_name": func.coalesce(*(names if newer_name_wins else reversed(names))),
         },
     )
 
@@ -85,16 +91,16 @@ def check_charge(charge: TokenCharge) -> None:
 
 
 def move_usage(connection: Connection, old_channel_id: int, new_channel_id: int) -> None:
-    """Add the old channel's usage rows to the new channel's (a moved channel) and delete them."""
+    """Add the old channel's usage rows to the new channel's (a moved channel) and delete them.
+    Where both have a row, the new channel's name stays: its charges are the newer ones."""
     old = select(Usage.day, Usage.user_key, Usage.user_name, Usage.tokens).where(
         Usage.channel_id == old_channel_id
     )
     rows = connection.execute(old).all()  # a channel's users times the retained days: few
     if not rows:
         return
-    statement = charge_statement(connection.dialect.name)
     connection.execute(
-        statement,
+        _adding_upsert(connection.dialect.name, newer_name_wins=False),
         [
             {
                 "day": row.day,
