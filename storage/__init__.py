@@ -5,6 +5,7 @@ core's `bot.ports.Repository`. Database failures surface as `bot.errors.StorageE
 """
 
 from storage.db import Database
-from storage.repository import ChatRepository, recent_messages_statement, split_channel_key
+from storage.messages import recent_messages_statement, split_channel_key
+from storage.repository import ChatRepository
 
 __all__ = ["ChatRepository", "Database", "recent_messages_statement", "split_channel_key"]

@@ -1,5 +1,7 @@
 """The ORM schema: one row per chat channel, one row per stored message.
 
+The token usage table lives in storage/usage.py, the inbox in storage/inbox.py.
+
 `storage/migrations/versions/` builds exactly this schema (a test compares the two); change both together.
 Models defined elsewhere in the package must derive from `Base` too (see `load_metadata`).
 """
@@ -100,6 +102,18 @@ class Channel(Base):
     # NULL means "use the configured default"; clearing a setting writes NULL back.
     system_prompt: Mapped[str | None] = mapped_column(Text)
     temperature: Mapped[float | None] = mapped_column(Float)
+    # The persona (a name from the config's `personas:`) the prompt and temperature were set from.
+    persona: Mapped[str | None] = mapped_column(String)
+    # Column CHECKs, not table ones: migration 0004 adds them with the columns (SQLite's ADD
+    # COLUMN takes a column constraint; a table constraint would need batch mode's table copy),
+    # and SQLite can drop a column only when no other column's constraint names it.
+    # `bot.ports.ContextMode` and `ListenMode`; the repository checks them in Python too.
+    context: Mapped[str | None] = mapped_column(
+        String, CheckConstraint("context IN ('shared', 'member')", name="context")
+    )
+    listen: Mapped[str | None] = mapped_column(
+        String, CheckConstraint("listen IN ('all', 'mention')", name="listen")
+    )
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime(), default=utcnow, server_default=text("CURRENT_TIMESTAMP")
     )
@@ -116,6 +130,16 @@ class Message(Base):
         ),
         # "The last N messages of a channel" is a backward range scan of this index.
         Index("ix_messages_channel_id_id", "channel_id", "id"),
+        # The same for one member's conversation in a channel (member mode).
+        Index("ix_messages_channel_id_member_id_id", "channel_id", "member_id", "id"),
+        # A member's messages in every channel (/forget, the data export). member_id alone: the
+        # query is "this member, in the channels of one platform", and the member's rows are
+        # deleted or read whole anyway, so channel_id in the key would save no row visit, only
+        # make every append's index write bigger. The index above serves it only by one probe
+        # per channel of the platform (fine for a few channels, not for thousands).
+        Index("ix_messages_member_id", "member_id"),
+        # Retention: each purge batch is a range scan from the oldest row.
+        Index("ix_messages_created_at", "created_at"),
         CheckConstraint("role IN ('user', 'assistant')", name="role"),
         # AUTOINCREMENT: SQLite would otherwise reuse the ids of deleted newest rows after a reset.
         {"sqlite_autoincrement": True},
@@ -134,3 +158,5 @@ class Message(Base):
     )
     # An assistant message cut short and kept: why (`bot.ports.CutReason`'s value); NULL otherwise.
     cut: Mapped[str | None] = mapped_column(String(16))
+    # Whose conversation it belongs to: a user message's author, the asker of an assistant message.
+    member_id: Mapped[str | None] = mapped_column(String)

@@ -1,127 +1,80 @@
-"""Chat history and per-channel settings, one short transaction per call."""
+"""Chat history and per-channel settings, one short transaction per call.
+
+`ChatRepository` is the whole `Repository`: what spans channels (a member's data, the retention
+purge) is `storage.member_data`'s and the token usage `storage.usage`'s, to which it hands those
+calls.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Final, cast, get_args
 
-from sqlalchemy import Connection, CursorResult, Row, Select, bindparam, delete, func, select, update
+from sqlalchemy import Connection, CursorResult, Row, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
 from bot.ports import (
     UNSET,
     ChannelSettings,
+    ContextMode,
     CutReason,
+    Forgotten,
     HistoryReader,
+    ListenMode,
+    MemberMessage,
     Repository,
     Role,
     StoredMessage,
+    TokenCharge,
+    UsageEntry,
     _Unset,
 )
 from storage.db import Database
+from storage.member_data import MemberData
+from storage.messages import (
+    MEMBER_RECENT,
+    MEMBER_RECENT_UP_TO,
+    RECENT,
+    RECENT_UP_TO,
+    MessageRow,
+    channel_id_query,
+    find_channel,
+    message_columns,
+    next_message_statement,
+    split_channel_key,
+    stored_message,
+)
 from storage.models import Channel, Message
+from storage.usage import UsageLedger, charge_parameters, charge_statement, check_charge, move_usage
 
-
-def split_channel_key(channel_key: str) -> tuple[str, str]:
-    """`"web:abc:def"` -> `("web", "abc:def")`: the platform ends at the first colon."""
-    platform, colon, external_id = channel_key.partition(":")
-    if not colon or not platform or not external_id:
-        raise ValueError(f"channel key must look like '<platform>:<id>', got {channel_key!r}")
-    return platform, external_id
-
-
-# id, role, content, author_id, author_name, platform_message_id, created_at, cut
-_MessageRow = Row[int, str, str, str | None, str | None, str | None, datetime, str | None]
-_MessageSelect = Select[int, str, str, str | None, str | None, str | None, datetime, str | None]
-
-
-def _message_columns() -> _MessageSelect:
-    return select(
-        Message.id,
-        Message.role,
-        Message.content,
-        Message.author_id,
-        Message.author_name,
-        Message.platform_message_id,
-        Message.created_at,
-        Message.cut,
-    )
-
-
-def _stored(row: _MessageRow) -> StoredMessage:
-    return StoredMessage(
-        id=row.id,
-        role=cast(Role, row.role),  # the CHECK constraint admits nothing else
-        content=row.content,
-        author_id=row.author_id,
-        author_name=row.author_name,
-        platform_message_id=row.platform_message_id,
-        created_at=row.created_at,
-        # Only `append_message` writes it, from a CutReason.
-        cut=CutReason(row.cut) if row.cut is not None else None,
-    )
-
-
-def recent_messages_statement(channel_id: int, limit: int, max_id: int | None = None) -> _MessageSelect:
-    """The query behind `recent_messages`: the channel's newest `limit` rows (with ids at most
-    `max_id`, when given), newest first.
-
-    It reads the (channel_id, id) index backwards and stops after `limit` rows, so its cost does
-    not grow with the table or the channel.
-    """
-    statement = (
-        _message_columns()
-        # Written as a range on purpose. With `channel_id = X`, PostgreSQL treats channel_id as a
-        # constant, so a backward scan of the primary key also yields "id DESC": for a channel
-        # holding many rows it may prefer that scan and filter out every newer row of the other
-        # channels, which grows with the table (100k rows filtered, 15 ms instead of 0.03 ms, once
-        # such a channel goes quiet). Ordered by (channel_id, id), only this index gives the order
-        # without a sort.
-        .where(Message.channel_id.between(channel_id, channel_id))
-        .order_by(Message.channel_id.desc(), Message.id.desc())
-        .limit(limit)
-    )
-    if max_id is not None:
-        statement = statement.where(Message.id <= max_id)  # still one range of the same index
-    return statement
-
-
-def next_message_statement(channel_id: int, after_id: int) -> _MessageSelect:
-    """The channel's first message after id `after_id` (no row when there is none).
-
-    One step forward in the (channel_id, id) index. Written as a range for the reason given in
-    `recent_messages_statement`: a primary-key scan from `after_id` would step over every newer
-    row of the other channels when this one has none.
-    """
-    return (
-        _message_columns()
-        .where(Message.channel_id.between(channel_id, channel_id), Message.id > after_id)
-        .order_by(Message.channel_id, Message.id)
-        .limit(1)
-    )
-
-
-def _channel_id_query(platform: str, external_id: str) -> Select[int]:
-    return select(Channel.id).where(Channel.platform == platform, Channel.external_id == external_id)
-
-
-# The per-message statements, built once with bound parameters: building a statement costs more
-# Python time than SQLite takes to run it, and a built one also keeps its compiled-cache key.
-_CHANNEL_ID = select(Channel.id).where(
+_SETTINGS_COLUMNS: Final = (
+    Channel.system_prompt,
+    Channel.temperature,
+    Channel.persona,
+    Channel.context,
+    Channel.listen,
+)
+_CHANNEL_SETTINGS = select(*_SETTINGS_COLUMNS).where(
     Channel.platform == bindparam("platform"), Channel.external_id == bindparam("external_id")
 )
-_CHANNEL_SETTINGS = select(Channel.system_prompt, Channel.temperature).where(
-    Channel.platform == bindparam("platform"), Channel.external_id == bindparam("external_id")
-)
-_RECENT = recent_messages_statement(bindparam("channel_id"), bindparam("limit"))  # type: ignore[arg-type]
-_RECENT_UP_TO = recent_messages_statement(
-    bindparam("channel_id"),  # type: ignore[arg-type]
-    bindparam("limit"),  # type: ignore[arg-type]
-    bindparam("max_id"),  # type: ignore[arg-type]
-)
+_SettingsRow = Row[str | None, float | None, str | None, str | None, str | None]
+_CONTEXT_MODES: Final = get_args(ContextMode)
+_LISTEN_MODES: Final = get_args(ListenMode)
+
+
+def _settings(row: _SettingsRow) -> ChannelSettings:
+    return ChannelSettings(
+        system_prompt=row.system_prompt,
+        temperature=row.temperature,
+        persona=row.persona,
+        # The CHECK constraints admit nothing else.
+        context=cast(ContextMode | None, row.context),
+        listen=cast(ListenMode | None, row.listen),
+    )
+
 
 # Channel rows are never deleted and never change id, so a key's id can be remembered for good;
 # bounded so that a bot in very many channels does not grow without end.
@@ -148,10 +101,14 @@ class ChatRepository:
                 author_name=bindparam("author_name"),
                 platform_message_id=bindparam("platform_message_id"),
                 cut=bindparam("cut"),
+                member_id=bindparam("member_id"),
             )
             .on_conflict_do_nothing(index_elements=[Message.channel_id, Message.platform_message_id])
             .returning(Message.id, Message.created_at)
         )
+        self._charge = charge_statement(database.dialect_name)
+        self._usage = UsageLedger(database)
+        self._member_data = MemberData(database)
 
     def _remember_channel(self, platform: str, external_id: str, channel_id: int | None) -> None:
         if channel_id is None:
@@ -174,7 +131,7 @@ class ChatRepository:
         theirs (PostgreSQL READ COMMITTED takes a new snapshot per statement; SQLite writers are
         serialized by BEGIN IMMEDIATE).
         """
-        channel_id = _find_channel(connection, platform, external_id)
+        channel_id = find_channel(connection, platform, external_id)
         if channel_id is not None:
             return channel_id
         insert = (
@@ -185,7 +142,7 @@ class ChatRepository:
         )
         channel_id = connection.scalar(insert)
         if channel_id is None:
-            channel_id = _find_channel(connection, platform, external_id)
+            channel_id = find_channel(connection, platform, external_id)
         if channel_id is None:  # cannot happen: channels are never deleted
             raise RuntimeError(f"channel {platform}:{external_id} vanished while being created")
         return channel_id
@@ -200,9 +157,15 @@ class ChatRepository:
         author_name: str | None = None,
         platform_message_id: str | None = None,
         cut: CutReason | None = None,
+        member_id: str | None = None,
+        charge: TokenCharge | None = None,
     ) -> StoredMessage | None:
         """See `Repository.append_message`."""
         platform, external_id = split_channel_key(channel_key)
+        if charge is not None:
+            check_charge(charge)
+        if member_id is None and role == "user":
+            member_id = author_id
         known = self._channel_ids.get((platform, external_id))
 
         def append(connection: Connection) -> tuple[int, Row[int, datetime] | None]:
@@ -219,8 +182,12 @@ class ChatRepository:
                 "author_name": author_name,
                 "platform_message_id": platform_message_id,
                 "cut": cut.value if cut is not None else None,
+                "member_id": member_id,
             }
-            return channel_id, connection.execute(self._insert_message, values).one_or_none()
+            row = connection.execute(self._insert_message, values).one_or_none()
+            if row is not None and charge is not None:  # a duplicate was charged when first stored
+                connection.execute(self._charge, charge_parameters(channel_id, charge))
+            return channel_id, row
 
         channel_id, row = await self._database.run_write(append)
         self._remember_channel(platform, external_id, channel_id)
@@ -235,10 +202,17 @@ class ChatRepository:
             platform_message_id=platform_message_id,
             created_at=row.created_at,
             cut=cut,
+            member_id=member_id,
         )
 
     async def recent_messages(
-        self, channel_key: str, *, limit: int, max_chars: int | None = None, max_id: int | None = None
+        self,
+        channel_key: str,
+        *,
+        limit: int,
+        max_chars: int | None = None,
+        max_id: int | None = None,
+        member_id: str | None = None,
     ) -> list[StoredMessage]:
         """See `Repository.recent_messages`."""
         if limit < 0:
@@ -251,15 +225,19 @@ class ChatRepository:
 
         known = self._channel_ids.get((platform, external_id))
 
-        def newest(connection: Connection) -> tuple[int | None, Sequence[_MessageRow]]:
-            channel_id = known if known is not None else _find_channel(connection, platform, external_id)
+        def newest(connection: Connection) -> tuple[int | None, Sequence[MessageRow]]:
+            channel_id = known if known is not None else find_channel(connection, platform, external_id)
             if channel_id is None:
                 return None, []
-            if max_id is None:
-                parameters = {"channel_id": channel_id, "limit": limit}
-                return channel_id, connection.execute(_RECENT, parameters).all()
-            parameters = {"channel_id": channel_id, "limit": limit, "max_id": max_id}
-            return channel_id, connection.execute(_RECENT_UP_TO, parameters).all()
+            parameters: dict[str, object] = {"channel_id": channel_id, "limit": limit}
+            if max_id is not None:
+                parameters["max_id"] = max_id
+            if member_id is not None:
+                parameters["member_id"] = member_id
+                statement = MEMBER_RECENT if max_id is None else MEMBER_RECENT_UP_TO
+            else:
+                statement = RECENT if max_id is None else RECENT_UP_TO
+            return channel_id, connection.execute(statement, parameters).all()
 
         channel_id, rows = await self._database.run_read(newest)
         self._remember_channel(platform, external_id, channel_id)
@@ -270,7 +248,7 @@ class ChatRepository:
             total += len(row.content)
             if kept and max_chars is not None and total > max_chars:
                 break
-            kept.append(_stored(row))
+            kept.append(stored_message(row))
         kept.reverse()
         return kept
 
@@ -280,13 +258,13 @@ class ChatRepository:
         """See `Repository.answer_to`."""
         platform, external_id = split_channel_key(channel_key)
 
-        def find(connection: Connection) -> tuple[_MessageRow, _MessageRow | None] | None:
-            channel_id = _find_channel(connection, platform, external_id)
+        def find(connection: Connection) -> tuple[MessageRow, MessageRow | None] | None:
+            channel_id = find_channel(connection, platform, external_id)
             if channel_id is None:
                 return None
             # The UNIQUE (channel_id, platform_message_id) index finds the question...
             question = connection.execute(
-                _message_columns().where(
+                message_columns().where(
                     Message.channel_id == channel_id, Message.platform_message_id == platform_message_id
                 )
             ).one_or_none()
@@ -300,8 +278,9 @@ class ChatRepository:
         if found is None:
             return None
         question, following = found
-        answer = _stored(following) if following is not None and following.role == "assistant" else None
-        return _stored(question), answer
+        answered = following is not None and following.role == "assistant"
+        answer = stored_message(following) if following is not None and answered else None
+        return stored_message(question), answer
 
     async def move_channel(self, old_key: str, new_key: str) -> None:
         """See `Repository.move_channel`."""
@@ -310,7 +289,7 @@ class ChatRepository:
 
         def move(connection: Connection) -> None:
             old = connection.execute(
-                select(Channel.id, Channel.system_prompt, Channel.temperature).where(
+                select(Channel.id, *_SETTINGS_COLUMNS).where(
                     Channel.platform == old_platform, Channel.external_id == old_external_id
                 )
             ).one_or_none()
@@ -338,18 +317,26 @@ class ChatRepository:
             connection.execute(
                 update(Message).where(Message.channel_id == old.id).values(channel_id=new_id),
             )
+            # Each setting the new channel has unset takes the old one's (member ids move along
+            # with their messages, which keep every column but channel_id).
+            old_settings = old._mapping
             connection.execute(
                 update(Channel)
                 .where(Channel.id == new_id)
                 .values(
-                    system_prompt=func.coalesce(Channel.system_prompt, old.system_prompt),
-                    temperature=func.coalesce(Channel.temperature, old.temperature),
+                    {
+                        column.key: func.coalesce(column, old_settings[column.key])
+                        for column in _SETTINGS_COLUMNS
+                    }
                 ),
             )
             # The old row stays (channels are never deleted: `_ensure_channel` relies on it).
             connection.execute(
-                update(Channel).where(Channel.id == old.id).values(system_prompt=None, temperature=None),
+                update(Channel)
+                .where(Channel.id == old.id)
+                .values(dict.fromkeys(column.key for column in _SETTINGS_COLUMNS)),
             )
+            move_usage(connection, old.id, new_id)
 
         await self._database.run_write(move)
 
@@ -357,7 +344,7 @@ class ChatRepository:
         """See `Repository.reset_channel`."""
         platform, external_id = split_channel_key(channel_key)
         statement = delete(Message).where(
-            Message.channel_id == _channel_id_query(platform, external_id).scalar_subquery()
+            Message.channel_id == channel_id_query(platform, external_id).scalar_subquery()
         )
 
         def delete_all(connection: Connection) -> int:
@@ -376,7 +363,7 @@ class ChatRepository:
         )
         if row is None:
             return ChannelSettings()
-        return ChannelSettings(system_prompt=row.system_prompt, temperature=row.temperature)
+        return _settings(row)
 
     async def set_settings(
         self,
@@ -384,6 +371,9 @@ class ChatRepository:
         *,
         system_prompt: str | _Unset | None = UNSET,
         temperature: float | _Unset | None = UNSET,
+        persona: str | _Unset | None = UNSET,
+        context: ContextMode | _Unset | None = UNSET,
+        listen: ListenMode | _Unset | None = UNSET,
     ) -> ChannelSettings:
         """See `Repository.set_settings`."""
         platform, external_id = split_channel_key(channel_key)
@@ -395,21 +385,28 @@ class ChatRepository:
             if temperature is not None and not math.isfinite(temperature):
                 raise ValueError(f"temperature must be a finite number, got {temperature}")
             changes["temperature"] = temperature
+        if not isinstance(persona, _Unset):
+            changes["persona"] = persona
+        if not isinstance(context, _Unset):
+            # Checked here too, so a wrong value is a ValueError and not a StorageError.
+            if context is not None and context not in _CONTEXT_MODES:
+                raise ValueError(f"context must be one of {_CONTEXT_MODES}, got {context!r}")
+            changes["context"] = context
+        if not isinstance(listen, _Unset):
+            if listen is not None and listen not in _LISTEN_MODES:
+                raise ValueError(f"listen must be one of {_LISTEN_MODES}, got {listen!r}")
+            changes["listen"] = listen
         if not changes:
             return await self.get_settings(channel_key)
 
-        def change(connection: Connection) -> Row[str | None, float | None]:
+        def change(connection: Connection) -> _SettingsRow:
             channel_id = self._ensure_channel(connection, platform, external_id)
             statement = (
-                update(Channel)
-                .where(Channel.id == channel_id)
-                .values(changes)
-                .returning(Channel.system_prompt, Channel.temperature)
+                update(Channel).where(Channel.id == channel_id).values(changes).returning(*_SETTINGS_COLUMNS)
             )
             return connection.execute(statement).one()
 
-        row = await self._database.run_write(change)
-        return ChannelSettings(system_prompt=row.system_prompt, temperature=row.temperature)
+        return _settings(await self._database.run_write(change))
 
     async def message_count(self, channel_key: str) -> int:
         """See `Repository.message_count`."""
@@ -417,7 +414,7 @@ class ChatRepository:
         query = (
             select(func.count())
             .select_from(Message)
-            .where(Message.channel_id == _channel_id_query(platform, external_id).scalar_subquery())
+            .where(Message.channel_id == channel_id_query(platform, external_id).scalar_subquery())
         )
         return (await self._database.run_read(lambda connection: connection.scalar(query))) or 0
 
@@ -458,9 +455,25 @@ class ChatRepository:
         rows = await self._database.run_read(lambda connection: connection.execute(query).all())
         return {external_id: message_id for external_id, message_id in rows if message_id is not None}
 
+    async def tokens_used(self, user_key: str, day: date) -> int:
+        """See `Repository.tokens_used`."""
+        return await self._usage.tokens_used(user_key, day)
 
-def _find_channel(connection: Connection, platform: str, external_id: str) -> int | None:
-    return connection.scalar(_CHANNEL_ID, {"platform": platform, "external_id": external_id})
+    async def top_usage(self, channel_key: str, day: date, limit: int) -> list[UsageEntry]:
+        """See `Repository.top_usage`."""
+        return await self._usage.top_usage(channel_key, day, limit)
+
+    async def forget_member(self, platform: str, member_id: str) -> Forgotten:
+        """See `Repository.forget_member`."""
+        return await self._member_data.forget_member(platform, member_id)
+
+    async def purge_older_than(self, cutoff: datetime, batch_size: int = 500) -> int:
+        """See `Repository.purge_older_than`."""
+        return await self._member_data.purge_older_than(cutoff, batch_size)
+
+    async def member_messages(self, platform: str, member_id: str) -> list[MemberMessage]:
+        """See `Repository.member_messages`."""
+        return await self._member_data.member_messages(platform, member_id)
 
 
 if TYPE_CHECKING:

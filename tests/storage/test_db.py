@@ -52,10 +52,18 @@ async def test_migrated_schema_matches_the_models(database: Database) -> None:
         inspector = inspect(connection)
         checks = {c["name"] for c in inspector.get_check_constraints("messages")}
         assert checks == {"ck_messages_role"}
+        checks = {c["name"] for c in inspector.get_check_constraints("channels")}
+        assert checks == {"ck_channels_context", "ck_channels_listen"}
         index = {i["name"]: i["column_names"] for i in inspector.get_indexes("messages")}
         assert index["ix_messages_channel_id_id"] == ["channel_id", "id"]
-        (fk,) = inspector.get_foreign_keys("messages")
-        assert fk["options"].get("ondelete") == "CASCADE"
+        assert index["ix_messages_channel_id_member_id_id"] == ["channel_id", "member_id", "id"]
+        assert index["ix_messages_member_id"] == ["member_id"]
+        assert index["ix_messages_created_at"] == ["created_at"]
+        for table in ("messages", "usage"):
+            (fk,) = inspector.get_foreign_keys(table)
+            assert fk["options"].get("ondelete") == "CASCADE"
+        usage_key = inspector.get_pk_constraint("usage")["constrained_columns"]
+        assert usage_key == ["day", "user_key", "channel_id"]
 
     await database.run_read(check)
     assert await alembic_versions(database) == [head_revision()]
@@ -350,20 +358,25 @@ async def test_deleting_a_channel_deletes_its_messages(database: Database) -> No
     assert messages == 0
 
 
+def migrate(revision: str, *, up: bool) -> Callable[[Connection], None]:
+    """A unit of work that runs Alembic up or down to `revision` on its connection."""
+
+    def work(connection: Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(Path(storage.db.__file__).parent / "migrations"))
+        config.attributes["connection"] = connection
+        (command.upgrade if up else command.downgrade)(config, revision)
+
+    return work
+
+
+def columns(connection: Connection, table: str = "messages") -> set[str]:
+    return {column["name"] for column in inspect(connection).get_columns(table)}
+
+
 async def test_migration_0003_adds_the_cut_column_under_existing_rows_and_goes_back(
     database: Database,
 ) -> None:
-    def migrate(revision: str, *, up: bool) -> Callable[[Connection], None]:
-        def work(connection: Connection) -> None:
-            config = Config()
-            config.set_main_option("script_location", str(Path(storage.db.__file__).parent / "migrations"))
-            config.attributes["connection"] = connection
-            (command.upgrade if up else command.downgrade)(config, revision)
-
-        return work
-
-    def columns(connection: Connection) -> set[str]:
-        return {column["name"] for column in inspect(connection).get_columns("messages")}
 
     def old_reply(connection: Connection) -> None:  # written as the 0002 schema takes it
         connection.execute(text("INSERT INTO channels (platform, external_id) VALUES ('web', 'a')"))
@@ -382,3 +395,65 @@ async def test_migration_0003_adds_the_cut_column_under_existing_rows_and_goes_b
     (old,) = await ChatRepository(database).recent_messages("web:a", limit=5)
     assert (old.content, old.cut) == ("from before", None)
     assert await alembic_versions(database) == [head_revision()]
+
+
+async def test_migration_0004_fills_in_member_ids_and_goes_back(database: Database) -> None:
+    """A user message's member is its author; an assistant message's, the author of the channel's
+    nearest earlier user message (never one of another channel)."""
+    await database.run_write(migrate("0003", up=False))
+    assert "member_id" not in await database.run_read(columns)
+
+    def history_0003(connection: Connection) -> None:  # written as the 0003 schema takes it
+        connection.execute(
+            text("INSERT INTO channels (platform, external_id) VALUES ('telegram', 'a'), ('telegram', 'b')")
+        )
+        rows = [
+            ("b", "assistant", None, "b: the bot spoke first"),
+            ("a", "user", "u1", "a: u1 asks"),
+            ("b", "user", "u3", "b: u3 asks"),
+            ("a", "assistant", None, "a: to u1"),
+            ("a", "assistant", None, "a: to u1 again"),
+            ("b", "assistant", None, "b: to u3"),
+            ("a", "user", "u2", "a: u2 asks"),
+            ("a", "assistant", None, "a: to u2"),
+            ("a", "user", None, "a: no author"),
+            ("a", "assistant", None, "a: to no one known"),
+        ]
+        for channel, role, author, content in rows:
+            connection.execute(
+                text(
+                    "INSERT INTO messages (channel_id, role, author_id, content) "
+                    "SELECT id, :role, :author, :content FROM channels WHERE external_id = :channel"
+                ),
+                {"channel": channel, "role": role, "author": author, "content": content},
+            )
+
+    await database.run_write(history_0003)
+    await database.run_write(migrate("head", up=True))
+    assert await alembic_versions(database) == [head_revision()]
+
+    members = await database.run_read(
+        lambda connection: {
+            row.content: row.member_id
+            for row in connection.execute(text("SELECT content, member_id FROM messages"))
+        }
+    )
+    assert members == {
+        "b: the bot spoke first": None,
+        "a: u1 asks": "u1",
+        "b: u3 asks": "u3",
+        "a: to u1": "u1",
+        "a: to u1 again": "u1",
+        "b: to u3": "u3",
+        "a: u2 asks": "u2",
+        "a: to u2": "u2",
+        "a: no author": None,
+        "a: to no one known": None,
+    }
+
+    # And back: the columns, indexes and table go, the history stays.
+    await database.run_write(migrate("0003", up=False))
+    assert "member_id" not in await database.run_read(columns)
+    assert not {"persona", "context", "listen"} & await database.run_read(lambda c: columns(c, "channels"))
+    assert "usage" not in await database.run_read(lambda connection: inspect(connection).get_table_names())
+    assert await ChatRepository(database).message_count("telegram:a") == 7

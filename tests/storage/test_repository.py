@@ -11,8 +11,9 @@ from sqlalchemy import Connection, func, select, text
 from bot.errors import StorageError
 from bot.ports import UNSET, ChannelSettings, CutReason, Repository
 from storage.db import Database
+from storage.messages import split_channel_key
 from storage.models import Channel
-from storage.repository import ChatRepository, split_channel_key
+from storage.repository import ChatRepository
 
 from .conftest import Target
 
