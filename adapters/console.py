@@ -29,7 +29,8 @@ def _local_user_name() -> str:
 
 
 class ConsoleAdapter:
-    """Chats with the local operator (always an admin: this is their own bot) on stdin/stdout."""
+    """Chats with the local operator (always an admin and staff: this is their own bot) on
+    stdin/stdout."""
 
     name = "console"
 
@@ -72,6 +73,7 @@ class ConsoleAdapter:
             is_admin=True,
             is_direct=True,
             rate_limited=False,  # the local operator: no flood protection
+            is_staff=True,  # the operator: past every access list and quota
         )
         reply = self._engine.handle(event)
         if self._interactive:

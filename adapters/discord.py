@@ -2,10 +2,14 @@
 
 Receiving: `on_message` turns each message into a `ChatEvent` (`to_event`, pure, in
 `discord_events.py`) and hands it to the engine at once, so the engine's per-channel order is the
-gateway's order; a worker per channel then posts the replies one after another. After a dropped
+gateway's order; a worker per channel then posts the replies one after another. Guild messages
+that do not mention the bot, reply to it or run one of its commands go to the engine too, marked
+`addressed=False` (it answers them only in a channel set to `/listen all`; a silent reply posts
+nothing and shows no typing), with the author's role ids and whether they are staff. After a dropped
 gateway connection discord.py RESUMEs and the server replays what was missed. When the gateway
 starts a new session instead, `discord_backfill.py` (when the composition root gives the last
-answered message id per channel) fetches what the bot missed and hands it over as redelivered. So a
+answered message id per channel) fetches what the bot missed and hands the addressed messages
+over as redelivered. So a
 message stored but not answered, or answered but not posted, when the process was killed gets one
 reply after the restart: the engine answers it now, or re-sends its stored answer. Slash commands:
 `discord_commands.py`.
@@ -278,11 +282,14 @@ class DiscordAdapter:
     # --- receiving ---------------------------------------------------------------------------
 
     def _on_message(self, message: discord.Message, *, redelivered: bool = False) -> None:
-        """Queue an addressed message for the engine (at once: the engine keeps the order)."""
-        if self._client is None or self._client.user is None or not self._seen.first_time(message.id):
+        """Queue a person's message for the engine (at once: the engine keeps the order); the
+        engine decides about an unaddressed one. A backfill hands over only addressed messages."""
+        if self._client is None or self._client.user is None:
             return
         event = to_event(message, self._client.user.id, self._admins, self._channels)
-        if event is None:
+        if event is None or (redelivered and not event.addressed):
+            return
+        if not self._seen.first_time(message.id):
             return
         if redelivered:
             event = replace(event, redelivered=True)

@@ -9,7 +9,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from adapters.discord_events import PLATFORM, discord_pieces, is_admin
+from adapters.discord_events import PLATFORM, discord_pieces, is_admin, is_staff, role_ids
 from bot.commands import COMMANDS, CommandSpec
 from bot.errors import ChinwagError
 from bot.events import ChatEvent
@@ -58,17 +58,18 @@ async def answer_command(
     """Hand a slash command to the engine as the text command and answer the interaction."""
     direct = interaction.guild_id is None
     user = interaction.user
+    permissions = None if direct else interaction.permissions
     event = ChatEvent(
         platform=PLATFORM,
         channel=str(interaction.channel_id),
         author_id=str(user.id),
         author_name=user.display_name,
         text=text,
-        is_admin=is_admin(
-            interaction.user.id, direct=direct, admins=admins, permissions=interaction.permissions
-        ),
+        is_admin=is_admin(user.id, direct=direct, admins=admins, permissions=permissions),
         is_direct=direct,
         message_id=str(interaction.id),
+        is_staff=is_staff(user.id, admins=admins, permissions=permissions),
+        roles=role_ids(user if isinstance(user, discord.Member) else None),
     )
     # Acknowledge at once (Discord wants an answer within 3 s; the channel may be busy with a
     # long reply) and post the engine's answer as the follow-up.

@@ -27,12 +27,13 @@ def to_event(
     admins: frozenset[int],
     channels: frozenset[int] = frozenset(),
 ) -> ChatEvent | None:
-    """The `ChatEvent` for a new message addressed to the bot, else None.
+    """The `ChatEvent` for a new message from a person, else None.
 
-    DMs: every message. Guild channels: messages that mention the bot, reply to one of its
-    messages, or are one of our text commands (also after a leading mention: `<@bot> /reset`);
-    every message in `channels`. The bot's mention is removed from the text. Bots (the bot itself
-    included) and non-default message types (joins, pins, …) give None. Admins: see `is_admin`.
+    DMs: every message. Guild channels: every message too, `addressed` when it mentions the bot,
+    replies to one of its messages, or is one of our text commands (also after a leading mention:
+    `<@bot> /reset`), and every message in `channels`. The bot's mention is removed from the text.
+    Bots (the bot itself included) and non-default message types (joins, pins, …) give None.
+    Admins and staff: see `is_admin` and `is_staff`; `roles`: see `role_ids`.
     """
     author = message.author
     if author.bot or author.id == bot_user_id or message.type not in _ANSWERED_TYPES:
@@ -42,14 +43,15 @@ def to_event(
         any(user.id == bot_user_id for user in message.mentions) or bot_user_id in message.raw_mentions
     )
     text = _strip_mention(message.content, bot_user_id) if mentioned else message.content.strip()
-    if not direct and not (
-        mentioned
+    addressed = (
+        direct
+        or mentioned
         or _replies_to(message, bot_user_id)
         or _is_our_command(text)
         or message.channel.id in channels
-    ):
-        return None
-    permissions = author.guild_permissions if isinstance(author, discord.Member) else None
+    )
+    member = author if isinstance(author, discord.Member) and not direct else None
+    permissions = member.guild_permissions if member is not None else None
     return ChatEvent(
         platform=PLATFORM,
         channel=str(message.channel.id),
@@ -59,19 +61,37 @@ def to_event(
         is_admin=is_admin(author.id, direct=direct, admins=admins, permissions=permissions),
         is_direct=direct,
         message_id=str(message.id),
+        is_staff=is_staff(author.id, admins=admins, permissions=permissions),
+        roles=role_ids(member),
+        addressed=addressed,
+    )
+
+
+def is_staff(user_id: int, *, admins: Collection[int], permissions: discord.Permissions | None) -> bool:
+    """Discord's staff: ids in `discord.admins`, and guild members with the Administrator or Manage
+    Server permission (`permissions`: None outside a guild). The user of a DM is not, by that."""
+    return user_id in admins or (
+        permissions is not None and (permissions.administrator or permissions.manage_guild)
     )
 
 
 def is_admin(
     user_id: int, *, direct: bool, admins: Collection[int], permissions: discord.Permissions | None
 ) -> bool:
-    """Discord's admin rule: the user of a DM, ids in `discord.admins`, and guild members with the
-    Administrator or Manage Server permission (`permissions`: None outside a guild)."""
-    return (
-        direct
-        or user_id in admins
-        or (permissions is not None and (permissions.administrator or permissions.manage_guild))
-    )
+    """Discord's admin rule: staff (see `is_staff`), and the user of a DM in their own DM."""
+    return direct or is_staff(user_id, admins=admins, permissions=permissions)
+
+
+def role_ids(member: discord.Member | None) -> tuple[str, ...]:
+    """The member's guild role ids as strings, lowest role first, without @everyone (every member
+    has it; its id is the guild's). Empty outside a guild.
+
+    discord.py resolves `Member.roles` from the role ids of the message's `member` object against
+    the guild's role cache (filled by GUILD_CREATE and the role events of the guilds intent) and
+    adds @everyone; a role the cache does not know is left out."""
+    if member is None:
+        return ()
+    return tuple(str(role.id) for role in member.roles if not role.is_default())
 
 
 def _replies_to(message: discord.Message, bot_user_id: int) -> bool:

@@ -7,6 +7,13 @@ sent; rows left pending by a crash are handled first at the next start, as redel
 engine resends an answer it stored already). So a `kill -9` loses no message, and sends one answer
 twice only if it strikes between sending a reply and marking it done.
 
+Every text message of a person becomes an event, in groups too: one that does not mention the bot,
+reply to it or run a command is marked `addressed=False`, and the engine decides whether to answer
+it (`/listen all`); a silent reply posts nothing and shows no typing. Each group event says whether
+its author is staff (a configured admin, an anonymous admin, or one of the chat's administrators,
+read with getChatAdministrators at most once per chat per `admin_cache_s`) and whether the bot
+sees all group messages (getMe's `can_read_all_group_messages`, False in privacy mode).
+
 Sending: `adapters.delivery` streams each reply through a `TelegramSink` (`telegram_sending.py`):
 typing while the reply is generated, the first chunk sent then edited at most once per second, the
 final text split into messages showing at most 4096 UTF-16 units, the model's Markdown rendered as
@@ -47,7 +54,7 @@ from adapters.telegram_events import (
     utf16_length,
 )
 from adapters.telegram_sending import BACKOFF, Target, TelegramSink, request, retry_after_s
-from bot.commands import COMMANDS, parse_command
+from bot.commands import COMMANDS
 from bot.config import TelegramConfig
 from bot.errors import ChinwagError, StorageError
 from bot.events import ChatEvent
@@ -74,7 +81,7 @@ class _AdminCache:
     """Chat administrators per group, kept `ttl_s` seconds, at most `max_chats` groups (LRU)."""
 
     def __init__(self, ttl_s: float, max_chats: int = 1024) -> None:
-        self._ttl_s = ttl_s
+        self.ttl_s = ttl_s
         self._max_chats = max_chats
         self._entries: OrderedDict[int, tuple[float, frozenset[int]]] = OrderedDict()
 
@@ -83,11 +90,15 @@ class _AdminCache:
         return entry is not None and entry[0] > asyncio.get_running_loop().time()
 
     def is_admin(self, chat_id: int, user_id: int) -> bool:
+        return user_id in self.known(chat_id)
+
+    def known(self, chat_id: int) -> frozenset[int]:
+        """The chat's administrators as last read, fresh or not (none when never read)."""
         entry = self._entries.get(chat_id)
-        return entry is not None and user_id in entry[1]
+        return entry[1] if entry is not None else frozenset()
 
     def store(self, chat_id: int, user_ids: frozenset[int]) -> None:
-        self._entries[chat_id] = (asyncio.get_running_loop().time() + self._ttl_s, user_ids)
+        self._entries[chat_id] = (asyncio.get_running_loop().time() + self.ttl_s, user_ids)
         self._entries.move_to_end(chat_id)
         while len(self._entries) > self._max_chats:
             self._entries.popitem(last=False)
@@ -123,6 +134,9 @@ class TelegramAdapter:
         self._chat_admins = _AdminCache(config.admin_cache_s)
         self._app: Application[Any, Any, Any, Any, Any, Any] | None = None
         self._username = ""
+        # getMe's can_read_all_group_messages: False in privacy mode, where Telegram delivers only
+        # the group messages addressed to the bot (`/listen all` warns about it).
+        self._sees_all_messages = True
         self._poller: asyncio.Task[None] | None = None
         self._offset: int | None = None
         # Per chat, in order: (update, recovered from a previous run).
@@ -165,6 +179,7 @@ class TelegramAdapter:
             await self._app.start()
             bot = self._bot
             self._username = bot.username
+            self._sees_all_messages = bool(bot.can_read_all_group_messages)
             await self._request(None, bot.delete_webhook)
             try:
                 await self._request(None, lambda: bot.set_my_commands(MENU))
@@ -327,32 +342,46 @@ class TelegramAdapter:
         return True
 
     async def _event_for(self, update: Update) -> ChatEvent | None:
-        """`to_event`, fetching the group's administrators first when a command needs them."""
-        event = to_event(update, self._username, self._admins, self._chat_admins.is_admin)
+        """`to_event`, knowing the group's administrators: every group message needs them (staff
+        pass the access lists and quotas), so they are read when the cache has none fresh for the
+        chat, at most once per chat per `admin_cache_s` (a chat's updates are handled one at a time)."""
+        event = self._to_event(update)
         message = update.message
         if event is None or message is None:
             return None
         chat_id = message.chat.id
-        if (
-            not event.is_admin
-            and not event.is_direct
-            and parse_command(event.text) is not None
-            and not self._chat_admins.fresh(chat_id)
-        ):
+        if not event.is_staff and not event.is_direct and not self._chat_admins.fresh(chat_id):
             await self._refresh_admins(chat_id)
-            event = to_event(update, self._username, self._admins, self._chat_admins.is_admin)
+            event = self._to_event(update)
         if event is not None and chat_id in self._migrated:
             new_channel = str(self._migrated[chat_id]) + event.channel[len(str(chat_id)) :]
             event = replace(event, channel=new_channel)
         return event
 
+    def _to_event(self, update: Update) -> ChatEvent | None:
+        return to_event(
+            update,
+            self._username,
+            self._admins,
+            self._chat_admins.is_admin,
+            sees_all_messages=self._sees_all_messages,
+        )
+
     async def _refresh_admins(self, chat_id: int) -> None:
+        """Read the chat's administrators into the cache. A failure is logged and remembered for
+        `admin_cache_s` like an answer (the administrators known before, if any, still count): the
+        message is handled anyway, its author not staff unless known to be, and the next message
+        does not ask again at once."""
         try:
             members = await self._request(None, lambda: self._bot.get_chat_administrators(chat_id))
         except TelegramError as error:
             logger.warning(
-                "telegram: could not read the administrators of %d (%s)", chat_id, type(error).__name__
+                "telegram: could not read the administrators of %d (%s); asking again in %g s",
+                chat_id,
+                type(error).__name__,
+                self._chat_admins.ttl_s,
             )
+            self._chat_admins.store(chat_id, self._chat_admins.known(chat_id))
             return
         self._chat_admins.store(chat_id, frozenset(member.user.id for member in members))
 

@@ -25,15 +25,21 @@ def to_event(
     bot_username: str,
     admins: Collection[int],
     is_chat_admin: AdminLookup,
+    *,
+    sees_all_messages: bool = True,
 ) -> ChatEvent | None:
-    """The `ChatEvent` for a new text message addressed to the bot, else None.
+    """The `ChatEvent` for a new text message from a person, else None.
 
-    Private chats: every text message. Groups: messages that mention @bot_username, reply to one of
-    the bot's messages, or start with a command (`/cmd`, `/cmd@bot_username`; `/cmd@OtherBot` is
-    not ours). The mention is removed from the text, so `@Bot /reset` is the command `/reset`.
-    Admins: the user of a private chat, ids in `admins`, an anonymous admin posting as the group,
-    or whoever `is_chat_admin(chat_id, user_id)` says. Anything else (edits, media, service
-    messages, other bots) gives None.
+    Private chats: every text message. Groups: every text message too, `addressed` when it
+    mentions @bot_username, replies to one of the bot's messages, or starts with a command (`/cmd`,
+    `/cmd@bot_username`); `/cmd@OtherBot` is not ours and gives None. The mention is removed from
+    the text, so `@Bot /reset` is the command `/reset`. Edits, media, service messages and other
+    bots give None.
+
+    Staff (`is_staff`): ids in `admins`, an anonymous admin posting as the group, or whoever
+    `is_chat_admin(chat_id, user_id)` says (groups only). Admins (`is_admin`): staff, and the user
+    of a private chat. `sees_all_messages` (getMe's `can_read_all_group_messages`: False in privacy
+    mode) is passed on for group messages; a private chat delivers everything.
     """
     message = update.message
     if message is None or message.text is None:
@@ -54,8 +60,7 @@ def to_event(
     if command_target and command_target.lower() != bot_username.lower():
         return None
     mentioned = _mentions(message, bot_username)
-    if not direct and not (command_target is not None or mentioned or _replies_to_bot(message, bot_username)):
-        return None
+    addressed = direct or command_target is not None or mentioned or _replies_to_bot(message, bot_username)
     text = _strip_mention(message.text, bot_username) if mentioned else message.text
 
     channel = str(chat.id)
@@ -65,19 +70,22 @@ def to_event(
         author_name = message.sender_chat.title or "Anonymous admin"
     else:
         author_name = sender.full_name
-    is_admin = direct or anonymous_admin or sender.id in admins or is_chat_admin(chat.id, sender.id)
+    is_staff = anonymous_admin or sender.id in admins or (not direct and is_chat_admin(chat.id, sender.id))
     return ChatEvent(
         platform=PLATFORM,
         channel=channel,
         author_id=str(sender.id),
         author_name=author_name,
         text=text,
-        is_admin=is_admin,
+        is_admin=direct or is_staff,
         is_direct=direct,
         # Qualified by the chat: a supergroup numbers its messages from 1 again, and a group upgraded
         # to one moves its history into the new chat's channel, where the two numberings meet. The
         # old group's redelivered updates (mapped to the new channel) still find their stored copy.
         message_id=f"{chat.id}:{message.message_id}",
+        is_staff=is_staff,
+        addressed=addressed,
+        sees_all_messages=direct or sees_all_messages,
     )
 
 

@@ -180,6 +180,8 @@ def build_chat_router(
             raise HTTPException(403, "wrong admin key")
 
     def to_event(request: Request, channel_id: str, body: MessageIn, *, is_admin: bool) -> ChatEvent:
+        """The event of a request: staff with the admin key (past access lists and quotas); the
+        holder of a private channel is admin of it (`is_admin`), not staff."""
         return ChatEvent(
             platform=PLATFORM,
             channel=channel_id,
@@ -189,6 +191,7 @@ def build_chat_router(
             is_admin=is_admin,
             is_direct=True,
             message_id=body.message_id,
+            is_staff=admin_token_ok(request),
         )
 
     def submit(event: ChatEvent) -> Reply:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import signal
@@ -12,6 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from adapters.console import ConsoleAdapter
+from tests.adapters.doubles import IgnoresUnaddressed
+from tests.conftest import EngineFactory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,6 +68,22 @@ def test_commands_work_in_the_terminal(tmp_path: Path) -> None:
     assert lines[2] == "echo[0]: again"
     assert lines[3] == "Temperature set to 0 for this chat."
     assert lines[4] == "Temperature (this chat's): 0"
+
+
+async def test_the_terminals_user_is_the_operator_admin_and_staff(make_engine: EngineFactory) -> None:
+    service = IgnoresUnaddressed(await make_engine())
+    stdout = io.StringIO()
+    console = ConsoleAdapter(service, stdin=io.BytesIO(b"hi\n"), stdout=stdout, interactive=False)
+    await console.run()
+    assert stdout.getvalue() == "echo[0]: hi\n"
+    (event,) = service.events
+    assert (event.is_admin, event.is_staff, event.is_direct, event.addressed, event.rate_limited) == (
+        True,
+        True,
+        True,
+        True,
+        False,
+    )
 
 
 def test_garbage_input_does_not_crash_the_chat(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import SimpleNamespace
 from typing import Any
@@ -20,11 +21,11 @@ from adapters.discord import MESSAGE_LIMIT, DiscordAdapter, create, discord_piec
 from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
 from bot.config import DiscordConfig, Settings
-from bot.engine import ChatEngine
 from bot.errors import ChinwagError
-from bot.ports import LastAnsweredIds, SamplingSettings
+from bot.ports import ChatService, LastAnsweredIds, SamplingSettings
 from storage.db import Database
 from storage.repository import ChatRepository
+from tests.adapters.doubles import NEEDS_ENGINE_IGNORED, IgnoresUnaddressed
 from tests.adapters.test_discord_events import LONG_TEXT, undo_fences
 from tests.conftest import EngineFactory
 from tests.fakes.discord_server import (
@@ -32,6 +33,7 @@ from tests.fakes.discord_server import (
     BOT_ID,
     MANAGE_GUILD,
     MANAGER_ROLE,
+    MEMBER_ROLE,
     FakeDiscord,
 )
 from tests.fakes.waiting import ReplyLog, wait_until
@@ -57,7 +59,7 @@ async def start_adapter(fake: FakeDiscord, make_engine: EngineFactory) -> AsyncI
     adapters: list[DiscordAdapter] = []
 
     async def start(
-        engine: ChatEngine | None = None, *, last_seen: LastAnsweredIds | None = None, **options: Any
+        engine: ChatService | None = None, *, last_seen: LastAnsweredIds | None = None, **options: Any
     ) -> DiscordAdapter:
         """`options` are `discord:` config keys."""
         options.setdefault("edit_interval_s", 0.2)
@@ -114,9 +116,12 @@ async def test_a_dm_is_answered(fake: FakeDiscord, start_adapter: StartAdapter) 
 
 
 async def test_guild_answers_only_mentions_replies_and_commands(
-    fake: FakeDiscord, start_adapter: StartAdapter
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
 ) -> None:
-    await start_adapter()
+    # The engine's part (unaddressed chatter is IGNORED outside `/listen all`) is played by the
+    # double: see test_the_engine_leaves_guild_chatter_unanswered for the real engine.
+    service = IgnoresUnaddressed(await make_engine())
+    await start_adapter(service)
     fake.push_message(GENERAL, "just chatting", guild=True)
     question = fake.push_message(GENERAL, mention("hello"), guild=True)
     [first] = await replies(fake, GENERAL, 1)
@@ -133,6 +138,73 @@ async def test_guild_answers_only_mentions_replies_and_commands(
     # the other bot's command or to the bot would have been posted before it.
     fake.push_message(GENERAL, mention("marker"), guild=True)
     assert (await replies(fake, GENERAL, 4))[3:] == ["echo[4]: marker"]
+    # The chatter reached the engine, marked; the other bot's message did not.
+    assert [event.text for event in service.unaddressed] == ["just chatting", "/play some music"]
+    assert len(service.events) == 6
+
+
+@NEEDS_ENGINE_IGNORED
+async def test_the_engine_leaves_guild_chatter_unanswered(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    fake.push_message(GENERAL, "just chatting", guild=True)
+    fake.push_message(GENERAL, mention("marker"), guild=True)
+    # The channel is answered in order: an answer to the chatter would come first.
+    assert await replies(fake, GENERAL, 1) == ["echo[0]: marker"]
+
+
+async def test_an_ignored_guild_message_posts_nothing_and_shows_no_typing(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    hold = asyncio.Event()
+    service = IgnoresUnaddressed(await make_engine(), hold=hold)
+    await start_adapter(service, typing_interval_s=0.2)
+    fake.push_message(GENERAL, "just chatting", guild=True)
+    await wait_until(lambda: len(service.unaddressed) == 1, what="the chatter reaches the engine")
+    (event,) = service.unaddressed
+    assert (event.channel, event.text, event.addressed, event.is_direct) == (
+        str(GENERAL),
+        "just chatting",
+        False,
+        False,
+    )
+    # While the engine holds the reply undecided, a DM is answered; the channel sees no typing
+    # and no message for it.
+    fake.push_message(DM, "meanwhile")
+    assert await replies(fake, DM, 1) == ["echo[0]: meanwhile"]
+    assert [channel for channel, _ in fake.typing if channel == GENERAL] == []
+    released = time.monotonic()  # the fake's clock
+    hold.set()
+    fake.push_message(GENERAL, mention("and now?"), guild=True)
+    assert await replies(fake, GENERAL, 1) == ["echo[0]: and now?"]
+    assert all(at > released for channel, at in fake.typing if channel == GENERAL)
+
+
+async def test_guild_events_carry_the_authors_roles_and_staff(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    fake.give_roles(42, MEMBER_ROLE)  # cached from GUILD_CREATE, roles from each message
+    fake.give_roles(44, MEMBER_ROLE, MANAGER_ROLE, name="Mia")
+    service = IgnoresUnaddressed(await make_engine())
+    await start_adapter(service)
+    fake.push_message(GENERAL, "chatter", guild=True, user_id=42)
+    fake.push_message(GENERAL, "chatter", guild=True, user_id=43, name="Bob")
+    fake.push_message(GENERAL, "chatter", guild=True, user_id=44, name="Mia")
+    fake.push_message(GENERAL, "chatter", guild=True, user_id=45, roles=(ADMIN_ROLE,))
+    fake.push_message(GENERAL, "chatter", guild=True, user_id=ADMIN_IN_CONFIG)
+    fake.push_message(DM, "hi", user_id=ADMIN_IN_CONFIG + 1)
+    await wait_until(lambda: len(service.events) == 6, what="every message reaches the engine")
+    facts = [(event.author_id, event.roles, event.is_staff, event.is_admin) for event in service.events]
+    assert facts == [
+        ("42", (str(MEMBER_ROLE),), False, False),
+        ("43", (), False, False),
+        ("44", (str(MANAGER_ROLE), str(MEMBER_ROLE)), True, True),  # Manage Server
+        ("45", (str(ADMIN_ROLE),), True, True),  # Administrator
+        (str(ADMIN_IN_CONFIG), (), True, True),  # configured
+        (str(ADMIN_IN_CONFIG + 1), (), False, True),  # admin of their own DM, not staff
+    ]
+    assert [event.addressed for event in service.events] == [False] * 5 + [True]
 
 
 async def test_reset_by_a_manager_clears_and_by_a_member_is_refused(
@@ -285,7 +357,7 @@ async def test_an_event_the_library_cannot_parse_does_not_stop_receiving(
 
 
 async def test_backfill_answers_what_arrived_while_the_bot_was_away(
-    fake: FakeDiscord, start_adapter: StartAdapter
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
 ) -> None:
     seen = fake.push_message(GENERAL, mention("old"), guild=True, deliver=False)
     fake.push_message(GENERAL, "not for me", guild=True, deliver=False)
@@ -294,8 +366,11 @@ async def test_backfill_answers_what_arrived_while_the_bot_was_away(
     async def last_seen() -> Mapping[str, str]:
         return {str(GENERAL): seen["id"]}
 
-    await start_adapter(last_seen=last_seen)
+    service = IgnoresUnaddressed(await make_engine())
+    await start_adapter(service, last_seen=last_seen)
     assert await replies(fake, GENERAL, 1) == ["echo[0]: missed"]
+    # Backfill hands over only addressed messages: the chatter never reached the engine.
+    assert [(event.text, event.redelivered) for event in service.events] == [("missed", True)]
 
 
 async def test_slash_commands_are_synced_and_answered(fake: FakeDiscord, start_adapter: StartAdapter) -> None:
@@ -313,6 +388,23 @@ async def test_slash_commands_are_synced_and_answered(fake: FakeDiscord, start_a
     fake.push_interaction(DM, "temperature", {"value": "0.3"}, guild=False)
     await fake.wait_for(lambda: len(fake.interaction_responses) == 6, 5)
     assert "0.3" in fake.interaction_responses[5]["data"]["content"]
+
+
+async def test_slash_commands_carry_the_authors_roles_and_staff(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    service = IgnoresUnaddressed(await make_engine())
+    await start_adapter(service)
+    fake.push_interaction(GENERAL, "help", roles=(MEMBER_ROLE,))
+    fake.push_interaction(GENERAL, "help", user_id=44, permissions=MANAGE_GUILD)
+    fake.push_interaction(DM, "help", guild=False)
+    await wait_until(lambda: len(service.events) == 3, what="the commands reach the engine")
+    facts = [(event.roles, event.is_staff, event.is_admin, event.addressed) for event in service.events]
+    assert facts == [
+        ((str(MEMBER_ROLE),), False, False, True),
+        ((), True, True, True),  # Manage Server
+        ((), False, True, True),  # admin of their own DM, not staff
+    ]
 
 
 # --- lifecycle and secrets ---------------------------------------------------------------------

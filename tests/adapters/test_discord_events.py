@@ -14,6 +14,9 @@ from tests.fakes.discord_server import (
     BOT_ID,
     GUILD_ID,
     MANAGER_ROLE,
+    MEMBER_ROLE,
+    OWNER_ID,
+    UNKNOWN_ROLE,
     guild_payload,
     message_payload,
     user_payload,
@@ -142,13 +145,25 @@ def converted(payload: dict[str, Any], channels: frozenset[int] = frozenset()) -
     return to_event(recorded(payload), BOT_ID, frozenset({ADMIN_IN_CONFIG}), channels)
 
 
-def addressed(payload: dict[str, Any], channels: frozenset[int] = frozenset()) -> ChatEvent:
+def an_event(payload: dict[str, Any], channels: frozenset[int] = frozenset()) -> ChatEvent:
     event = converted(payload, channels)
-    assert event is not None, "the bot should answer this message"
+    assert event is not None, "this message should become an event"
     return event
 
 
-def test_a_recorded_dm_is_addressed_to_the_bot_by_an_admin() -> None:
+def addressed(payload: dict[str, Any], channels: frozenset[int] = frozenset()) -> ChatEvent:
+    event = an_event(payload, channels)
+    assert event.addressed, "this message should be addressed to the bot"
+    return event
+
+
+def unaddressed(payload: dict[str, Any], channels: frozenset[int] = frozenset()) -> ChatEvent:
+    event = an_event(payload, channels)
+    assert not event.addressed, "this message should not be addressed to the bot"
+    return event
+
+
+def test_a_recorded_dm_is_addressed_to_the_bot_by_an_admin_who_is_not_staff() -> None:
     event = addressed(RECORDED_DM)
     assert event == ChatEvent(
         platform="discord",
@@ -159,6 +174,9 @@ def test_a_recorded_dm_is_addressed_to_the_bot_by_an_admin() -> None:
         is_admin=True,
         is_direct=True,
         message_id="1441121943068160071",
+        is_staff=False,  # admin in their own DM only
+        roles=(),
+        addressed=True,
     )
 
 
@@ -171,21 +189,29 @@ def test_a_recorded_guild_mention_loses_the_mention_and_knows_the_manager() -> N
         False,
         True,  # the Managers role has Manage Server
     )
+    assert event.is_staff and event.roles == (str(MANAGER_ROLE),) and event.addressed
 
 
-def test_guild_messages_need_a_mention_a_reply_or_a_command() -> None:
-    assert converted(guild_message("chatting")) is None
+def test_guild_messages_are_addressed_by_a_mention_a_reply_a_command_or_the_channel() -> None:
+    chatter = unaddressed(guild_message("chatting"))
+    assert (chatter.text, chatter.is_direct, chatter.is_admin, chatter.is_staff) == (
+        "chatting",
+        False,
+        False,
+        False,
+    )
     assert addressed(guild_message("chatting"), channels=frozenset({GENERAL})).text == "chatting"
     mentioned = addressed(guild_message(f"<@{BOT_ID}>  what's up?"))
     assert (mentioned.text, mentioned.is_direct, mentioned.is_admin) == ("what's up?", False, False)
     assert addressed(guild_message(f"hey <@!{BOT_ID}>, hi")).text == "hey , hi"
     assert addressed(guild_message(f"<@{BOT_ID}> /reset")).text == "/reset"
     assert addressed(guild_message("/temperature 0.2")).text == "/temperature 0.2"
-    assert converted(guild_message("/play song")) is None  # another bot's command
+    assert unaddressed(guild_message("/play song")).text == "/play song"  # another bot's command
     bot_message = message_payload(GENERAL, "earlier", author=BOT)
     assert addressed(guild_message("follow-up", referenced=bot_message)).text == "follow-up"
     other = message_payload(GENERAL, "earlier", author=user_payload(9, "Bob"))
-    assert converted(guild_message("follow-up", referenced=other)) is None
+    assert unaddressed(guild_message("follow-up", referenced=other)).text == "follow-up"
+    assert unaddressed(guild_message("  spaced  ")).text == "spaced"
 
 
 def test_bots_and_service_messages_are_ignored() -> None:
@@ -201,6 +227,40 @@ def test_guild_admins_are_managers_administrators_and_configured_ids() -> None:
     assert addressed(guild_message(text, roles=(ADMIN_ROLE,))).is_admin
     assert addressed(guild_message(text, author=user_payload(ADMIN_IN_CONFIG, "Cfg"))).is_admin
     assert not addressed(guild_message(text)).is_admin
+
+
+def test_guild_staff_are_managers_administrators_owner_and_configured_ids_in_any_message() -> None:
+    for text in ("chatting", f"<@{BOT_ID}> hi"):
+        staff = [
+            (event.is_admin, event.is_staff)
+            for event in (
+                an_event(guild_message(text, roles=(MANAGER_ROLE,))),
+                an_event(guild_message(text, roles=(ADMIN_ROLE,))),
+                an_event(guild_message(text, author=user_payload(OWNER_ID, "Owner"))),
+                an_event(guild_message(text, author=user_payload(ADMIN_IN_CONFIG, "Cfg"))),
+                an_event(guild_message(text, roles=(MEMBER_ROLE,))),
+                an_event(guild_message(text)),
+            )
+        ]
+        assert staff == [(True, True)] * 4 + [(False, False)] * 2, text
+
+
+def test_dm_users_are_admins_but_staff_only_when_configured() -> None:
+    dm = an_event(message_payload(DM, "hi", author=ALICE))
+    assert (dm.is_admin, dm.is_staff, dm.roles) == (True, False, ())
+    configured = an_event(message_payload(DM, "hi", author=user_payload(ADMIN_IN_CONFIG, "Cfg")))
+    assert (configured.is_admin, configured.is_staff) == (True, True)
+
+
+def test_roles_are_the_members_role_ids_without_everyone() -> None:
+    event = an_event(guild_message("chatting", roles=(MEMBER_ROLE, MANAGER_ROLE)))
+    # discord.py sorts a member's roles by position (lowest first) and adds @everyone, whose id
+    # is the guild's: it is left out.
+    assert event.roles == (str(MANAGER_ROLE), str(MEMBER_ROLE))
+    assert str(GUILD_ID) not in event.roles
+    assert an_event(guild_message("chatting")).roles == ()
+    # A role id the guild's role cache does not know (no GUILD_CREATE named it) is left out.
+    assert an_event(guild_message("chatting", roles=(UNKNOWN_ROLE, MEMBER_ROLE))).roles == (str(MEMBER_ROLE),)
 
 
 # --- splitting ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -21,13 +22,13 @@ from adapters.telegram_format import telegram_html_pieces, visible_text
 from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
 from bot.config import Settings, TelegramConfig
-from bot.engine import ChatEngine
 from bot.errors import ChinwagError
-from bot.ports import ClaimRole, SamplingSettings
+from bot.ports import ChatService, ClaimRole, InboxItem, SamplingSettings
 from storage.db import Database
 from storage.inbox import UpdateInbox
 from storage.locks import claim_exclusive
 from storage.repository import ChatRepository
+from tests.adapters.doubles import NEEDS_ENGINE_IGNORED, IgnoresUnaddressed
 from tests.bot.doubles import SlowEchoBackend
 from tests.conftest import EngineFactory
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
@@ -53,7 +54,7 @@ async def start_adapter(
     """Start adapters on the shared database (each with its own engine unless one is given)."""
     adapters: list[TelegramAdapter] = []
 
-    async def start(engine: ChatEngine | None = None, **options: Any) -> TelegramAdapter:
+    async def start(engine: ChatService | None = None, **options: Any) -> TelegramAdapter:
         options.setdefault("poll_timeout_s", 1)
         options.setdefault("edit_interval_s", 0.2)
         config = TelegramConfig(
@@ -97,9 +98,12 @@ async def test_private_message_is_answered(fake: FakeTelegram, start_adapter: St
 
 
 async def test_group_answers_only_mentions_replies_and_commands(
-    fake: FakeTelegram, start_adapter: StartAdapter
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
 ) -> None:
-    await start_adapter()
+    # The engine's part (unaddressed chatter is IGNORED outside `/listen all`) is played by the
+    # double: see test_the_engine_leaves_group_chatter_unanswered for the real engine.
+    service = IgnoresUnaddressed(await make_engine())
+    await start_adapter(service)
     fake.push_message(GROUP, "just chatting")
     fake.push_message(GROUP, "/help@SomeOtherBot")
     asked = fake.push_message(GROUP, f"@{BOT_USERNAME} what is tea?")
@@ -114,6 +118,64 @@ async def test_group_answers_only_mentions_replies_and_commands(
     assert texts[1] == "echo[2]: tell me more"
     assert "/reset" in texts[2]
     assert len(fake.texts(GROUP)) == 3
+    # The chatter reached the engine, marked; another bot's command did not.
+    assert [event.text for event in service.unaddressed] == ["just chatting", "ignored again"]
+    assert [event.text for event in service.events if event.addressed] == [
+        "what is tea?",
+        "tell me more",
+        f"/help@{BOT_USERNAME}",
+    ]
+
+
+@NEEDS_ENGINE_IGNORED
+async def test_the_engine_leaves_group_chatter_unanswered(
+    fake: FakeTelegram, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    fake.push_message(GROUP, "just chatting")
+    fake.push_message(GROUP, f"@{BOT_USERNAME} marker")
+    # The group's messages are answered in order: an answer to the chatter would come first.
+    assert await replies(fake, GROUP, 1) == ["echo[0]: marker"]
+
+
+async def test_unaddressed_group_messages_go_to_the_engine_and_an_ignored_one_posts_nothing(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory, database: Database
+) -> None:
+    hold = asyncio.Event()
+    service = IgnoresUnaddressed(await make_engine(), hold=hold)
+    await start_adapter(service)
+    chatter = fake.push_message(GROUP, "lovely weather", user_id=42)
+    await wait_until(lambda: len(service.unaddressed) == 1, what="the chatter reaches the engine")
+    (event,) = service.unaddressed
+    assert (event.channel, event.text, event.addressed, event.is_direct) == (
+        str(GROUP),
+        "lovely weather",
+        False,
+        False,
+    )
+    assert (event.is_admin, event.is_staff, event.sees_all_messages) == (False, False, False)
+    # While the engine holds the reply undecided, another chat is answered; the group sees no
+    # typing and no message for it.
+    fake.push_message(111, "meanwhile")
+    assert await replies(fake, 111, 1) == ["echo[0]: meanwhile"]
+    assert [call for call in fake.calls_to("sendChatAction") if call.params["chat_id"] == GROUP] == []
+    inbox = UpdateInbox(database, "telegram")
+    assert await inbox.state(int(chatter["update_id"])) == "pending"  # not done before its reply is
+    released = time.monotonic()  # the fake's clock
+    hold.set()
+
+    async def chatter_done() -> bool:
+        return await inbox.state(int(chatter["update_id"])) == "done"
+
+    await wait_until(chatter_done, what="the ignored update is marked done")
+    asked = fake.push_message(GROUP, f"@{BOT_USERNAME} and now?", user_id=42)
+    assert await replies(fake, GROUP, 1) == ["echo[0]: and now?"]
+    assert fake.sent[-1].reply_to == asked["message"]["message_id"]
+    assert [call.params["chat_id"] for call in fake.calls_to("sendMessage")] == [111, GROUP]
+    # Typing in the group, if any, was for the answer.
+    assert all(
+        call.at > released for call in fake.calls_to("sendChatAction") if call.params["chat_id"] == GROUP
+    )
 
 
 async def test_reset_by_group_admin_clears_and_by_others_is_refused(
@@ -137,6 +199,120 @@ async def test_reset_by_group_admin_clears_and_by_others_is_refused(
     fake.push_message(GROUP, f"@{BOT_USERNAME} fresh start", user_id=42)
     assert (await replies(fake, GROUP, 6))[5] == "echo[0]: fresh start"
     assert len(fake.calls_to("getChatAdministrators")) == 1  # cached
+
+
+async def test_group_staff_is_known_for_every_message_with_one_admin_lookup_per_group(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    """Staff pass the access lists and quotas, so every group message needs the chat's
+    administrators; a burst asks Telegram once per group (per `admin_cache_s`)."""
+    other_group = -1001000000002
+    fake.admins[GROUP] = {7}
+    fake.admins[other_group] = {42}
+    service = IgnoresUnaddressed(await make_engine())
+    await start_adapter(service)
+    for round_ in range(5):
+        for user_id in (42, 7, ADMIN_IN_CONFIG):
+            fake.push_message(GROUP, f"chatter {round_} from {user_id}", user_id=user_id)
+        fake.push_message(other_group, f"chatter {round_}", user_id=42)
+    fake.push_message(111, "private", user_id=111)
+    fake.push_message(GROUP, f"@{BOT_USERNAME} addressed", user_id=7)
+    await wait_until(lambda: len(service.events) == 22, what="every message reaches the engine")
+    assert await replies(fake, GROUP, 1) == ["echo[0]: addressed"]
+
+    asked = sorted(call.params["chat_id"] for call in fake.calls_to("getChatAdministrators"))
+    assert asked == sorted([GROUP, other_group])  # once per group; never for a private chat
+    staff = {(event.channel, event.author_id): event.is_staff for event in service.events}
+    assert staff == {
+        (str(GROUP), "42"): False,
+        (str(GROUP), "7"): True,  # a chat administrator
+        (str(GROUP), str(ADMIN_IN_CONFIG)): True,  # configured
+        (str(other_group), "42"): True,  # administrators are per group
+        ("111", "111"): False,  # the user of a private chat is admin there, not staff
+    }
+    private = next(event for event in service.events if event.is_direct)
+    assert private.is_admin and private.sees_all_messages
+
+
+async def test_a_zero_admin_cache_asks_for_every_group_message(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    service = IgnoresUnaddressed(await make_engine())
+    await start_adapter(service, admin_cache_s=0.0)
+    for n in range(3):
+        fake.push_message(GROUP, f"chatter {n}", user_id=42)
+    fake.push_message(GROUP, "from a configured admin", user_id=ADMIN_IN_CONFIG)  # known: not asked
+    await wait_until(lambda: len(service.events) == 4, what="every message reaches the engine")
+    assert len(fake.calls_to("getChatAdministrators")) == 3
+
+
+async def test_a_failed_admin_lookup_is_logged_once_and_loses_no_message(
+    fake: FakeTelegram,
+    start_adapter: StartAdapter,
+    make_engine: EngineFactory,
+    database: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake.admins[GROUP] = {7}
+    fake.fail_next("getChatAdministrators", status=400, description="Bad Request: chat not found")
+    service = IgnoresUnaddressed(await make_engine())
+    await start_adapter(service)
+    with caplog.at_level(logging.WARNING, logger="adapters.telegram"):
+        pushed = [fake.push_message(GROUP, f"chatter {n}", user_id=7) for n in range(3)]
+        fake.push_message(GROUP, f"@{BOT_USERNAME} still answered?", user_id=7)
+        assert await replies(fake, GROUP, 1) == ["echo[0]: still answered?"]
+    assert len(service.events) == 4
+    assert not any(event.is_staff for event in service.events)  # not known to be staff
+    assert len(fake.calls_to("getChatAdministrators")) == 1  # not asked again at every message
+    failures = [r for r in caplog.records if "could not read the administrators" in r.getMessage()]
+    assert len(failures) == 1
+    inbox = UpdateInbox(database, "telegram")
+
+    async def all_done() -> bool:
+        return all([await inbox.state(int(update["update_id"])) == "done" for update in pushed])
+
+    await wait_until(all_done, what="the unaddressed updates are marked done")
+
+
+async def test_group_events_say_whether_getme_lets_the_bot_read_all_group_messages(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    fake.can_read_all_group_messages = True  # privacy mode off (BotFather's /setprivacy)
+    service = IgnoresUnaddressed(await make_engine())
+    await start_adapter(service)
+    fake.push_message(GROUP, "chatter")
+    await wait_until(lambda: len(service.events) == 1, what="the chatter reaches the engine")
+    assert service.events[0].sees_all_messages and not service.events[0].addressed
+
+
+async def test_an_unaddressed_update_left_pending_by_a_crash_is_handled_at_the_next_start(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory, database: Database
+) -> None:
+    """kill -9 safety holds for unaddressed messages too: one stored but not done is handed to
+    the engine again (redelivered) at the next start, then marked done."""
+    inbox = UpdateInbox(database, "telegram")
+    update = {
+        "update_id": 50,
+        "message": {
+            "message_id": 3,
+            "date": 1,
+            "chat": {"id": GROUP, "type": "supergroup", "title": "Group"},
+            "from": {"id": 42, "is_bot": False, "first_name": "Alice"},
+            "text": "chatter before the crash",
+        },
+    }
+    await inbox.add([InboxItem(50, update)])
+    service = IgnoresUnaddressed(await make_engine())
+    await start_adapter(service)
+    await wait_until(lambda: len(service.events) == 1, what="the pending update reaches the engine")
+    (event,) = service.events
+    assert (event.text, event.addressed, event.redelivered) == ("chatter before the crash", False, True)
+
+    async def done() -> bool:
+        return await inbox.state(50) == "done"
+
+    await wait_until(done, what="the recovered update is marked done")
+    assert fake.sent == []
 
 
 async def test_anonymous_group_admin_may_reset(fake: FakeTelegram, start_adapter: StartAdapter) -> None:
@@ -427,7 +603,7 @@ def test_create_passes_the_configured_timings() -> None:
     assert adapter is not None
     pacing = adapter._pacing
     assert (adapter._poll_timeout_s, pacing.edit_interval_s, pacing.typing_interval_s) == (7, 0.5, 2.0)
-    assert (adapter._chat_admins._ttl_s, adapter._drain_s) == (0.0, 3.0)
+    assert (adapter._chat_admins.ttl_s, adapter._drain_s) == (0.0, 3.0)
 
 
 async def test_edits_stickers_and_strange_updates_are_skipped_without_harm(

@@ -18,6 +18,7 @@ from bot.engine import RESET_SKIPPED_REPLY
 from bot.errors import ChinwagError, StorageError
 from bot.ports import SamplingSettings, StoredMessage
 from storage.repository import ChatRepository
+from tests.adapters.doubles import IgnoresUnaddressed
 from tests.conftest import EngineFactory
 from tests.fakes.web_harness import read_sse, running_web, web_client
 
@@ -131,6 +132,35 @@ async def test_a_private_channel_is_its_holders_to_clear_and_configure(
     assert (await repository.get_settings("web:shared")).temperature is None
     assert is_private_channel(PRIVATE)
     assert not is_private_channel("p-short") and not is_private_channel("room-1")
+
+
+async def test_the_admin_key_makes_staff_and_a_private_channel_only_its_admin(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    """Staff pass the access lists and quotas: whoever holds the admin key. The holder of a
+    private channel may run its admin commands, and is not staff by that."""
+    service = IgnoresUnaddressed(await make_engine())
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    async with (
+        running_web(service, repository, admin_api_key=ADMIN_KEY) as web,
+        web_client(web) as client,
+    ):
+        await client.post("/api/channels/room-1/messages", json={"text": "anyone"})
+        await client.post("/api/channels/room-1/messages", json={"text": "with the key"}, headers=admin)
+        await client.post(f"/api/channels/{PRIVATE}/messages", json={"text": "my own"})
+        await client.post(f"/api/channels/{PRIVATE}/messages", json={"text": "mine, keyed"}, headers=admin)
+        await client.post(f"/api/channels/{PRIVATE}/reset")
+        await client.post("/api/channels/room-1/reset", headers=admin)
+    facts = [(event.text, event.is_admin, event.is_staff) for event in service.events]
+    assert facts == [
+        ("anyone", False, False),
+        ("with the key", True, True),
+        ("my own", True, False),
+        ("mine, keyed", True, True),
+        ("/reset", True, False),  # the private channel's holder
+        ("/reset", True, True),  # with the key
+    ]
+    assert all(event.addressed and event.roles == () for event in service.events)
 
 
 class HeldEcho(EchoBackend):

@@ -28,6 +28,8 @@ OWNER_ID = 900_000_000_000_000_003
 GUILD_ID = 800_000_000_000_000_001
 MANAGER_ROLE = 800_000_000_000_000_002  # Manage Server
 ADMIN_ROLE = 800_000_000_000_000_003  # Administrator
+MEMBER_ROLE = 800_000_000_000_000_004  # "Regulars": no admin bits (for access by role)
+UNKNOWN_ROLE = 800_000_000_000_000_099  # a role id no GUILD_CREATE names
 DISCORD_EPOCH_MS = 1_420_070_400_000
 MANAGE_GUILD = 1 << 5
 ADMINISTRATOR = 1 << 3
@@ -88,8 +90,30 @@ def user_payload(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any
     }
 
 
-def guild_payload(guild_id: int = GUILD_ID, channel_ids: tuple[int, ...] = ()) -> dict[str, Any]:
-    """A GUILD_CREATE body: @everyone (id = guild id), a Manage Server role, an Administrator role."""
+def member_payload(user: dict[str, Any] | None, roles: tuple[int, ...] = ()) -> dict[str, Any]:
+    """A guild member object with the given role ids (without @everyone, as Discord sends it): with
+    `user` as in GUILD_CREATE's members, without as in MESSAGE_CREATE's `member`. discord.py
+    requires `roles` and `flags`."""
+    member: dict[str, Any] = {
+        "roles": [str(role) for role in roles],
+        "flags": 0,
+        "joined_at": "2024-01-01T00:00:00+00:00",
+        "deaf": False,
+        "mute": False,
+    }
+    if user is not None:
+        member["user"] = user
+    return member
+
+
+def guild_payload(
+    guild_id: int = GUILD_ID,
+    channel_ids: tuple[int, ...] = (),
+    members: tuple[dict[str, Any], ...] = (),
+) -> dict[str, Any]:
+    """A GUILD_CREATE body: @everyone (id = guild id), a Manage Server role, an Administrator role
+    and a plain member role (`MEMBER_ROLE`); `members` (see `member_payload`) are cached by the
+    client with their roles."""
 
     def role(role_id: int, name: str, permissions: int, position: int) -> dict[str, Any]:
         return {
@@ -109,12 +133,13 @@ def guild_payload(guild_id: int = GUILD_ID, channel_ids: tuple[int, ...] = ()) -
         "name": "Test server",
         "owner_id": str(OWNER_ID),
         "unavailable": False,
-        "member_count": 3,
+        "member_count": 3 + len(members),
         "features": [],
         "roles": [
             role(guild_id, "@everyone", EVERYONE_PERMISSIONS, 0),
             role(MANAGER_ROLE, "Managers", EVERYONE_PERMISSIONS | MANAGE_GUILD, 1),
             role(ADMIN_ROLE, "Admins", ADMINISTRATOR, 2),
+            role(MEMBER_ROLE, "Regulars", EVERYONE_PERMISSIONS, 3),
         ],
         "channels": [
             {
@@ -127,7 +152,7 @@ def guild_payload(guild_id: int = GUILD_ID, channel_ids: tuple[int, ...] = ()) -
             }
             for index, channel_id in enumerate(channel_ids)
         ],
-        "members": [],
+        "members": list(members),
         "presences": [],
         "threads": [],
         "voice_states": [],
@@ -169,13 +194,7 @@ def message_payload(
     }
     if guild_id is not None:
         payload["guild_id"] = str(guild_id)
-        payload["member"] = {
-            "roles": [str(role) for role in roles],
-            "flags": 0,
-            "joined_at": "2024-01-01T00:00:00+00:00",
-            "deaf": False,
-            "mute": False,
-        }
+        payload["member"] = member_payload(None, roles)
     if referenced is not None:
         payload["message_reference"] = {
             "type": 0,
@@ -206,6 +225,9 @@ class FakeDiscord:
         # Every message of every channel (users' and the bot's), oldest first, for history requests.
         self.history: dict[int, list[dict[str, Any]]] = {}
         self.dm_recipients: dict[int, dict[str, Any]] = {}  # DM channel id -> the user at the other end
+        # Guild members with roles (user id -> (name, role ids)): named in GUILD_CREATE, and their
+        # messages carry those roles unless a test gives others. See `give_roles`.
+        self.members: dict[int, tuple[str, tuple[int, ...]]] = {}
         self._log: list[dict[str, Any]] = []  # the session's dispatches, for RESUME
         self._session_id = "fake-session-1"
         self._sockets: set[web.WebSocketResponse] = set()
@@ -269,7 +291,7 @@ class FakeDiscord:
         user_id: int = 42,
         name: str = "Alice",
         guild: bool = False,
-        roles: tuple[int, ...] = (),
+        roles: tuple[int, ...] | None = None,
         reply_to: SentMessage | None = None,
         bot: bool = False,
         deliver: bool = True,
@@ -277,8 +299,11 @@ class FakeDiscord:
         """A user's message: kept in the channel's history and, when `deliver`, dispatched.
 
         `<@BOT_ID>` in `content` becomes a mention of the bot (as Discord does); `guild=False`
-        makes it a DM. Returns the MESSAGE_CREATE body.
+        makes it a DM. A guild message's `member.roles` are `roles`, by default those
+        `give_roles` gave the user (none). Returns the MESSAGE_CREATE body.
         """
+        if roles is None:
+            roles = self.members.get(user_id, (name, ()))[1]
         mentions = (self.bot_user,) if f"<@{BOT_ID}>" in content else ()
         referenced = None
         if reply_to is not None:
@@ -306,6 +331,13 @@ class FakeDiscord:
             self.dispatch("MESSAGE_CREATE", payload)
         return payload
 
+    def give_roles(self, user_id: int, *roles: int, name: str = "Alice") -> None:
+        """Make `user_id` a guild member holding `roles` (role ids; the guild's are in
+        `guild_payload`): named in the next GUILD_CREATE (at IDENTIFY; no member events follow,
+        as without the privileged members intent), and the member's later messages carry the
+        roles in `member.roles`, which is what the client goes by."""
+        self.members[user_id] = (name, roles)
+
     def push_interaction(
         self,
         channel_id: int,
@@ -316,8 +348,13 @@ class FakeDiscord:
         name: str = "Alice",
         guild: bool = True,
         permissions: int = EVERYONE_PERMISSIONS,
+        roles: tuple[int, ...] | None = None,
     ) -> dict[str, Any]:
-        """A user running the slash command `command` (options: name → string value)."""
+        """A user running the slash command `command` (options: name → string value); in a guild
+        the member holds `roles` (by default those `give_roles` gave the user) and has
+        `permissions` in the channel."""
+        if roles is None:
+            roles = self.members.get(user_id, (name, ()))[1]
         user = user_payload(user_id, name)
         payload: dict[str, Any] = {
             "id": str(snowflake()),
@@ -344,15 +381,7 @@ class FakeDiscord:
         }
         if guild:
             payload["guild_id"] = str(GUILD_ID)
-            payload["member"] = {
-                "user": user,
-                "roles": [],
-                "flags": 0,
-                "permissions": str(permissions),
-                "joined_at": "2024-01-01T00:00:00+00:00",
-                "deaf": False,
-                "mute": False,
-            }
+            payload["member"] = {**member_payload(user, roles), "permissions": str(permissions)}
         else:
             payload["user"] = user
         self.dispatch("INTERACTION_CREATE", payload)
@@ -588,7 +617,11 @@ class FakeDiscord:
             self._session_id = f"fake-session-{self.identifies}"
             self._sockets.add(socket)
             self.dispatch("READY", self._ready())
-            for guild in (guild_payload(GUILD_ID, self.channel_ids),):
+            members = tuple(
+                member_payload(user_payload(user_id, name), roles)
+                for user_id, (name, roles) in self.members.items()
+            )
+            for guild in (guild_payload(GUILD_ID, self.channel_ids, members),):
                 self.dispatch("GUILD_CREATE", guild)
         elif op == 6:  # resume: replay what the client missed
             if data.get("token") != self.token or data.get("session_id") != self._session_id:

@@ -86,9 +86,18 @@ class _Fault:
 class FakeTelegram:
     """The fake server. Use `async with FakeTelegram() as fake:` and `fake.base_url`."""
 
-    def __init__(self, *, token: str = "123456:TEST-token", max_long_poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        token: str = "123456:TEST-token",
+        max_long_poll_s: float = 1.0,
+        can_read_all_group_messages: bool = False,
+    ) -> None:
         self.token = token
         self.max_long_poll_s = max_long_poll_s
+        # getMe's flag: False is privacy mode (a real server then delivers only the group messages
+        # addressed to the bot; this fake delivers whatever a test pushes either way).
+        self.can_read_all_group_messages = can_read_all_group_messages
         self.calls: list[Call] = []
         self.sent: list[SentMessage] = []
         self.commands: list[dict[str, Any]] = []
@@ -297,7 +306,7 @@ class FakeTelegram:
                         "first_name": "Chinwag",
                         "username": BOT_USERNAME,
                         "can_join_groups": True,
-                        "can_read_all_group_messages": False,
+                        "can_read_all_group_messages": self.can_read_all_group_messages,
                         "supports_inline_queries": False,
                     }
                 )
