@@ -4,18 +4,31 @@ A platform supplies a `Sink` for each reply (post, edit, typing, its limits and 
 `deliver` does the rest, the same for every platform: typing shown until the reply is done, the
 first text posted and then edited at most once per `edit_interval_s` (the platform's edit budget),
 the final text split into the platform's messages, the first of them quoting the user's message.
+
+A reply that waits in the model's queue for more than `queue_notice_after_s` (no text yet) first
+gets a placeholder, "⏳ #3 in line", edited as its place changes; its first text then edits that
+placeholder into the reply (or the reply's notice, when it ends without text).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from bot.reply import Reply
 
 M = TypeVar("M")
+
+QUEUE_NOTICE_AFTER_S = 2.0
+"""How long a reply waits in the model's queue before its place in line is shown (all platforms)."""
+
+
+def queue_notice(position: int) -> str:
+    """What a reply shows while it waits in the model's queue at `position` (1: next)."""
+    return f"⏳ #{position} in line"
 
 
 class Sink(Protocol[M]):
@@ -42,22 +55,26 @@ class Sink(Protocol[M]):
 class Pacing:
     """A platform's budget: at most one edit per `edit_interval_s`, typing renewed every
     `typing_interval_s`, and `first_post_delay_s` waited before the first post (so a quick reply
-    is posted once, complete, instead of as a message and an edit)."""
+    is posted once, complete, instead of as a message and an edit). A reply waiting in the
+    model's queue for `queue_notice_after_s` shows its place in line."""
 
     edit_interval_s: float
     typing_interval_s: float
     first_post_delay_s: float = 0.0
+    queue_notice_after_s: float = QUEUE_NOTICE_AFTER_S
 
 
 async def deliver(reply: Reply, sink: Sink[M], pacing: Pacing) -> None:
-    """Render `reply` through `sink`: typing, a streamed first message, then the split final text.
+    """Render `reply` through `sink`: typing, its place in the model's queue while it waits there
+    long, a streamed first message, then the split final text.
 
     A silent reply posts nothing. When the streamed message cannot be edited any more (deleted?),
     the whole reply is posted anew. Platform errors of `send` propagate.
     """
     typing = asyncio.create_task(keep_typing(reply, sink, pacing.typing_interval_s))
     try:
-        streamed = await _stream(reply, sink, pacing)  # unpacked apart: mypy would solve M as M | None
+        placeholder = await _wait_in_line(reply, sink, pacing)
+        streamed = await _stream(reply, sink, pacing, placeholder)  # apart: mypy would solve M as M | None
         first, shown, shown_at = streamed
         if reply.silent:
             return
@@ -86,10 +103,35 @@ _Streamed = tuple[M | None, str, float]
 """The streamed message (None when none was posted), its text, and the loop time it last changed."""
 
 
-async def _stream(reply: Reply, sink: Sink[M], pacing: Pacing) -> _Streamed[M]:
-    """Show the reply while it is produced: the first text as a message, then edits at most every
-    `edit_interval_s`. Returns that message (None if none was sent), its text and the loop time it
-    was last changed."""
+async def _wait_in_line(reply: Reply, sink: Sink[M], pacing: Pacing) -> _Streamed[M]:
+    """Until the reply's first text or its end: once it has waited `queue_notice_after_s` in the
+    model's queue, a placeholder with its place in line, posted as the reply's first message
+    would be (quoting the user's), then edited as the place changes, at most every
+    `edit_interval_s`. Returns it as the streamed message for `_stream` (None: none posted, or it
+    cannot be edited any more), its text and the loop time it was last changed."""
+    placeholder: M | None = None
+    shown = ""
+    shown_at = 0.0
+    loop = asyncio.get_running_loop()
+    async with aclosing(reply.places_in_line(pacing.queue_notice_after_s)) as places:
+        async for place in places:
+            if place is None:
+                continue  # it left the queue: the placeholder stays until the first text
+            notice = sink.pieces(queue_notice(place))[0]
+            if placeholder is None:
+                placeholder = await sink.send(notice, quote=True)
+            elif not await sink.edit(placeholder, notice):
+                return None, "", 0.0  # gone (deleted?): the reply is posted as if none was shown
+            shown, shown_at = notice, loop.time()
+            # The edit pace: the next place is read after it (or never, once text came).
+            await reply.wait_for_text(pacing.edit_interval_s)
+    return placeholder, shown, shown_at
+
+
+async def _stream(reply: Reply, sink: Sink[M], pacing: Pacing, start: _Streamed[M]) -> _Streamed[M]:
+    """Show the reply while it is produced: the first text as a message (or as an edit of the
+    placeholder `start` holds), then edits at most every `edit_interval_s`. Returns that message
+    (None if none was sent), its text and the loop time it was last changed."""
     changed = asyncio.Event()
 
     async def follow() -> None:
@@ -98,9 +140,7 @@ async def _stream(reply: Reply, sink: Sink[M], pacing: Pacing) -> _Streamed[M]:
         changed.set()
 
     reader = asyncio.create_task(follow())
-    first: M | None = None
-    shown = ""
-    shown_at = 0.0
+    first, shown, shown_at = start
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -123,8 +163,15 @@ async def _stream(reply: Reply, sink: Sink[M], pacing: Pacing) -> _Streamed[M]:
                         break
                     preview = _preview(reply, sink)
                 first = await sink.send(preview, quote=True)
-            elif not await sink.edit(first, preview):
-                break  # stop streaming into a message that cannot be edited; the end posts anew
+            else:
+                wait = shown_at + pacing.edit_interval_s - loop.time()
+                if wait > 0:  # the placeholder was edited just now
+                    await asyncio.wait({reader}, timeout=wait)
+                    if reply.done:
+                        break
+                    preview = _preview(reply, sink)
+                if not await sink.edit(first, preview):
+                    break  # stop streaming into a message that cannot be edited; the end posts anew
             shown = preview
             shown_at = loop.time()
             await asyncio.wait({reader}, timeout=pacing.edit_interval_s)

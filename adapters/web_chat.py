@@ -29,8 +29,9 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.delivery import QUEUE_NOTICE_AFTER_S
 from adapters.web_http import ClientPseudonym, bearer_token, key_matches
-from adapters.web_streams import Abandoned, OpenReplies
+from adapters.web_streams import Abandoned, InLine, OpenReplies
 from bot.errors import ChinwagError
 from bot.events import ChatEvent
 from bot.failures import CUT_RULES, SHUTDOWN_NOTICE, notice_after
@@ -126,11 +127,17 @@ def _outcome(reply: Reply) -> dict[str, str]:
     return outcome
 
 
-async def _stream_reply(replies: OpenReplies, reply: Reply, channel_key: str) -> AsyncIterator[bytes]:
-    """`reply` as Server-Sent Events: a `delta` per chunk, then `done` with its outcome."""
+async def _stream_reply(
+    replies: OpenReplies, reply: Reply, channel_key: str, queue_notice_after_s: float
+) -> AsyncIterator[bytes]:
+    """`reply` as Server-Sent Events: `queue` with its `position` while it waits long in the
+    model's queue (`null` once it left it), a `delta` per chunk, then `done` with its outcome."""
     held: str | None = None  # a chunk that may be the cut notice: sent only if text follows
     try:
-        async for chunk in replies.chunks(reply, channel_key):
+        async for chunk in replies.updates(reply, channel_key, queue_notice_after_s):
+            if isinstance(chunk, InLine):
+                yield _sse({"position": chunk.position}, event="queue")
+                continue
             if held is not None:
                 yield _sse({"delta": held})
                 held = None
@@ -161,9 +168,12 @@ def build_chat_router(
     admin_api_key: str | None,
     author_id: ClientPseudonym,
     open_replies: OpenReplies | None = None,
+    *,
+    queue_notice_after_s: float = QUEUE_NOTICE_AFTER_S,
 ) -> APIRouter:
     """The chat page at `/` and the `/api/` routes of the page and of API clients. The replies
-    clients wait for are read through `open_replies`, which the adapter drains at shutdown."""
+    clients wait for are read through `open_replies`, which the adapter drains at shutdown. A
+    streamed reply that waits in the model's queue for `queue_notice_after_s` gets its place."""
     router = APIRouter()
     replies = open_replies if open_replies is not None else OpenReplies()
 
@@ -211,12 +221,14 @@ def build_chat_router(
         """Send a message; the reply as `{"reply", "status"}`, or as Server-Sent Events
         (`data: {"delta"}` per chunk, then `event: done` with the status) with
         `Accept: text/event-stream` or `?stream=true`. A reply cut short (Stop, a timeout,
-        shutdown) also has `"cut"`; its stream leaves the cut's notice out (the page marks it)."""
+        shutdown) also has `"cut"`; its stream leaves the cut's notice out (the page marks it).
+        While a streamed reply waits long in the model's queue, `event: queue` events give its
+        place (`{"position": 3}`, 1: next), and `{"position": null}` once it left the queue."""
         is_admin = admin_token_ok(request) or is_private_channel(channel_id)
         event = to_event(request, channel_id, body, is_admin=is_admin)
         reply = submit(event)
         if _wants_stream(request, stream):
-            events = _stream_reply(replies, reply, event.channel_key)
+            events = _stream_reply(replies, reply, event.channel_key, queue_notice_after_s)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
         text = await _whole_text(replies, reply, event.channel_key)
         # A silent reply (a resent message, a dropped flood message) produces no message.

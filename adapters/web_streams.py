@@ -14,10 +14,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 
 from bot.reply import CutReason, Reply
 
 logger = logging.getLogger(__name__)
+
+_GONE = object()  # the end of an iterator, for `anext`
 
 # After the grace, how long stopped replies get to store their text and end.
 STOP_SETTLE_S = 2.0
@@ -27,6 +30,13 @@ ABANDON_SETTLE_S = 1.0
 
 class Abandoned(Exception):
     """The reply was not done when shutdown's time for it ran out."""
+
+
+@dataclass(frozen=True, slots=True)
+class InLine:
+    """The reply's place in the model's queue (1: next), None once it left it (see `updates`)."""
+
+    position: int | None
 
 
 class _Reader:
@@ -92,12 +102,39 @@ class OpenReplies:
         caller then writes its own last word. Nothing is awaited between two reads but the
         caller's own work, so a reply is never abandoned while its chunk is being written."""
         with self._tracked(channel_key) as reader:
-            chunks = aiter(reply)
-            while True:
-                async with reader.waiting():
-                    chunk = await anext(chunks, None)
-                if chunk is None:
-                    return
+            async for chunk in self._chunks(reply, reader):
+                yield chunk
+
+    @staticmethod
+    async def _chunks(reply: Reply, reader: _Reader) -> AsyncIterator[str]:
+        chunks = aiter(reply)
+        while True:
+            async with reader.waiting():
+                chunk = await anext(chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def updates(
+        self, reply: Reply, channel_key: str, queue_notice_after_s: float
+    ) -> AsyncIterator[str | InLine]:
+        """`chunks`, preceded by the reply's place in the model's queue as it changes, once it
+        has waited there `queue_notice_after_s` (`Reply.places_in_line`), and by `InLine(None)`
+        before the first chunk (or the end) when a place was given. Raises `Abandoned` as
+        `chunks` does."""
+        with self._tracked(channel_key) as reader:
+            last: int | None = None
+            async with contextlib.aclosing(reply.places_in_line(queue_notice_after_s)) as places:
+                while True:
+                    async with reader.waiting():
+                        place = await anext(places, _GONE)
+                    if place is _GONE:
+                        break
+                    last = place if isinstance(place, int) else None
+                    yield InLine(last)
+            if last is not None:
+                yield InLine(None)
+            async for chunk in self._chunks(reply, reader):
                 yield chunk
 
     async def text(self, reply: Reply, channel_key: str) -> str:

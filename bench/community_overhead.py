@@ -112,7 +112,9 @@ def run_config(config: str, args: argparse.Namespace, directory: Path) -> dict[s
     command = [sys.executable, str(Path(__file__).resolve()), "--baseline-tree", str(args.baseline_tree)]
     command += ["--worker", config, "--messages", str(args.messages), "--directory", str(directory)]
     env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        command, cwd=tree, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{config} failed:\n{done.stderr[-3000:]}")
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -122,7 +124,8 @@ def run_config(config: str, args: argparse.Namespace, directory: Path) -> dict[s
 def report(results: dict[str, dict[str, float]]) -> str:
     before = results["before"]
     lines = [
-        "| config | p50 ms/message | msg/s sequential | msg/s 10 channels | p50 vs before | msg/s vs before |",
+        "| config | p50 ms/message | msg/s sequential | msg/s 10 channels "
+        "| p50 vs before | msg/s vs before |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for config, r in results.items():
@@ -154,7 +157,9 @@ def main() -> None:
     }
     print(report(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"messages": args.messages, "rounds": rounds, "medians": results}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"messages": args.messages, "rounds": rounds, "medians": results}, indent=2) + "\n"
+    )
     print(f"written to {args.out}")
 
 

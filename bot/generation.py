@@ -1,24 +1,31 @@
 """One model generation for the engine: prepare the prompt, stream the backend's text into the
 reply under the stall timeout and the total cap, and cut it short on the user's Stop or at
 shutdown. A cut keeps the text that came (the engine stores it, marked with the reason); a
-failure leaves its notice in the reply (see bot.failures) and keeps nothing.
+failure leaves its notice in the reply (see bot.failures) and keeps nothing. Until the first text
+comes, the generation's place in the model's queue (`QueuePositions`) is kept on the reply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 
-from bot.backends.base import Backend, GenerationReport, PreparedPrompt, reporting_stream
+from bot.backends.base import Backend, GenerationReport, PreparedPrompt, QueuePositions, reporting_stream
 from bot.errors import GenerationTimeout
 from bot.failures import GENERATION_ERRORS, report_error
 from bot.metrics import EngineMetrics
 from bot.ports import Conversation, SamplingSettings
 from bot.reply import CutReason, Reply, ReplyStatus
 
+logger = logging.getLogger(__name__)
+
 SHUTDOWN_CUT = (CutReason.SHUTDOWN, "the shutdown grace ran out")
+# How often a generation that has no text yet asks the backend for its place in the model's queue.
+QUEUE_POLL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +83,19 @@ class Generations:
     `stop` can cut it and `cut_all` can cut every one at shutdown."""
 
     def __init__(
-        self, backend: Backend, metrics: EngineMetrics, *, stall_timeout_s: float, total_timeout_s: float
+        self,
+        backend: Backend,
+        metrics: EngineMetrics,
+        *,
+        stall_timeout_s: float,
+        total_timeout_s: float,
+        queue_poll_s: float = QUEUE_POLL_S,
     ) -> None:
         self._backend = backend
         self._metrics = metrics
         self._stall_s = stall_timeout_s
         self._total_s = total_timeout_s
+        self._queue_poll_s = queue_poll_s
         # channel key -> the cutter of its running generation (one at a time: the channel's order).
         self._running: dict[str, _Cutter] = {}
         self._cutting_all = False  # shutdown's grace is over: every generation is cut at once
@@ -124,7 +138,7 @@ class Generations:
                 if report is None
                 else reporting_stream(self._backend, prompt, sampling, report)
             )
-            parts = await self._stream(stream, reply, cutter)
+            parts = await self._stream(stream, reply, cutter, self._follow_line(prompt, reply))
         except GENERATION_ERRORS as error:
             return await report_error(error, reply, self._metrics, where, saved=saved)
         finally:
@@ -132,14 +146,49 @@ class Generations:
                 del self._running[where]
         return Generated("".join(parts), prompt, len(parts), cutter.reason, cutter.detail)
 
+    def _follow_line(self, prompt: PreparedPrompt, reply: Reply) -> asyncio.Task[None] | None:
+        """For a backend with a queue: a task that keeps `reply.queue_position` up to date, asking
+        every `queue_poll_s` (from now: the stream submits on its first read, just after), until
+        `_leave_line` ends it at the first text or the end."""
+        backend = self._backend
+        if not isinstance(backend, QueuePositions):
+            return None
+
+        async def follow() -> None:
+            while True:
+                try:
+                    position = backend.queue_position(prompt)
+                except Exception:  # cosmetic: never fail a generation over its place in line
+                    logger.exception("the backend could not tell a generation's place in its queue")
+                    return
+                await reply.set_queue_position(position)
+                await asyncio.sleep(self._queue_poll_s)
+
+        return asyncio.create_task(follow(), name="chinwag:queue-position")
+
+    @staticmethod
+    async def _leave_line(follower: asyncio.Task[None] | None, reply: Reply) -> None:
+        """The generation has text, or ended: it waits in no queue any more."""
+        if follower is None:
+            return
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await reply.set_queue_position(None)
+
     async def _stream(
-        self, prompt_stream: AsyncGenerator[str, None], reply: Reply, cutter: _Cutter
+        self,
+        prompt_stream: AsyncGenerator[str, None],
+        reply: Reply,
+        cutter: _Cutter,
+        follower: asyncio.Task[None] | None = None,
     ) -> list[str]:
         """Copy the backend's stream into `reply` until it ends or is cut; return its chunks.
 
         Cut (`cutter.reason` set) by `cutter.cut`, after `stall_timeout_s` without a new chunk
         (counted from the first one: waiting for a free place in the model's batch and reading
         the prompt are bounded by the total cap alone), or after `generation_timeout_s` in all.
+        `follower` (see `_follow_line`) is ended at the first chunk, or when the stream ends.
         """
         loop = asyncio.get_running_loop()
         stall_s, total_s = self._stall_s, self._total_s
@@ -151,6 +200,9 @@ class Generations:
                 if not cutter.arm(timeout):
                     return parts
                 async for chunk in stream:
+                    if follower is not None:
+                        await self._leave_line(follower, reply)
+                        follower = None
                     await reply.push(chunk)
                     parts.append(chunk)
                     if cutter.reason is None:  # else a cut's deadline of "now" is pending
@@ -169,4 +221,5 @@ class Generations:
             cutter.reason, cutter.detail = CutReason.TIMEOUT, str(error)
         finally:
             cutter.end()  # the timer is gone: `cut` must not touch it
+            await self._leave_line(follower, reply)
         return parts

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
@@ -74,6 +75,9 @@ class Reply:
         self.finish_reason: FinishReason | None = None
         # Set with an ANSWERED status when the model's text was cut short (and kept).
         self.cut: CutReason | None = None
+        # The generation's place in the model's queue while it waits there (see `set_queue_position`).
+        self._queue_position: int | None = None
+        self._queued_since: float | None = None
 
     @property
     def done(self) -> bool:
@@ -96,6 +100,66 @@ class Reply:
         """Wait until the engine has decided to respond, or the reply is done."""
         async with self._changed:
             await self._changed.wait_for(lambda: self._engaged or self._done)
+
+    @property
+    def queue_position(self) -> int | None:
+        """The generation's 1-based place among the requests waiting for the model (1: next),
+        while it waits there; None when it is not waiting in the model's queue (not generating
+        yet, running, done, or a backend without such a queue)."""
+        return self._queue_position
+
+    @property
+    def queued_since(self) -> float | None:
+        """The loop time the reply's current wait in the model's queue began (None: not waiting)."""
+        return self._queued_since
+
+    async def set_queue_position(self, position: int | None) -> None:
+        """Record the generation's place in the model's queue, None once it left it (engine side)."""
+        if position == self._queue_position:
+            return
+        async with self._changed:
+            if position is None:
+                self._queued_since = None
+            elif self._queue_position is None:
+                self._queued_since = asyncio.get_running_loop().time()
+            self._queue_position = position
+            self._changed.notify_all()
+
+    async def places_in_line(self, after_s: float) -> AsyncGenerator[int | None, None]:
+        """The reply's place in the model's queue to show its reader, until its first text or its
+        end: nothing until it has waited there `after_s`, then its place at once and again each
+        time it changes; None when it left the queue (and has no text yet). A reader that is slow
+        to ask for the next one gets the place of that moment, never a stale one."""
+        loop = asyncio.get_running_loop()
+        showing = False  # the wait passed `after_s`: every change is news
+        last: int | None = None
+        while not self._done and not self._chunks:
+            position, since = self._queue_position, self._queued_since
+            within_s: float | None = None
+            if not showing and position is not None and since is not None:
+                within_s = since + after_s - loop.time()
+                if within_s <= 0:
+                    showing = True
+            if showing and position != last:
+                last = position
+                yield position
+                continue
+            await self._wait_for_place(position, within_s)
+
+    async def wait_for_text(self, within_s: float | None = None) -> bool:
+        """Wait until the reply has text or is done, at most `within_s` seconds (None: no limit);
+        True when it has or is."""
+        await self._wait(lambda: False, within_s)
+        return bool(self._chunks) or self._done
+
+    async def _wait_for_place(self, seen: int | None, within_s: float | None) -> None:
+        await self._wait(lambda: self._queue_position != seen, within_s)
+
+    async def _wait(self, changed: Callable[[], bool], within_s: float | None) -> None:
+        """Until `changed()`, the first text, the end, or `within_s` seconds (None: no limit)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s), self._changed:
+                await self._changed.wait_for(lambda: changed() or bool(self._chunks) or self._done)
 
     @property
     def silent(self) -> bool:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from bot.access import RoleRules
 from bot.app import build_engine
 from bot.backends.base import Backend
 from bot.backends.echo import EchoBackend
-from bot.access import RoleRules
 from bot.config import AccessConfig, ChatConfig, ModelConfig, PersonaConfig, RateLimitConfig
 from bot.engine import ChatEngine
 from storage.db import Database
@@ -71,7 +71,9 @@ async def make_engine(database: Database, reply_log: ReplyLog) -> AsyncIterator[
             chat_settings,
             access=AccessConfig.model_validate(access or {}),
             roles=roles,
-            personas={name: PersonaConfig.model_validate(preset) for name, preset in (personas or {}).items()},
+            personas={
+                name: PersonaConfig.model_validate(preset) for name, preset in (personas or {}).items()
+            },
         )
         engines.append(engine)
         return reply_log.watch(engine)

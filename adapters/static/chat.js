@@ -278,6 +278,20 @@
     }
   }
 
+  // While the reply waits long in the model's queue, its bubble shows its place in line
+  // ("#3 in line", after a spinner chat.css draws); null (it left the queue) empties it for the
+  // text to come.
+  function showPlace(bubble, position) {
+    if (markdownSource(bubble)) return; // the reply's text is showing already
+    if (Number.isInteger(position)) {
+      bubble.classList.add("queued");
+      bubble.textContent = `#${position} in line`;
+    } else if (bubble.classList.contains("queued")) {
+      bubble.classList.remove("queued");
+      bubble.textContent = "";
+    }
+  }
+
   async function sendText(text) {
     addMessage("user", text);
     const bubble = addMessage("assistant", "", "pending");
@@ -299,7 +313,10 @@
         if (name === "done") {
           status = data.status;
           cut = data.cut;
+        } else if (name === "queue") {
+          showPlace(bubble, data.position);
         } else if (typeof data.delta === "string") {
+          showPlace(bubble, null);
           streamMarkdown(bubble, data.delta);
           scrollDown();
         }
@@ -314,7 +331,7 @@
     } finally {
       hideStop();
       flushMarkdown(bubble);
-      bubble.classList.remove("pending", "streaming");
+      bubble.classList.remove("pending", "streaming", "queued");
       bubble.dataset.status = status || "error";
       markCut(bubble, cut);
     }

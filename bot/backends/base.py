@@ -167,6 +167,19 @@ class QueueReporting(Protocol):
         ...
 
 
+@runtime_checkable
+class QueuePositions(Protocol):
+    """A backend whose generations can wait in a queue in front of the model (the local one,
+    batching or not), that can tell where a given generation stands in it."""
+
+    def queue_position(self, prompt: PreparedPrompt) -> int | None:
+        """The 1-based place (1: next) among the requests waiting for the model of the
+        generation streaming the reply to `prompt` (this very object, as given to `generate`);
+        None before it is queued, once it runs, after it ended, or when not known. Cheap and
+        safe to call on the event loop while the model works on its own thread."""
+        ...
+
+
 async def backend_ready(backend: Backend) -> bool:
     """Whether `backend` can answer now: its `ping()` when it has one, else True (a backend
     without a remote part is ready once started)."""

@@ -18,8 +18,8 @@ built for GPUs: on this 2-core CPU it gave ~32 tokens/s at 16 prompts where a pa
 Padding, per-row positions and the attention mask follow what `generate` does for a left-padded
 batch, so greedy output matches `generate` token for token.
 
-Everything here runs on the single model thread; `submit`, `forget`, `stop` and the counters are
-the only parts other threads touch, under `_lock`.
+Everything here runs on the single model thread; `submit`, `forget`, `stop`, `position` and the
+counters are the only parts other threads touch, under `_lock`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from transformers.cache_utils import DynamicLayer
 from bot.backends.base import finish_reason
 from bot.backends.batching_settings import BatchingSettings
 from bot.backends.context_cache import ContextCache, KeyValues, PrefixHit
-from bot.backends.local_worker import GenerationJob, IncrementalDecoder, ModelWorker
+from bot.backends.local_worker import GenerationJob, IncrementalDecoder, ModelWorker, place_in_line
 from bot.backends.row_sampler import RowSampler
 from bot.backends.stops import StopFilter
 from bot.errors import BackendBusy, BackendError, GenerationCancelled
@@ -230,6 +230,14 @@ class BatchScheduler:
         """Jobs waiting, being prefilled or generating."""
         with self._lock:
             return len(self._waiting) + len(self._prefilling) + len(self._batch)
+
+    def position(self, job: GenerationJob) -> int | None:
+        """`job`'s 1-based place among the jobs waiting for a place in the batch (cancelled ones
+        do not count); None when it is not waiting (admitted, ended, never submitted). The
+        order is the submission order that `_admit` follows; a job whose channel generates
+        already may be passed by others (fairness), so the place is the usual one, not a promise."""
+        with self._lock:
+            return place_in_line(self._waiting, job)
 
     def submit(self, job: GenerationJob) -> None:
         """Queue `job`; its text goes to `job.emit`, its end to `job.done`. Raises `BackendBusy`

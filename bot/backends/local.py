@@ -31,7 +31,7 @@ from bot.prompts import FORMAT_NAMES, PromptFormat, resolve_format, unknown_form
 if TYPE_CHECKING:
     from bot.backends.batching import BatchScheduler
     from bot.backends.batching_settings import BatchingSettings
-    from bot.backends.local_worker import ModelWorker
+    from bot.backends.local_worker import GenerationJob, ModelWorker
 
 logger = logging.getLogger("bot.backends.local")
 
@@ -159,6 +159,12 @@ class LocalBackend:
         self._running: _Running | None = None
         self._prepare_lock = threading.Lock()
         self._active: dict[threading.Event, str | None] = {}  # cancel flag -> context key
+        # id of a streaming generation's prompt -> its job (read on the event loop only).
+        self._jobs: dict[int, GenerationJob] = {}
+        # Without the batch scheduler: jobs handed to the worker thread that have not started, in
+        # order (the worker takes them off as it starts each one, under `_line_lock`).
+        self._line: list[GenerationJob] = []
+        self._line_lock = threading.Lock()
         # context key -> the first kept history turns of its last prompt (see `_keep_from`).
         self._anchors = _Anchors(_ANCHORS_KEPT)
         self.load_origin: str | None = None
@@ -182,6 +188,45 @@ class LocalBackend:
         """See `QueueReporting`: the batch scheduler's depth (0 without batching or before `start`)."""
         scheduler = self.scheduler
         return scheduler.depth if scheduler is not None else 0
+
+    def queue_position(self, prompt: PreparedPrompt) -> int | None:
+        """See `QueuePositions`: the place of `prompt`'s generation among those waiting for a
+        place in the batch, or (without batching) for the worker thread, behind the one it runs."""
+        job = self._jobs.get(id(prompt))
+        running = self._running
+        if job is None or job.prompt is not prompt or running is None:
+            return None
+        if running.scheduler is not None:
+            return running.scheduler.position(job)
+        from bot.backends.local_worker import place_in_line  # imported by start() already
+
+        with self._line_lock:
+            return place_in_line(self._line, job)
+
+    def _submit(self, running: _Running, job: GenerationJob) -> Future[None]:
+        """Hand `job` to the batch scheduler, or else queue it for the worker thread (in line);
+        the future ends with it. Raises `BackendBusy` when the scheduler's queue is full,
+        `BackendError` when the model was stopped meanwhile."""
+        if running.scheduler is not None:
+            future: Future[None] = Future()
+            job.done = future
+            running.scheduler.submit(job)
+            return future
+        with self._line_lock:
+            self._line.append(job)
+        try:
+            return running.executor.submit(self._run_in_line, running.worker, job)
+        except RuntimeError as exc:  # shut down by a concurrent stop()
+            raise BackendError("the local model is stopped") from exc
+
+    def _run_in_line(self, worker: ModelWorker, job: GenerationJob) -> None:
+        """The worker thread's side of one job without batching: it leaves the line, then runs."""
+        self._leave_line(job)
+        worker.generate(job)
+
+    def _leave_line(self, job: GenerationJob) -> None:
+        with self._line_lock:
+            self._line[:] = [waiting for waiting in self._line if waiting is not job]
 
     @property
     def context_window(self) -> int | None:
@@ -417,16 +462,9 @@ class LocalBackend:
             report=report if report is not None else GenerationReport(),
         )
         self._active[cancel] = prompt.context_key
+        self._jobs[id(prompt)] = job
         try:
-            future: Future[None]
-            if running.scheduler is not None:
-                future = job.done = Future()
-                running.scheduler.submit(job)  # raises BackendBusy when the queue is full
-            else:
-                try:
-                    future = running.executor.submit(running.worker.generate, job)
-                except RuntimeError as exc:  # shut down by a concurrent stop()
-                    raise BackendError("the local model is stopped") from exc
+            future = self._submit(running, job)
             # Runs after the last emit (same thread, same FIFO), also when cancelled while queued.
             future.add_done_callback(push)
             while True:
@@ -449,6 +487,9 @@ class LocalBackend:
         finally:
             cancel.set()  # the worker stops at its next token; a queued job never starts
             self._active.pop(cancel, None)
+            if self._jobs.get(id(prompt)) is job:
+                del self._jobs[id(prompt)]
+            self._leave_line(job)  # when it never started (cancelled while queued, or shut down)
 
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ backend starts, so the rest of `bot` stays importable without them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +43,19 @@ class GenerationJob:
     """Set by the batch scheduler when the job ends (the serial path uses the executor's future)."""
     report: GenerationReport = field(default_factory=GenerationReport)
     """Filled when the generation ends without an error: tokens and why it ended."""
+
+
+def place_in_line(line: Iterable[GenerationJob], job: GenerationJob) -> int | None:
+    """`job`'s 1-based place in `line` (jobs waiting for the model, oldest first), cancelled jobs
+    not counted; None when it is not in the line or is cancelled itself."""
+    place = 0
+    for waiting in line:
+        if waiting.cancel.is_set():
+            continue
+        place += 1
+        if waiting is job:
+            return place
+    return None
 
 
 class IncrementalDecoder:

@@ -10,18 +10,9 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from bot.events import ChatEvent
 from bot.ports import ChatService, Conversation, SamplingOverrides
 from bot.reply import CutReason, Reply, ReplyStatus
-
-# Marks a test with the real engine that needs it to ignore unaddressed group messages. It fails
-# until the engine does (strict: it then passes, and the marker must go).
-NEEDS_ENGINE_IGNORED = pytest.mark.xfail(
-    strict=True,
-    reason="needs the engine to answer unaddressed group messages with a silent IGNORED reply",
-)
 
 
 class IgnoresUnaddressed:

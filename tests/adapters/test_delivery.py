@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from adapters.channel_workers import ChannelWorkers
-from adapters.delivery import Pacing, deliver
+from adapters.delivery import Pacing, deliver, queue_notice
 from adapters.retrying import call_with_retries
 from adapters.splitting import split_reply
 from bot.reply import Reply, ReplyStatus
+from tests.fakes.waiting import wait_until
 
 LIMIT = 10
 FAST = Pacing(edit_interval_s=0.0, typing_interval_s=60.0)
@@ -31,13 +32,15 @@ class MemorySink:
     """Keeps what was posted; `editable` False makes every edit fail (the message was deleted)."""
 
     editable: bool = True
+    limit: int = LIMIT
     messages: list[Posted] = field(default_factory=list)
     edits: int = 0
+    refused: int = 0  # edits refused (not `editable`)
     typings: int = 0
     posted: asyncio.Event = field(default_factory=asyncio.Event)
 
     def pieces(self, text: str) -> list[str]:
-        return [piece for piece in split_reply(text, LIMIT) if piece.strip()]
+        return [piece for piece in split_reply(text, self.limit) if piece.strip()]
 
     async def send(self, text: str, *, quote: bool) -> Posted:
         message = Posted(text, quote)
@@ -47,6 +50,7 @@ class MemorySink:
 
     async def edit(self, message: Posted, text: str) -> bool:
         if not self.editable:
+            self.refused += 1
             return False
         self.edits += 1
         message.text = text
@@ -144,6 +148,91 @@ async def test_a_quick_reply_is_posted_once_after_the_first_post_delay() -> None
     await delivery
     assert [m.text for m in sink.messages] == ["Done. ok"]
     assert sink.edits == 0
+
+
+# --- waiting in the model's queue --------------------------------------------------------------
+
+QUEUED = Pacing(edit_interval_s=0.0, typing_interval_s=60.0, queue_notice_after_s=0.0)
+
+
+async def test_a_queued_reply_shows_its_place_and_that_message_becomes_the_reply() -> None:
+    sink = MemorySink(limit=20)
+    reply = Reply()
+    delivery = asyncio.create_task(deliver(reply, sink, QUEUED))
+    await reply.set_queue_position(2)
+    await sink.posted.wait()
+    assert sink.messages == [Posted(queue_notice(2), True)]  # quoting, as the reply would
+    assert queue_notice(2) == "⏳ #2 in line"
+    await reply.set_queue_position(1)
+    await wait_until(lambda: sink.messages[0].text == "⏳ #1 in line", what="the place is edited")
+    await reply.set_queue_position(None)  # it runs now: the placeholder stays until text comes
+    await reply.push("the first words")
+    await wait_until(lambda: sink.messages[0].text == "the first words", what="the text replaces the place")
+    await reply.push(" and then the rest of it")
+    await reply.finish(ReplyStatus.ANSWERED)
+    await delivery
+    assert [m.text for m in sink.messages] == ["the first words and ", "then the rest of it"]
+    assert [m.quoted for m in sink.messages] == [True, False]
+    assert sink.edits == 3 and sink.typings >= 1
+
+
+async def test_a_short_wait_in_the_queue_shows_no_place() -> None:
+    sink = MemorySink(limit=20)
+    reply = Reply()
+    waited = Pacing(edit_interval_s=0.0, typing_interval_s=60.0, queue_notice_after_s=3600)
+    delivery = asyncio.create_task(deliver(reply, sink, waited))
+    await reply.set_queue_position(2)
+    await reply.set_queue_position(1)
+    await reply.set_queue_position(None)
+    await reply.push("answered")
+    await reply.finish(ReplyStatus.ANSWERED)
+    await delivery
+    assert sink.messages == [Posted("answered", True)]
+
+
+async def test_the_place_is_edited_at_the_edit_pace() -> None:
+    sink = MemorySink(limit=20)
+    reply = Reply()
+    slow_edits = Pacing(edit_interval_s=3600, typing_interval_s=60.0, queue_notice_after_s=0.0)
+    delivery = asyncio.create_task(deliver(reply, sink, slow_edits))
+    await reply.set_queue_position(3)
+    await sink.posted.wait()
+    await reply.set_queue_position(2)
+    await reply.set_queue_position(1)
+    await reply.push("text")
+    await settle()
+    assert (sink.messages, sink.edits) == ([Posted("⏳ #3 in line", True)], 0)  # the text waits too
+    delivery.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await delivery
+
+
+async def test_a_notice_instead_of_a_reply_replaces_the_place() -> None:
+    sink = MemorySink(limit=40)
+    reply = Reply()
+    delivery = asyncio.create_task(deliver(reply, sink, QUEUED))
+    await reply.set_queue_position(4)
+    await sink.posted.wait()
+    await reply.set_queue_position(None)
+    await reply.push("The model failed, sorry.")
+    await reply.finish(ReplyStatus.FAILED)
+    await delivery
+    assert sink.messages == [Posted("The model failed, sorry.", True)]
+    assert sink.edits == 1
+
+
+async def test_a_deleted_place_gets_the_reply_posted_as_a_new_message() -> None:
+    sink = MemorySink(editable=False, limit=20)
+    reply = Reply()
+    delivery = asyncio.create_task(deliver(reply, sink, QUEUED))
+    await reply.set_queue_position(2)
+    await sink.posted.wait()
+    await reply.set_queue_position(1)  # this edit fails: the placeholder is given up
+    await wait_until(lambda: sink.refused == 1, what="the place's edit is refused")
+    await reply.push("answered")
+    await reply.finish(ReplyStatus.ANSWERED)
+    await delivery
+    assert sink.messages == [Posted("⏳ #2 in line", True), Posted("answered", True)]
 
 
 # --- channel workers ---------------------------------------------------------------------------

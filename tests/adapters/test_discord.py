@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from adapters.delivery import QUEUE_NOTICE_AFTER_S
 from adapters.discord import MESSAGE_LIMIT, DiscordAdapter, create, discord_pieces
 from bot.backends.base import PreparedPrompt
 from bot.backends.echo import EchoBackend
@@ -25,8 +26,9 @@ from bot.errors import ChinwagError
 from bot.ports import ChatService, LastAnsweredIds, SamplingSettings
 from storage.db import Database
 from storage.repository import ChatRepository
-from tests.adapters.doubles import NEEDS_ENGINE_IGNORED, IgnoresUnaddressed
+from tests.adapters.doubles import IgnoresUnaddressed
 from tests.adapters.test_discord_events import LONG_TEXT, undo_fences
+from tests.bot.doubles import LineBackend
 from tests.conftest import EngineFactory
 from tests.fakes.discord_server import (
     ADMIN_ROLE,
@@ -143,7 +145,6 @@ async def test_guild_answers_only_mentions_replies_and_commands(
     assert len(service.events) == 6
 
 
-@NEEDS_ENGINE_IGNORED
 async def test_the_engine_leaves_guild_chatter_unanswered(
     fake: FakeDiscord, start_adapter: StartAdapter
 ) -> None:
@@ -286,6 +287,55 @@ async def test_a_slow_reply_streams_as_throttled_edits_with_typing(
     assert min(gaps) >= 0.35
     assert len(fake.typing) >= 2
     assert {channel for channel, _ in fake.typing} == {GENERAL}
+
+
+async def test_replies_waiting_in_the_models_queue_show_their_place_until_their_text(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    """The model answers one at a time: while it writes the first reply, the other two wait, and
+    after 2 s in line each shows "⏳ #N in line" (quoting the question), edited as the line moves;
+    the reply's text then replaces it in that same message."""
+    backend = LineBackend()
+    backend.hold("first", "second")
+    await start_adapter(await make_engine(backend), edit_interval_s=0.2, typing_interval_s=0.5)
+    fake.push_message(DM, "first")
+    await wait_until(lambda: backend.running == ["first"], what="the first reply has the model")
+    second = fake.push_message(GENERAL, mention("second"), guild=True)
+    third = fake.push_message(OTHER, mention("third"), guild=True)
+    await wait_until(lambda: backend.places() == [None, 1, 2], what="two replies wait in line")
+    queued_at = asyncio.get_running_loop().time()
+    await fake.wait_for(
+        lambda: fake.texts(GENERAL) == ["⏳ #1 in line"] and fake.texts(OTHER) == ["⏳ #2 in line"]
+    )
+    first_notice = min(sent.versions[0][0] for sent in fake.sent)
+    assert first_notice - queued_at >= QUEUE_NOTICE_AFTER_S - 0.6  # minus the 0.5 s poll
+    assert fake.texts(DM) == []  # the running reply has no place in line: "typing…" only
+    by_channel = {sent.channel_id: sent for sent in fake.sent}
+    assert by_channel[GENERAL].reference == int(second["id"])  # quoting, as the reply will
+    assert by_channel[OTHER].reference == int(third["id"])
+
+    backend.release("first")
+    await fake.wait_for(
+        lambda: fake.texts(OTHER) == ["⏳ #1 in line"] and fake.texts(DM) == ["echo[0]: first"]
+    )
+    assert fake.texts(GENERAL) == ["⏳ #1 in line"]  # it left the line: the place stays until its text
+    assert max(at for channel, at in fake.typing if channel == OTHER) > first_notice  # typing goes on
+
+    backend.release("second")
+    await fake.wait_for(
+        lambda: fake.texts(GENERAL) == ["echo[0]: second"] and fake.texts(OTHER) == ["echo[0]: third"]
+    )
+    # Each placeholder became its reply: one message per channel, none left over.
+    assert [text for _, text in by_channel[OTHER].versions] == [
+        "⏳ #2 in line",
+        "⏳ #1 in line",
+        "echo[0]: third",
+    ]
+    assert [text for _, text in by_channel[GENERAL].versions] == ["⏳ #1 in line", "echo[0]: second"]
+    assert [len(fake.texts(channel)) for channel in (DM, GENERAL, OTHER)] == [1, 1, 1]
+    for channel, text in ((DM, "first"), (GENERAL, "second"), (OTHER, "third")):
+        stored = await repository.recent_messages(f"discord:{channel}", limit=10)
+        assert [(m.role, m.content) for m in stored] == [("user", text), ("assistant", f"echo[0]: {text}")]
 
 
 async def test_one_channel_stays_in_order_while_30_channels_talk(

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from adapters.delivery import QUEUE_NOTICE_AFTER_S
 from adapters.telegram import TelegramAdapter, create
 from adapters.telegram_format import telegram_html_pieces, visible_text
 from bot.backends.base import PreparedPrompt
@@ -28,8 +29,8 @@ from storage.db import Database
 from storage.inbox import UpdateInbox
 from storage.locks import claim_exclusive
 from storage.repository import ChatRepository
-from tests.adapters.doubles import NEEDS_ENGINE_IGNORED, IgnoresUnaddressed
-from tests.bot.doubles import SlowEchoBackend
+from tests.adapters.doubles import IgnoresUnaddressed
+from tests.bot.doubles import LineBackend, SlowEchoBackend
 from tests.conftest import EngineFactory
 from tests.fakes.telegram_server import BOT_USERNAME, FakeTelegram
 from tests.fakes.waiting import ReplyLog, wait_until
@@ -127,7 +128,6 @@ async def test_group_answers_only_mentions_replies_and_commands(
     ]
 
 
-@NEEDS_ENGINE_IGNORED
 async def test_the_engine_leaves_group_chatter_unanswered(
     fake: FakeTelegram, start_adapter: StartAdapter
 ) -> None:
@@ -657,6 +657,72 @@ async def test_a_streamed_message_deleted_midway_gets_the_reply_posted_anew(
     await fake.wait_for(lambda: len(fake.sent) == 1)
     fake.delete(fake.sent[0])
     await fake.wait_for(lambda: fake.texts(111) == [f"echo[0]: {words}"], timeout=10)
+
+
+# --- waiting in the model's queue ---------------------------------------------------------------
+
+
+def transcript(fake: FakeTelegram, chat_id: int) -> list[tuple[str, str]]:
+    """The messages sent to `chat_id` and their edits, in order: (method, text)."""
+    return [
+        (call.method, call.params["text"])
+        for call in fake.calls
+        if call.method in {"sendMessage", "editMessageText"} and int(call.params["chat_id"]) == chat_id
+    ]
+
+
+async def test_replies_waiting_in_the_models_queue_show_their_place_until_their_text(
+    fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory, database: Database
+) -> None:
+    """The model answers one at a time: while it writes the first reply, the other two wait, and
+    after 2 s in line each shows "⏳ #N in line" (quoting the question in a group), edited as the
+    line moves; the reply's text then replaces it in that same message."""
+    backend = LineBackend()
+    backend.hold("first", "second")
+    await start_adapter(await make_engine(backend), edit_interval_s=0.2, typing_interval_s=0.5)
+    fake.push_message(111, "first")
+    await wait_until(lambda: backend.running == ["first"], what="the first reply has the model")
+    asked = fake.push_message(GROUP, f"@{BOT_USERNAME} second")
+    fake.push_message(333, "third")
+    await wait_until(lambda: backend.places() == [None, 1, 2], what="two replies wait in line")
+    queued_at = asyncio.get_running_loop().time()
+    await fake.wait_for(
+        lambda: fake.texts(GROUP) == ["⏳ #1 in line"] and fake.texts(333) == ["⏳ #2 in line"]
+    )
+    # Not before the wait was long: the generations were in line (and polled) before `queued_at`.
+    first_notice = min(call.at for call in fake.calls_to("sendMessage"))
+    assert first_notice - queued_at >= QUEUE_NOTICE_AFTER_S - 0.6  # minus the 0.5 s poll
+    assert fake.texts(111) == []  # the running reply has no place in line: "typing…" only
+    [placeholder] = [message for message in fake.sent if message.chat_id == GROUP]
+    assert placeholder.reply_to == asked["message"]["message_id"]  # quoting, as the reply will
+
+    backend.release("first")
+    await fake.wait_for(
+        lambda: fake.texts(333) == ["⏳ #1 in line"] and fake.texts(111) == ["echo[0]: first"]
+    )
+    assert fake.texts(GROUP) == ["⏳ #1 in line"]  # it left the line: the place stays until its text
+    typing_333 = [c.at for c in fake.calls_to("sendChatAction") if int(c.params["chat_id"]) == 333]
+    assert max(typing_333) > first_notice  # typing goes on under the placeholder
+
+    backend.release("second")
+    await fake.wait_for(
+        lambda: fake.texts(GROUP) == ["echo[0]: second"] and fake.texts(333) == ["echo[0]: third"]
+    )
+    # Each placeholder became its reply: no message left over, no message more.
+    assert transcript(fake, 333) == [
+        ("sendMessage", "⏳ #2 in line"),
+        ("editMessageText", "⏳ #1 in line"),
+        ("editMessageText", "echo[0]: third"),
+    ]
+    assert transcript(fake, GROUP) == [
+        ("sendMessage", "⏳ #1 in line"),
+        ("editMessageText", "echo[0]: second"),
+    ]
+    assert transcript(fake, 111) == [("sendMessage", "echo[0]: first")]
+    repository = ChatRepository(database)
+    for chat, text in ((111, "first"), (GROUP, "second"), (333, "third")):
+        stored = await repository.recent_messages(f"telegram:{chat}", limit=10)
+        assert [(m.role, m.content) for m in stored] == [("user", text), ("assistant", f"echo[0]: {text}")]
 
 
 # --- Markdown as Telegram HTML ----------------------------------------------------------------

@@ -19,8 +19,10 @@ from bot.errors import ChinwagError, StorageError
 from bot.ports import SamplingSettings, StoredMessage
 from storage.repository import ChatRepository
 from tests.adapters.doubles import IgnoresUnaddressed
+from tests.bot.doubles import LineBackend
 from tests.conftest import EngineFactory
-from tests.fakes.web_harness import read_sse, running_web, web_client
+from tests.fakes.waiting import wait_until
+from tests.fakes.web_harness import SseEvent, read_sse, running_web, sse_events, web_client
 
 PRIVATE = "p-" + "Q" * 32  # the shape of the id the chat page makes
 ADMIN_KEY = "admin-secret-123"
@@ -60,6 +62,46 @@ async def test_streaming_sends_one_event_per_chunk_then_done(
         ) as again:
             events = await read_sse(again)
         assert "".join(e.json()["delta"] for e in events if e.event == "message") == "echo[2]: yo"
+
+
+async def test_a_stream_waiting_in_the_models_queue_gets_its_place_before_its_text(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    """The model answers one at a time: the streams behind the running one get `event: queue`
+    with their place once they waited 2 s, again when it changes, and `null` before their text."""
+    backend = LineBackend()
+    backend.hold("first", "second")
+    events: dict[str, list[SseEvent]] = {"first": [], "second": [], "third": []}
+
+    def places(text: str) -> list[int | None]:
+        return [event.json()["position"] for event in events[text] if event.event == "queue"]
+
+    async with running_web(await make_engine(backend), repository) as web, web_client(web) as client:
+
+        async def stream(text: str) -> None:
+            url = f"/api/channels/q-{text}/messages?stream=true"
+            async with client.stream("POST", url, json={"text": text}) as response:
+                async for event in sse_events(response):
+                    events[text].append(event)
+
+        streams = [asyncio.create_task(stream("first"))]
+        await wait_until(lambda: backend.running == ["first"], what="the first reply has the model")
+        streams += [asyncio.create_task(stream("second")), asyncio.create_task(stream("third"))]
+        await wait_until(lambda: places("second") == [1] and places("third") == [2], what="the places")
+        backend.release("first")
+        await wait_until(lambda: places("third") == [2, 1], what="the third moved up")
+        backend.release("second")
+        await asyncio.wait_for(asyncio.gather(*streams), 10)
+
+    assert places("first") == []  # it never waited in line
+    assert places("second") == [1, None]
+    assert places("third") == [2, 1, None]
+    for text in ("second", "third"):
+        queue_events = [i for i, event in enumerate(events[text]) if event.event == "queue"]
+        deltas = [i for i, event in enumerate(events[text]) if event.event == "message"]
+        assert max(queue_events) < min(deltas)  # the place comes (and goes) before the text
+        assert "".join(events[text][i].json()["delta"] for i in deltas) == f"echo[0]: {text}"
+        assert events[text][-1].event == "done" and events[text][-1].json() == {"status": "answered"}
 
 
 async def test_history_survives_a_reload(make_engine: EngineFactory, repository: ChatRepository) -> None:

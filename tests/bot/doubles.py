@@ -92,3 +92,50 @@ class EndlessBackend(EchoBackend):
                 await asyncio.sleep(self.delay_s)
         finally:
             self.closed_streams += 1
+
+
+class LineBackend(EchoBackend):
+    """Echo behind a one-at-a-time queue, like the local model without batching, that reports
+    each waiting generation's place in line (`QueuePositions`): a generation gets the model once
+    the ones before it ended. A message given to `hold` keeps the model, writing nothing, until
+    `release(message)`."""
+
+    def __init__(self) -> None:
+        self.line: list[PreparedPrompt] = []  # the running generation's prompt, then the waiting ones
+        self.running: list[str] = []  # the messages that got the model, in order
+        self._held: dict[str, asyncio.Event] = {}
+        self._moved = asyncio.Event()  # set (and replaced) whenever the line moves
+
+    def hold(self, *messages: str) -> None:
+        for message in messages:
+            self._held[message] = asyncio.Event()
+
+    def release(self, message: str) -> None:
+        self._held[message].set()
+
+    def queue_position(self, prompt: PreparedPrompt) -> int | None:
+        for index, queued in enumerate(self.line):
+            if queued is prompt:
+                return index or None  # index 0 runs
+        return None
+
+    def places(self) -> list[int | None]:
+        """Every generation in the line's place, the running one's (None) first."""
+        return [self.queue_position(prompt) for prompt in self.line]
+
+    async def generate(self, prompt: PreparedPrompt, settings: SamplingSettings) -> AsyncGenerator[str, None]:
+        message = prompt.input_text.split(": ", 1)[1]
+        self.line.append(prompt)
+        try:
+            while self.line[0] is not prompt:
+                await self._moved.wait()
+            self.running.append(message)
+            gate = self._held.get(message)
+            if gate is not None:
+                await gate.wait()
+            async for chunk in super().generate(prompt, settings):
+                yield chunk
+        finally:
+            self.line = [queued for queued in self.line if queued is not prompt]
+            moved, self._moved = self._moved, asyncio.Event()
+            moved.set()

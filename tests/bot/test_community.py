@@ -178,7 +178,11 @@ async def test_member_mode_is_the_configured_default(make_engine: EngineFactory)
 # --- personas ------------------------------------------------------------------------------------
 
 PERSONAS = {
-    "pirate": {"system_prompt": "You are a pirate.", "temperature": 0.9, "description": "Talks like a pirate"},
+    "pirate": {
+        "system_prompt": "You are a pirate.",
+        "temperature": 0.9,
+        "description": "Talks like a pirate",
+    },
     "terse": {"system_prompt": "Answer in five words."},
 }
 

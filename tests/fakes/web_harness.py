@@ -47,18 +47,21 @@ class SseEvent:
 
 async def read_sse(response: httpx.Response) -> list[SseEvent]:
     """Every event of a streamed response, in order (`event` is "message" when unnamed)."""
-    events: list[SseEvent] = []
+    return [event async for event in sse_events(response)]
+
+
+async def sse_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
+    """The events of a streamed response as they arrive (`event` is "message" when unnamed)."""
     name = "message"
     data: list[str] = []
     async for line in response.aiter_lines():
         if not line:
             if data:
-                events.append(SseEvent(name, "\n".join(data)))
+                yield SseEvent(name, "\n".join(data))
             name, data = "message", []
         elif line.startswith("event:"):
             name = line.removeprefix("event:").strip()
         elif line.startswith("data:"):
             data.append(line.removeprefix("data:").removeprefix(" "))
     if data:
-        events.append(SseEvent(name, "\n".join(data)))
-    return events
+        yield SseEvent(name, "\n".join(data))
