@@ -74,7 +74,7 @@ class EchoBackend:
         "length" when the echo text had more words than that. A channel's reply is always whole
         (the contract's exact echo), and counted the same way (quotas read it)."""
         words = len(echo_tokens(prompt.input_text))
-        limit = settings.max_new_tokens if prompt.context_key is None else max(words, 1)
+        limit = settings.max_new_tokens if prompt.context_key is None else None
         report.prompt_tokens = words
         report.completion_tokens = 0
         async with aclosing(self.generate(prompt, settings)) as stream:
@@ -83,4 +83,7 @@ class EchoBackend:
                     break
                 report.completion_tokens += 1
                 yield chunk
-        report.finish_reason = finish_reason(report.completion_tokens, limit, ended=words <= limit)
+        if limit is None:
+            report.finish_reason = "stop"
+        else:
+            report.finish_reason = finish_reason(report.completion_tokens, limit, ended=words <= limit)

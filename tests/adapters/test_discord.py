@@ -40,6 +40,9 @@ from tests.fakes.discord_server import (
 )
 from tests.fakes.waiting import ReplyLog, wait_until
 
+# Every command the bot publishes (the contract's and the community's).
+COMMAND_SET = {"help", "reset", "system", "temperature", "persona", "context", "listen", "usage", "forget"}
+
 TOKEN = "MTIz.TEST-discord-token-never-logged"
 ADMIN_IN_CONFIG = 5150
 GENERAL = 700_000_000_000_000_001
@@ -425,7 +428,7 @@ async def test_backfill_answers_what_arrived_while_the_bot_was_away(
 
 async def test_slash_commands_are_synced_and_answered(fake: FakeDiscord, start_adapter: StartAdapter) -> None:
     await start_adapter()
-    assert {command["name"] for command in fake.commands} == {"help", "reset", "system", "temperature"}
+    assert {command["name"] for command in fake.commands} == COMMAND_SET
     fake.push_interaction(GENERAL, "reset")
     await fake.wait_for(lambda: len(fake.interaction_responses) == 2, 5)
     deferred, refused = fake.interaction_responses

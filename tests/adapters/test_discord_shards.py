@@ -15,6 +15,9 @@ from bot.errors import ConfigError
 from tests.conftest import EngineFactory
 from tests.fakes.discord_server import GUILD_ID, FakeDiscord
 
+# Every command the bot publishes (the contract's and the community's).
+COMMAND_SET = {"help", "reset", "system", "temperature", "persona", "context", "listen", "usage", "forget"}
+
 DM = 600_000_000_000_000_001
 
 TOKEN = "MTIz.TEST-discord-token-never-logged"
@@ -54,7 +57,7 @@ async def test_a_process_identifies_as_its_shard_and_only_shard_0_publishes_comm
     adapter = await start_shard(fake, make_engine, 0, 2)
     try:
         assert fake.identify_payloads[-1]["shard"] == [0, 2]
-        assert {command["name"] for command in fake.commands} == {"help", "reset", "system", "temperature"}
+        assert {command["name"] for command in fake.commands} == COMMAND_SET
     finally:
         await adapter.stop()
 
@@ -69,7 +72,7 @@ async def test_shard_count_alone_runs_every_shard_in_this_process(
         fake.push_message(DM, "hi")
         await fake.wait_for(lambda: fake.texts(DM) == ["echo[0]: hi"])
         # One process holds every shard: it publishes the commands.
-        assert {command["name"] for command in fake.commands} == {"help", "reset", "system", "temperature"}
+        assert {command["name"] for command in fake.commands} == COMMAND_SET
     finally:
         await adapter.stop()
 

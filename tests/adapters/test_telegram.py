@@ -94,7 +94,17 @@ async def test_private_message_is_answered(fake: FakeTelegram, start_adapter: St
     fake.push_message(111, "yo")
     assert await replies(fake, 111, 2) == ["echo[0]: hi", "echo[2]: yo"]
     # Start-up published the command menu; private replies do not quote the user's message.
-    assert [c["command"] for c in fake.commands] == ["help", "reset", "system", "temperature"]
+    assert [c["command"] for c in fake.commands] == [
+        "help",
+        "reset",
+        "system",
+        "temperature",
+        "persona",
+        "context",
+        "listen",
+        "usage",
+        "forget",
+    ]
     assert all(message.reply_to is None for message in fake.sent)
 
 
@@ -683,6 +693,8 @@ async def test_replies_waiting_in_the_models_queue_show_their_place_until_their_
     fake.push_message(111, "first")
     await wait_until(lambda: backend.running == ["first"], what="the first reply has the model")
     asked = fake.push_message(GROUP, f"@{BOT_USERNAME} second")
+    # In line before the third (a group message first reads the group's administrators).
+    await wait_until(lambda: len(backend.line) == 2, what="the second reply waits in line")
     fake.push_message(333, "third")
     await wait_until(lambda: backend.places() == [None, 1, 2], what="two replies wait in line")
     queued_at = asyncio.get_running_loop().time()

@@ -65,7 +65,9 @@ class Remote:
 
 
 def event(text: str) -> ChatEvent:
-    return ChatEvent(platform="test", channel="c1", author_id="u1", author_name="Ann", text=text)
+    return ChatEvent(
+        platform="test", channel="c1", author_id="u1", author_name="Ann", text=text, is_direct=True
+    )
 
 
 async def stored(repository: ChatRepository) -> list[tuple[str, str]]:
