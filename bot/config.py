@@ -163,10 +163,13 @@ class AccessConfig(_Section):
     blocked_channels: tuple[str, ...] = ()
     direct_messages: bool = True  # false: in private chats and DMs only admins are answered
 
-    @field_validator("allowed_users", "blocked_users", "allowed_channels", "blocked_channels")
+    @field_validator("allowed_users", "blocked_users", "allowed_channels", "blocked_channels", mode="before")
     @classmethod
-    def _platform_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _access_ids(value)
+    def _platform_ids(cls, value: Any) -> Any:
+        # A bare number (`allowed_users: [1011]`) gets the message that says what to write.
+        if isinstance(value, list | tuple):
+            return _access_ids(tuple(str(item) for item in value))
+        return value
 
 
 PERSONA_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")

@@ -236,6 +236,19 @@ async def test_forgetting_a_channel_cancels_every_member_generation(batched: Loc
     assert await asyncio.wait_for(neighbour, WAIT)  # a channel whose key starts alike goes on
 
 
+async def test_dropping_a_channels_contexts_cancels_nothing(batched: LocalBackend) -> None:
+    """`/forget`'s drop: the channel's cached member contexts go, the replies being written go on."""
+    scheduler = batched.scheduler
+    assert scheduler is not None
+    await answer(batched, conversation(QUESTIONS[0], key=ALICE), greedy(8))
+    assert ALICE in scheduler.contexts
+    stream = batched.generate(await batched.prepare(conversation(QUESTIONS[1], key=BOB), 40), greedy(40))
+    assert await asyncio.wait_for(anext(stream), WAIT)  # Bob's reply is generating
+    batched.drop_contexts(ROOM)
+    await wait_until(lambda: ALICE not in scheduler.contexts, WAIT, what="Alice's context is dropped")
+    await text_of(stream)  # ends normally: a cancelled one raises GenerationCancelled
+
+
 def test_anchors_forget_a_channel_with_its_members_only() -> None:
     anchors = _Anchors(limit=4)
     turns = (Turn("user", "hi"),)

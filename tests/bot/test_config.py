@@ -66,6 +66,22 @@ def test_an_explicit_empty_system_prompt_is_kept(tmp_path: Path) -> None:
     )
 
 
+def test_access_lists_personas_and_quota_are_read(tmp_path: Path) -> None:
+    text = (
+        "access:\n  allowed_users: ['telegram:1011', 'discord:81234', 'web:room_1']\n"
+        "  blocked_channels: ['telegram:-1001234', 'telegram:-1001234:7']\n  direct_messages: false\n"
+        "discord:\n  allowed_roles: ['123', 456]\n"
+        "chat:\n  quota:\n    tokens_per_day: 0\n  group_context: member\n"
+        "personas:\n  Sea_Dog-2:\n    system_prompt: Arr\n    temperature: 0.9\n"
+    )
+    settings = load_settings(write(tmp_path, text), environ={})
+    assert settings.access.allowed_users == ("telegram:1011", "discord:81234", "web:room_1")
+    assert not settings.access.direct_messages
+    assert settings.discord.allowed_roles == (123, 456)
+    assert settings.chat.quota.tokens_per_day == 0 and settings.chat.group_context == "member"
+    assert settings.personas["Sea_Dog-2"].temperature == 0.9
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -88,6 +104,30 @@ def test_an_explicit_empty_system_prompt_is_kept(tmp_path: Path) -> None:
         ("telegram:\n  admin_cache_s: -0.5\n", "invalid value for 'telegram.admin_cache_s'"),
         ("telegram:\n  drain_s: -1\n", "invalid value for 'telegram.drain_s'"),
         ("storage:\n  url: mysql://x\n", "invalid value for 'storage.url': expected a sqlite+aiosqlite://"),
+        (
+            "access:\n  allowed_users: [1011]\n",
+            "invalid value for 'access.allowed_users': expected \"platform:id\"",
+        ),
+        ("access:\n  blocked_users: ['telegram:abc']\n", "got 'telegram:abc'"),
+        ("access:\n  allowed_users: ['slack:U123']\n", "invalid value for 'access.allowed_users'"),
+        ("access:\n  allowed_channels: ['discord:-5']\n", "invalid value for 'access.allowed_channels'"),
+        ("access:\n  blocked_channels: ['telegram: -100']\n", "invalid value for 'access.blocked_channels'"),
+        ("access:\n  direct_messages: maybe\n", "invalid value for 'access.direct_messages'"),
+        ("discord:\n  allowed_roles: [admins]\n", "invalid value for 'discord.allowed_roles.0'"),
+        ("chat:\n  quota:\n    tokens_per_day: -5\n", "invalid value for 'chat.quota.tokens_per_day'"),
+        ("chat:\n  retention_days: -1\n", "invalid value for 'chat.retention_days'"),
+        ("chat:\n  group_context: private\n", "invalid value for 'chat.group_context'"),
+        (
+            "personas:\n  sea dog:\n    system_prompt: Arr\n",
+            "invalid value for 'personas': persona name 'sea dog' must be 1 to 32 letters",
+        ),
+        ("personas:\n  default:\n    system_prompt: x\n", "'default' is reserved"),
+        ("personas:\n  pirate:\n    temperature: 0.9\n", "invalid value for 'personas.pirate.system_prompt'"),
+        (
+            "personas:\n  pirate:\n    system_prompt: ''\n",
+            "invalid value for 'personas.pirate.system_prompt'",
+        ),
+        ("personas:\n  pirate:\n    system_prompt: x\n    mood: 3\n", "unknown key 'personas.pirate.mood'"),
         ("- just\n- a list\n", "expected a mapping of sections"),
         ("model: [\n", "not valid YAML at line"),
     ],
