@@ -33,6 +33,7 @@ e.g. "User 1234", which rule 5 would otherwise shorten).
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from typing import Final
@@ -75,6 +76,8 @@ _LOOKALIKES = str.maketrans(
 )
 
 
+# Every history turn of a group message names its author: the same few names, again and again.
+@functools.lru_cache(maxsize=4096)
 def clean_speaker_name(name: str | None, fallback: str) -> str:
     """`name` as a speaker name the model can read safely (see the module docstring), or
     `fallback` when nothing is left of it."""

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     PrimaryKeyConstraint,
     String,
+    bindparam,
     func,
     select,
 )
@@ -129,6 +130,12 @@ def delete_days_before(connection: Connection, day: date) -> int:
     return connection.execute(sql_delete(Usage).where(Usage.day < day)).rowcount
 
 
+# Built once: "a user's tokens on a day" is asked before every answer when a quota is set.
+_TOKENS_USED = select(func.sum(Usage.tokens)).where(
+    Usage.day == bindparam("day"), Usage.user_key == bindparam("user_key")
+)
+
+
 class UsageLedger:
     """The reads of the usage table on a `Database`, one short transaction each."""
 
@@ -137,8 +144,8 @@ class UsageLedger:
 
     async def tokens_used(self, user_key: str, day: date) -> int:
         """See `Repository.tokens_used`."""
-        query = select(func.sum(Usage.tokens)).where(Usage.day == day, Usage.user_key == user_key)
-        total = await self._database.run_read(lambda connection: connection.scalar(query))
+        parameters = {"day": day, "user_key": user_key}
+        total = await self._database.run_read(lambda connection: connection.scalar(_TOKENS_USED, parameters))
         return int(total or 0)  # PostgreSQL sums a BIGINT as NUMERIC (a Decimal)
 
     async def top_usage(self, channel_key: str, day: date, limit: int) -> list[UsageEntry]:
