@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("WARNING" if quiet_chat else settings.logging.level)
     try:
         if args.command == "export":
+            from bot.export import parse_user
+
+            parse_user(args.user)  # a malformed --user is refused before the database is opened
             _write_export(asyncio.run(_export(settings, args.user)), args.user, args.output)
             return 0
         commands = {"chat": _chat, "migrate": _migrate, "run": serve}

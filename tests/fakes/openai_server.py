@@ -5,6 +5,11 @@ vLLM, llama.cpp server, Ollama) send: `data: {chat.completion.chunk}` events, a 
 assistant role, one per token, a last one with `finish_reason`, then `data: [DONE]`. Errors are
 JSON bodies `{"error": {"message", "type", "code"}}` with the HTTP status. `GET /v1/models` lists
 the one model (the backend's ping). Faults come from `tests.fakes.inference`.
+
+Like many servers, it sends no `usage` unless asked; `send_usage=True` makes it end every finished
+stream with a usage chunk as OpenAI does under `stream_options: {"include_usage": true}` (empty
+`choices`): `completion_tokens` is the number of tokens streamed, `prompt_tokens` the words of the
+request's messages.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.inference import Cut, FakeInferenceServer, Garbage, Reply, Status
+from tests.fakes.inference import Behaviour, Cut, FakeInferenceServer, Garbage, Reply, Status
 
 MODEL = "fake-chat-1"
+DEFAULT_REPLY = Reply(("Hello", " there", "!"))  # the base class's default
 
 
 def error_body(message: str, kind: str, code: str | None = None) -> dict[str, Any]:
@@ -26,6 +32,16 @@ def error_body(message: str, kind: str, code: str | None = None) -> dict[str, An
 
 class FakeOpenAI(FakeInferenceServer):
     """The fake server; `base_url` is what `AsyncOpenAI(base_url=...)` takes."""
+
+    def __init__(
+        self,
+        *,
+        port: int = 0,
+        default: Behaviour = DEFAULT_REPLY,
+        send_usage: bool = False,
+    ) -> None:
+        super().__init__(port=port, default=default)
+        self.send_usage = send_usage
 
     @property
     def base_url(self) -> str:
@@ -75,6 +91,8 @@ class FakeOpenAI(FakeInferenceServer):
             await response.write_eof()
             return response
         await self._event(response, self._chunk(body, {}, finish_reason="stop"))
+        if self.send_usage:
+            await self._event(response, self._usage_chunk(body, len(behaviour.tokens)))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -90,6 +108,19 @@ class FakeOpenAI(FakeInferenceServer):
             "model": body.get("model", MODEL),
             "system_fingerprint": None,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+
+    @classmethod
+    def _usage_chunk(cls, body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
+        prompt_tokens = sum(len(str(message.get("content", "")).split()) for message in body["messages"])
+        return {
+            **cls._chunk(body, {}),
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
 
     @staticmethod

@@ -153,6 +153,7 @@ class FakeTelegram:
         *,
         user_id: int | None = None,
         first_name: str = "Alice",
+        last_name: str | None = None,
         chat_type: str | None = None,
         reply_to: SentMessage | None = None,
         thread_id: int | None = None,
@@ -162,7 +163,8 @@ class FakeTelegram:
         """Queue an update with a user's text message, entities included; returns the update.
 
         A positive `chat_id` is a private chat with that user; a negative one a group
-        (`-100…`: a supergroup; `thread_id` makes it a forum topic message).
+        (`-100…`: a supergroup; `thread_id` makes it a forum topic message). The sender's full
+        name is `first_name`, then `last_name` when given.
         """
         if chat_type is None:
             chat_type = (
@@ -183,6 +185,8 @@ class FakeTelegram:
             "from": {"id": user_id, "is_bot": user_id == ANONYMOUS_ADMIN_ID, "first_name": first_name},
             "text": text,
         }
+        if last_name is not None:
+            message["from"]["last_name"] = last_name
         entities = _entities(text)
         if entities:
             message["entities"] = entities
