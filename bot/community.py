@@ -77,7 +77,8 @@ class CommunityCommands:
             return "No personas are configured (the personas: section of config.yaml)."
         lines = ["Personas:"]
         for name, preset in self._personas.values():
-            lines.append(f"- {name}" + (f": {preset.description}" if preset.description else ""))
+            # Plain lines, not a Markdown list: chat platforms render those with a gap.
+            lines.append(name + (f": {preset.description}" if preset.description else ""))
         lines.append(f"This chat uses: {current or 'the default'}. /persona NAME switches (admins).")
         return "\n".join(lines)
 

@@ -85,13 +85,13 @@ class Quota:
         """`/usage`: the author's tokens today and the limit."""
         used = await self._repository.tokens_used(event.user_key, self.today())
         if event.is_staff and self.tokens_per_day > 0:
-            limit = f"no limit for admins (others: {self.tokens_per_day:,} a day)"
+            limit = f"Admins have no limit; others have {self.tokens_per_day:,} a day."
         elif self.tokens_per_day > 0:
             left = max(0, self.tokens_per_day - used)
-            limit = f"of {self.tokens_per_day:,} a day; {left:,} left, reset at midnight UTC"
+            limit = f"The limit is {self.tokens_per_day:,} a day: {left:,} left until midnight UTC."
         else:
-            limit = "no daily limit is set"
-        return f"Your usage today: {used:,} tokens ({limit})."
+            limit = "No daily limit is set."
+        return f"Your usage today: {used:,} tokens. {limit}"
 
     async def top_text(self, event: ChatEvent, limit: int = 10) -> str:
         """`/usage all`: the channel's top users today."""
@@ -99,7 +99,6 @@ class Quota:
         if not entries:
             return "No tokens used in this chat today."
         lines = [f"Top users in this chat today (UTC {self.today().isoformat()}):"]
-        for rank, entry in enumerate(entries, start=1):
-            name = entry.user_name or entry.user_key
-            lines.append(f"{rank}. {name}: {entry.tokens:,} tokens")
+        for entry in entries:  # plain lines, not a Markdown list (rendered with a gap)
+            lines.append(f"{entry.user_name or entry.user_key}: {entry.tokens:,} tokens")
         return "\n".join(lines)

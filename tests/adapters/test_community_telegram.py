@@ -211,7 +211,7 @@ async def test_a_persona_sets_the_system_prompt_and_temperature_the_model_gets(
         return (await replies(fake, chat, len(fake.texts(chat)) + 1))[-1]
 
     listing = await say("/persona")
-    assert "• pirate: Talks like a pirate\n• terse\n" in listing
+    assert "\npirate: Talks like a pirate\nterse\n" in listing
     assert "This chat uses: the default" in listing
     await say("hi")
     assert (model.messages()[0], model.requests[-1]["temperature"]) == (("system", SYSTEM), 0.5)
@@ -336,7 +336,7 @@ async def test_a_user_over_the_daily_quota_is_refused_without_a_model_call_and_a
         return (await replies(fake, chat_id, len(fake.texts(chat_id)) + 1))[-1]
 
     assert await say("q1") == "Absolutely wonderful question."
-    assert await say("/usage") == "Your usage today: 3 tokens (of 7 a day; 4 left, reset at midnight UTC)."
+    assert await say("/usage") == "Your usage today: 3 tokens. The limit is 7 a day: 4 left until midnight UTC."
     await say("q2")
     await say("q3")  # 9 tokens now: over the quota
     asked = len(model.requests)
@@ -348,7 +348,7 @@ async def test_a_user_over_the_daily_quota_is_refused_without_a_model_call_and_a
         "q2",
         "q3",
     ]
-    assert await say("/usage") == "Your usage today: 9 tokens (of 7 a day; 0 left, reset at midnight UTC)."
+    assert await say("/usage") == "Your usage today: 9 tokens. The limit is 7 a day: 0 left until midnight UTC."
     # The quota is the user's, in every chat.
     assert "quota" in await say(mention("in the group then?"), GROUP, user_id=chat)
 
@@ -357,7 +357,7 @@ async def test_a_user_over_the_daily_quota_is_refused_without_a_model_call_and_a
         assert await say(mention(f"a{n}"), GROUP, user_id=GROUP_ADMIN) == "Absolutely wonderful question."
     assert len(model.requests) == 7
     usage = await say("/usage", GROUP, user_id=GROUP_ADMIN)
-    assert usage.startswith("Your usage today: 12 tokens (no limit for admins")
+    assert usage.startswith("Your usage today: 12 tokens. Admins have no limit")
 
 
 # --- /forget ------------------------------------------------------------------------------------
