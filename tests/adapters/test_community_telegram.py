@@ -336,7 +336,8 @@ async def test_a_user_over_the_daily_quota_is_refused_without_a_model_call_and_a
         return (await replies(fake, chat_id, len(fake.texts(chat_id)) + 1))[-1]
 
     assert await say("q1") == "Absolutely wonderful question."
-    assert await say("/usage") == "Your usage today: 3 tokens. The limit is 7 a day: 4 left until midnight UTC."
+    usage_line = "Your usage today: {} tokens. The limit is 7 a day: {} left until midnight UTC."
+    assert await say("/usage") == usage_line.format(3, 4)
     await say("q2")
     await say("q3")  # 9 tokens now: over the quota
     asked = len(model.requests)
@@ -348,7 +349,7 @@ async def test_a_user_over_the_daily_quota_is_refused_without_a_model_call_and_a
         "q2",
         "q3",
     ]
-    assert await say("/usage") == "Your usage today: 9 tokens. The limit is 7 a day: 0 left until midnight UTC."
+    assert await say("/usage") == usage_line.format(9, 0)
     # The quota is the user's, in every chat.
     assert "quota" in await say(mention("in the group then?"), GROUP, user_id=chat)
 
