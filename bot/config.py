@@ -74,6 +74,10 @@ class ModelConfig(_Section):
     threads: int | None = Field(default=None, ge=1)
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     batching: BatchingConfig = BatchingConfig()
+    # The openai backend sends images as OpenAI content parts (the server's model must see them:
+    # llava on Ollama, Qwen2-VL on vLLM). The local backend tells by itself, from the model's
+    # config (an image-text-to-text model), and ignores this key.
+    vision: bool = False
     # Remote backends (openai, tgi): see config.yaml and bot/backends/remote_retry.py.
     connect_timeout_s: float = Field(default=5.0, gt=0.0, le=300.0)
     read_timeout_s: float = Field(default=60.0, gt=0.0, le=3600.0)
@@ -129,6 +133,13 @@ class ChatConfig(_Section):
     quota: QuotaConfig = QuotaConfig()
     # Messages older than this many days are deleted (at start and hourly); 0 = keep forever.
     retention_days: int = Field(default=0, ge=0, le=36_500)
+    # Attachments (bot/attachments.py). A text file longer than max_attachment_bytes is cut there;
+    # an image larger than max_image_bytes is refused before it is downloaded.
+    max_attachment_bytes: int = Field(default=262_144, ge=1, le=16_777_216)
+    max_image_bytes: int = Field(default=10_000_000, ge=1, le=100_000_000)
+    max_image_side: int = Field(default=1024, ge=16, le=8192)
+    max_attachments: int = Field(default=4, ge=0, le=10)
+    attachment_timeout_s: float = Field(default=30.0, gt=0.0, le=600.0)
 
 
 # "platform:id" in the access lists: Telegram and Discord ids are integers (a Telegram group's is

@@ -64,3 +64,8 @@ class RateLimited(ChinwagError):
     def __init__(self, retry_after_s: float) -> None:
         super().__init__(f"rate limited; retry after {retry_after_s:.0f} s")
         self.retry_after_s = retry_after_s
+
+
+class AttachmentUnavailable(ChinwagError):
+    """An attachment could not be downloaded (timeout, HTTP error, connection lost). The message
+    says what the user may read: never a URL (a Telegram file URL holds the bot's token)."""

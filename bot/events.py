@@ -2,7 +2,42 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """The start of a file: `data` holds at most the limit asked for; `complete` is False when the
+    file went on past it (the download stopped there: a 2 GB file is never read whole)."""
+
+    data: bytes
+    complete: bool
+
+
+class Download(Protocol):
+    """Fetches an attachment from its platform, lazily: nothing is downloaded until the engine asks.
+
+    Reads at most `limit` bytes (streamed; stops at the limit) and gives up after the adapter's
+    timeout. Raises `bot.errors.AttachmentUnavailable` when the file cannot be fetched."""
+
+    async def __call__(self, limit: int) -> Downloaded: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file sent with a message, not downloaded yet (see `bot.attachments`).
+
+    `name` is the file's name as sent (a Telegram photo has none: the adapter names it, e.g.
+    "photo.jpg"); `mime_type` the platform's claim, when it makes one; `size` the declared size
+    in bytes, when known (a claim too: the download enforces the limit itself). `image` says the
+    platform sent it as an image (a Telegram photo, a Discord attachment with an image/* type)."""
+
+    name: str
+    mime_type: str | None
+    size: int | None
+    image: bool
+    download: Download = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +78,9 @@ class ChatEvent:
     roles: tuple[str, ...] = ()
     addressed: bool = True
     sees_all_messages: bool = True
+    attachments: tuple[Attachment, ...] = ()
+    """Files sent with the message (a Telegram document or photo, Discord attachments, files
+    attached on the web page); `text` is then the caption, possibly empty."""
 
     @property
     def channel_key(self) -> str:

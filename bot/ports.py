@@ -10,6 +10,7 @@ database itself.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -31,6 +32,31 @@ Role = Literal["user", "assistant"]
 def spoken(content: str, speaker: str | None) -> str:
     """A user turn as the model reads it: `NAME: TEXT` in a group (`speaker` set), else TEXT."""
     return content if speaker is None else f"{speaker}: {content}"
+
+
+def with_attached(content: str, attached: str | None) -> str:
+    """A user message as the model reads it: its text, then what its attachments became (file
+    names and texts, `[image: NAME]` placeholders; see `bot.attachments`), a blank line between."""
+    if not attached:
+        return content
+    return f"{content}\n\n{attached}" if content else attached
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image of the new message, decoded, resized and re-encoded (see `bot.attachments`).
+    Only the newest message carries images; earlier turns keep an `[image: NAME]` placeholder."""
+
+    name: str
+    mime_type: str  # "image/jpeg" or "image/png"
+    data: bytes
+    width: int
+    height: int
+
+    @property
+    def data_url(self) -> str:
+        """`data:<mime>;base64,...`, as OpenAI content parts carry an image."""
+        return f"data:{self.mime_type};base64,{base64.b64encode(self.data).decode('ascii')}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +87,9 @@ class Conversation:
     cache) key it by this: the channel key, or `member_context_key(...)` for one member's
     conversation in a channel in member mode. None: a stateless request."""
     speaker: str | None = None
+    images: tuple[ImagePart, ...] = ()
+    """The new message's images, for a backend that sees them (`bot.backends.base.sees_images`);
+    `message` already holds their `[image: NAME]` placeholders."""
 
     @property
     def message_text(self) -> str:
@@ -143,6 +172,9 @@ class StoredMessage:
     """Whose conversation in the channel the message belongs to: a user message's author, the
     asker of an assistant message (member mode reads one member's history by it, `/forget`
     deletes by it). None for messages stored without one."""
+    attached: str | None = None
+    """What a user message's attachments became (see `with_attached`); its own text stays in
+    `content`, so an edit of the text replaces `content` and keeps this."""
 
 
 ContextMode = Literal["shared", "member"]
@@ -231,12 +263,28 @@ class Repository(Protocol):
         cut: CutReason | None = None,
         member_id: str | None = None,
         charge: TokenCharge | None = None,
+        attached: str | None = None,
     ) -> StoredMessage | None:
         """Store a message (creating the channel on first use). None when `platform_message_id`
         was already stored in this channel: a duplicate delivery, nothing changed. `cut`: an
         assistant message cut short, kept with the reason. `member_id`: see
         `StoredMessage.member_id` (a user message without one takes its `author_id`). `charge`:
-        add these tokens to the user's usage in the same transaction (a reply's cost)."""
+        add these tokens to the user's usage in the same transaction (a reply's cost).
+        `attached`: see `StoredMessage.attached`."""
+        ...
+
+    async def edit_message(
+        self, channel_key: str, platform_message_id: str, content: str
+    ) -> StoredMessage | None:
+        """Replace the text (`content`) of the user message stored with `platform_message_id`,
+        keeping its `attached`, id and place; the edited message, or None when no such user
+        message is stored in the channel (never stored, deleted, forgotten, purged)."""
+        ...
+
+    async def delete_messages(self, channel_key: str, platform_message_ids: Sequence[str]) -> int:
+        """Delete the user messages stored with these platform ids and, for each, the assistant
+        message answering it (the channel's next message, when that is the assistant's), in one
+        transaction. Ids not stored are skipped. Returns how many rows were deleted."""
         ...
 
     async def recent_messages(
@@ -449,4 +497,15 @@ class ChatService(Protocol):
     def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
         """End the channel's running model reply now, keeping the text it has so far (stored, cut
         for `reason`). False when the channel has no reply being generated."""
+        ...
+
+    def edit(self, event: ChatEvent) -> asyncio.Task[bool]:
+        """Queue an edit (in the channel's order, after the messages already queued): the stored
+        user message `event.message_id` of `event.channel_key` gets `event.text` as its text. The
+        edit is not answered. The task gives True when a stored message changed."""
+        ...
+
+    def delete(self, channel_key: str, platform_message_ids: Sequence[str]) -> asyncio.Task[int]:
+        """Queue deleting these user messages of the channel and the bot's replies to them (in the
+        channel's order). The task gives how many stored messages were deleted."""
         ...

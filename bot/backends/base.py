@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from bot.ports import Conversation, SamplingSettings
+from bot.ports import Conversation, ImagePart, SamplingSettings
 from bot.reply import FinishReason, Usage
 
 
@@ -44,6 +44,9 @@ class PreparedPrompt:
     stop: tuple[str, ...] = field(default_factory=tuple)
     context_key: str | None = None
     messages: tuple[PromptMessage, ...] = ()
+    images: tuple[ImagePart, ...] = ()
+    """The new message's images (`Conversation.images`), for a backend that sees them: they go
+    with the last user message (OpenAI content parts; the local processor's image inputs)."""
 
 
 class Backend(Protocol):
@@ -129,6 +132,21 @@ def reporting_stream(
     if isinstance(backend, UsageReporting):
         return backend.generate_reporting(prompt, settings, report)
     return backend.generate(prompt, settings)
+
+
+@runtime_checkable
+class SeesImages(Protocol):
+    """A backend that may answer images: the openai backend with `model.vision: true`, the local
+    backend running an image-text-to-text model."""
+
+    def sees_images(self) -> bool:
+        """True when this backend's model reads the images of a conversation (after `start`)."""
+        ...
+
+
+def sees_images(backend: Backend) -> bool:
+    """Whether `backend` answers images; a backend that never does is told so by the engine."""
+    return isinstance(backend, SeesImages) and backend.sees_images()
 
 
 @runtime_checkable

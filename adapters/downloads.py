@@ -1,0 +1,57 @@
+"""Streamed, bounded downloads of attachments (Telegram files, Discord attachment URLs).
+
+A file is read chunk by chunk and the download stops at the limit the engine asks for, so a 2 GB
+file costs at most that limit in memory. The whole download (connect, headers, every chunk) has
+one deadline: a server that hangs or trickles gets `AttachmentUnavailable` when it passes. The URL
+is never logged nor put in an error: a Telegram file URL carries the bot's token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+from bot.errors import AttachmentUnavailable
+from bot.events import Downloaded
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 64 * 1024
+
+
+async def download_start(client: httpx.AsyncClient, url: str, limit: int, timeout_s: float) -> Downloaded:
+    """At most `limit` bytes from the start of the file at `url` (see `Downloaded`).
+
+    Raises `AttachmentUnavailable` on a timeout (`timeout_s` for the whole download), an HTTP
+    error status or a broken connection."""
+    if limit < 0:
+        raise ValueError("limit must not be negative")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_start(client, url, limit)
+    except TimeoutError:
+        raise AttachmentUnavailable(f"the download did not finish within {timeout_s:g} s") from None
+    except httpx.HTTPStatusError as error:
+        raise AttachmentUnavailable(f"the server answered {error.response.status_code}") from None
+    except httpx.HTTPError as error:
+        # The exception's text may hold the URL: only its type reaches the log and the user.
+        logger.info("attachment download failed: %s", type(error).__name__)
+        raise AttachmentUnavailable("the connection failed") from None
+
+
+async def _read_start(client: httpx.AsyncClient, url: str, limit: int) -> Downloaded:
+    # One byte past the limit tells a file of exactly `limit` bytes from a longer one.
+    wanted = limit + 1
+    chunks: list[bytes] = []
+    received = 0
+    async with client.stream("GET", url, follow_redirects=True) as response:
+        response.raise_for_status()
+        async for chunk in response.aiter_bytes(_CHUNK_BYTES):
+            chunks.append(chunk[: wanted - received])
+            received += len(chunks[-1])
+            if received >= wanted:
+                break  # leaving the block closes the stream: the rest is never read
+    data = b"".join(chunks)
+    return Downloaded(data[:limit], complete=len(data) <= limit)
