@@ -90,7 +90,7 @@ async def test_a_reply_costs_the_servers_token_count_else_an_estimate_and_the_qu
     stored = await repository.recent_messages("telegram:-100", limit=100)
     assert len(stored) == 2 * answered  # the refused question is not stored
     usage = await engine.ask(group("/usage"))
-    assert usage.startswith(f"Your usage today: {answered * cost} tokens (of {limit} a day; 0 left")
+    assert usage.startswith(f"Your usage today: {answered * cost} tokens. The limit is {limit} a day: 0 left")
 
 
 @pytest.mark.parametrize("source", ["openai estimate", "tgi details"])  # the usage plays no part
