@@ -14,6 +14,18 @@ message stored but not answered, or answered but not posted, when the process wa
 reply after the restart: the engine answers it now, or re-sends its stored answer. Slash commands:
 `discord_commands.py`.
 
+Files sent with a message become the event's attachments; the engine downloads them when it needs
+them, streamed from the attachment URL by `discord_files.py` (never discord.py's `Attachment.read()`,
+which reads a whole file into memory). Edits and deletes: `on_raw_message_edit`,
+`on_raw_message_delete` and `on_raw_bulk_message_delete` fire also for messages discord.py no longer
+caches (the plain `on_message_edit`/`on_message_delete` do not); a person's text edit goes to
+`engine.edit` (not answered), deleted ids to `engine.delete` with the channel's key, which drops
+them and the bot's replies to them from the history (ids the engine never stored are ignored
+there). The guild and DM message intents of `Intents.default()` carry these events; message
+content is needed for the edited text in guilds. A MESSAGE_UPDATE discord.py cannot build a message
+from (an old-style partial update without `content`, e.g. a link preview) is dropped before its
+parser: that parser would raise and end the gateway connection.
+
 Sending: `adapters.delivery` streams each reply through a `DiscordSink`: a typing indicator while
 the reply is generated, the first text posted (after `first_post_delay_s`) then edited at most once
 per `edit_interval_s` (1.5 s), the final text split into messages of at most 2000 characters with
@@ -30,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,7 +57,16 @@ from adapters.channel_workers import ChannelWorkers
 from adapters.delivery import Pacing, deliver
 from adapters.discord_backfill import Backfill, SeenIds, shard_for
 from adapters.discord_commands import answer_command, setup_commands
-from adapters.discord_events import MESSAGE_LIMIT, PLATFORM, TEXT_COMMANDS, discord_pieces, to_event
+from adapters.discord_events import (
+    MESSAGE_LIMIT,
+    PLATFORM,
+    TEXT_COMMANDS,
+    channel_key,
+    discord_pieces,
+    edit_event,
+    to_event,
+)
+from adapters.discord_files import AttachmentFetcher
 from bot.backoff import Backoff
 from bot.config import DiscordConfig
 from bot.errors import ChinwagError
@@ -58,6 +80,8 @@ logger = logging.getLogger(__name__)
 LIBRARY_API_BASE: str = discord.http.Route.BASE
 LIBRARY_GATEWAY: yarl.URL = DiscordWebSocket.DEFAULT_GATEWAY
 _BACKOFF = Backoff()
+# What discord.py's Message needs from a MESSAGE_UPDATE (it raises KeyError without them).
+_WHOLE_MESSAGE_KEYS = frozenset({"id", "channel_id", "type", "content", "author"})
 
 
 # --- the adapter -------------------------------------------------------------------------------
@@ -79,6 +103,7 @@ class _Client(discord.Client):
         super().__init__(**options)
         self._adapter = adapter
         self.tree: app_commands.CommandTree[_Client] = app_commands.CommandTree(self)
+        _skip_partial_updates(self._connection.parsers)
 
     async def setup_hook(self) -> None:
         await self._adapter._setup_commands(self)
@@ -90,6 +115,34 @@ class _Client(discord.Client):
         # discord.py runs each handler as a task, started in gateway order; nothing is awaited
         # before the engine gets the event, so the engine sees each channel's messages in order.
         self._adapter._on_message(message)
+
+    async def on_raw_message_edit(self, update: discord.RawMessageUpdateEvent) -> None:
+        # Like on_message: straight to the engine, so an edit keeps its place in the channel's order.
+        self._adapter._on_edit(update)
+
+    async def on_raw_message_delete(self, deleted: discord.RawMessageDeleteEvent) -> None:
+        self._adapter._on_delete(deleted.channel_id, [deleted.message_id])
+
+    async def on_raw_bulk_message_delete(self, deleted: discord.RawBulkMessageDeleteEvent) -> None:
+        self._adapter._on_delete(deleted.channel_id, sorted(deleted.message_ids))
+
+
+def _skip_partial_updates(parsers: dict[str, Callable[[Any], None]]) -> None:
+    """Drop the MESSAGE_UPDATEs discord.py cannot parse instead of letting them end the connection.
+
+    discord.py (2.5+) builds a whole `Message` from every MESSAGE_UPDATE, as Discord sends whole
+    messages now; an update without `content` or `author` (an embed-only update, as Discord used
+    to send for link previews) makes its parser raise KeyError inside the gateway loop, which then
+    ends the connection and a new session starts. Such an update edits no text: it is skipped."""
+    parse = parsers["MESSAGE_UPDATE"]
+
+    def parse_whole_messages(data: Any) -> None:
+        if isinstance(data, dict) and data.keys() >= _WHOLE_MESSAGE_KEYS:
+            parse(data)
+        else:
+            logger.debug("discord: a partial message update skipped")
+
+    parsers["MESSAGE_UPDATE"] = parse_whole_messages
 
 
 class _ShardedClient(_Client, discord.AutoShardedClient):
@@ -109,10 +162,12 @@ class DiscordAdapter:
         *,
         last_seen: LastAnsweredIds | None = None,
         guild_ready_timeout_s: float = 2.0,
+        attachment_timeout_s: float = 30.0,
     ) -> None:
         """Every tuning value comes from `config` (`discord:`); `last_seen` enables backfill (see
         adapters/discord_backfill.py); `guild_ready_timeout_s` is discord.py's wait for the guilds
-        after READY (tests shorten it)."""
+        after READY (tests shorten it); `attachment_timeout_s` (`chat.attachment_timeout_s`)
+        bounds each attachment download."""
         if not has_token(config.token):
             raise ValueError("the Discord adapter needs a token")
         self._token = config.token
@@ -135,6 +190,10 @@ class DiscordAdapter:
         self._guild_ready_timeout_s = guild_ready_timeout_s
         self._drain_s = config.drain_s
         self._slash_commands = config.slash_commands
+        self._attachment_timeout_s = attachment_timeout_s
+        self._files: AttachmentFetcher | None = None
+        # The engine's edit and delete tasks, kept until done (their failures are logged).
+        self._changes: set[asyncio.Task[Any]] = set()
         self._client: _Client | None = None
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -177,6 +236,7 @@ class DiscordAdapter:
         intents = discord.Intents.default()
         intents.message_content = True
         self._ready = asyncio.Event()
+        self._files = AttachmentFetcher(self._attachment_timeout_s)
         shard_options: dict[str, int] = {}
         if self._shard is not None:
             # One shard per process: the gateway sends this process the events of the guilds
@@ -232,6 +292,10 @@ class DiscordAdapter:
             # A gateway loop that ended with an error was logged already.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await runner
+        # Last: the replies drained above may still have been reading files.
+        files, self._files = self._files, None
+        if files is not None:
+            await files.aclose()
 
     async def _run(self, client: _Client) -> None:
         """The gateway loop. discord.py reconnects and RESUMEs by itself; an event it cannot
@@ -286,7 +350,8 @@ class DiscordAdapter:
         engine decides about an unaddressed one. A backfill hands over only addressed messages."""
         if self._client is None or self._client.user is None:
             return
-        event = to_event(message, self._client.user.id, self._admins, self._channels)
+        fetch = self._files.download if self._files is not None else None
+        event = to_event(message, self._client.user.id, self._admins, self._channels, fetch)
         if event is None or (redelivered and not event.addressed):
             return
         if not self._seen.first_time(message.id):
@@ -299,6 +364,46 @@ class DiscordAdapter:
             logger.warning("discord: message in %s not handled: %s", event.channel, error)
             return
         self._workers.put(message.channel.id, _Job(message, event, reply))
+
+    def _on_edit(self, update: discord.RawMessageUpdateEvent) -> None:
+        """A person edited a message: the engine gives the stored one its new text (an edit is
+        not answered; an id the engine never stored changes nothing)."""
+        if self._client is None or self._client.user is None:
+            return
+        event = edit_event(update, self._client.user.id, self._admins, self._channels)
+        if event is None:
+            return
+        try:
+            task = self._engine.edit(event)
+        except ChinwagError as error:
+            logger.warning("discord: edit in %s not handled: %s", event.channel, error)
+            return
+        self._keep(task, "edit")
+
+    def _on_delete(self, channel_id: int, message_ids: Sequence[int]) -> None:
+        """Messages were deleted: they and the bot's replies to them leave the channel's history
+        (the engine ignores ids it never stored, e.g. the bot's own or other bots' messages)."""
+        if self._client is None or not message_ids:
+            return
+        try:
+            task = self._engine.delete(
+                channel_key(channel_id), [str(message_id) for message_id in message_ids]
+            )
+        except ChinwagError as error:
+            logger.warning("discord: delete in %s not handled: %s", channel_id, error)
+            return
+        self._keep(task, "delete")
+
+    def _keep(self, task: asyncio.Task[Any], what: str) -> None:
+        """Hold the engine's task until it is done, and log (its type only) if it failed."""
+        self._changes.add(task)
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            self._changes.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.warning("discord: %s failed (%s)", what, type(finished.exception()).__name__)
+
+        task.add_done_callback(done)
 
     async def _post(self, channel_id: int, job: _Job) -> bool:
         """Post one reply into its channel (a `ChannelWorkers` job)."""
@@ -349,13 +454,18 @@ class DiscordSink:
 
 
 def create(
-    config: DiscordConfig, engine: ChatService, last_answered: LastAnsweredIds
+    config: DiscordConfig,
+    engine: ChatService,
+    last_answered: LastAnsweredIds,
+    *,
+    attachment_timeout_s: float = 30.0,
 ) -> DiscordAdapter | None:
     """The adapter for `config` (`discord:`), or None when no token is configured. `last_answered`
-    names, per channel, the last message the store has an answer for (the backfill's fallback)."""
+    names, per channel, the last message the store has an answer for (the backfill's fallback);
+    `attachment_timeout_s` is `chat.attachment_timeout_s`."""
     if not has_token(config.token):
         return None
-    return DiscordAdapter(config, engine, last_seen=last_answered)
+    return DiscordAdapter(config, engine, last_seen=last_answered, attachment_timeout_s=attachment_timeout_s)
 
 
 __all__ = [

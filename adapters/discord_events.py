@@ -1,15 +1,16 @@
-"""Discord's messages as `ChatEvent`s and replies as Discord-sized messages (pure functions)."""
+"""Discord's messages (and their edits) as `ChatEvent`s and replies as Discord-sized messages
+(pure functions)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import discord
 
 from adapters.splitting import split_reply
 from bot.commands import COMMAND_NAMES, parse_command
-from bot.events import ChatEvent
+from bot.events import Attachment, ChatEvent, Download
 
 PLATFORM = "discord"
 MESSAGE_LIMIT = 2000
@@ -20,12 +21,16 @@ _ANSWERED_TYPES = frozenset({discord.MessageType.default, discord.MessageType.re
 _FENCE = re.compile(r"[ \t]*```[ \t]*([^\s`]*)")
 _CLOSE_FENCE = "\n```"
 
+FetchUrl = Callable[[str], Download]
+"""The `Download` of the file at an attachment's URL (see adapters/discord_files.py)."""
+
 
 def to_event(
     message: discord.Message,
     bot_user_id: int,
     admins: frozenset[int],
     channels: frozenset[int] = frozenset(),
+    fetch: FetchUrl | None = None,
 ) -> ChatEvent | None:
     """The `ChatEvent` for a new message from a person, else None.
 
@@ -34,6 +39,8 @@ def to_event(
     `<@bot> /reset`), and every message in `channels`. The bot's mention is removed from the text.
     Bots (the bot itself included) and non-default message types (joins, pins, …) give None.
     Admins and staff: see `is_admin` and `is_staff`; `roles`: see `role_ids`.
+    The message's files become `attachments` (see `attachments_of`) when `fetch` is given; a
+    message with files and no text is an event too (its `text` is then empty).
     """
     author = message.author
     if author.bot or author.id == bot_user_id or message.type not in _ANSWERED_TYPES:
@@ -64,7 +71,53 @@ def to_event(
         is_staff=is_staff(author.id, admins=admins, permissions=permissions),
         roles=role_ids(member),
         addressed=addressed,
+        attachments=attachments_of(message, fetch) if fetch is not None else (),
     )
+
+
+def attachments_of(message: discord.Message, fetch: FetchUrl) -> tuple[Attachment, ...]:
+    """The message's files, not downloaded: the name, type and size are Discord's claims (the
+    download enforces the limits itself), an `image/*` type marks an image, and `fetch` streams
+    the file from its URL when the engine asks for it."""
+    return tuple(
+        Attachment(
+            name=attachment.filename,
+            mime_type=attachment.content_type,
+            size=attachment.size,
+            image=(attachment.content_type or "").startswith("image/"),
+            download=fetch(attachment.url),
+        )
+        for attachment in message.attachments
+    )
+
+
+def edit_event(
+    update: discord.RawMessageUpdateEvent,
+    bot_user_id: int,
+    admins: frozenset[int],
+    channels: frozenset[int] = frozenset(),
+) -> ChatEvent | None:
+    """The `ChatEvent` that gives a person's edited message its new text (`message_id` = the
+    edited message, `text` = its new text, mention removed as in `to_event`), else None.
+
+    Not every MESSAGE_UPDATE is a text edit: Discord also sends one when it adds a link preview
+    (an embed), pins a message, or when the bot edits its own streamed reply. Only an update with
+    `content` and an `edited_timestamp` (set by a person's edit, not by an unfurl) whose text
+    differs from the cached message (when discord.py still has it) counts. Messages of bots and
+    service messages give None, as in `to_event`."""
+    data = update.data
+    if "content" not in data or data.get("edited_timestamp") is None:
+        return None
+    cached = update.cached_message
+    if cached is not None and cached.content == update.message.content:
+        return None
+    return to_event(update.message, bot_user_id, admins, channels)
+
+
+def channel_key(channel_id: int) -> str:
+    """The engine's name of a Discord channel's history (a thread has its own: its id is the
+    channel id of its messages), as `ChatEvent.channel_key` makes it."""
+    return f"{PLATFORM}:{channel_id}"
 
 
 def is_staff(user_id: int, *, admins: Collection[int], permissions: discord.Permissions | None) -> bool:

@@ -230,7 +230,12 @@ def _discord_adapter(settings: Settings, running: _Running) -> Adapter | None:
     async def last_answered() -> dict[str, str]:
         return await repository.last_platform_message_ids(PLATFORM)
 
-    return create(settings.discord, running.engine, last_answered)
+    return create(
+        settings.discord,
+        running.engine,
+        last_answered,
+        attachment_timeout_s=settings.chat.attachment_timeout_s,
+    )
 
 
 # The platform adapters in start-up order. Each factory imports its adapter only when that adapter

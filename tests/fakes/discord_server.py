@@ -7,6 +7,13 @@ IDENTIFY → READY → GUILD_CREATE, heartbeats acknowledged, then MESSAGE_CREAT
 dispatches; every dispatch is kept in the session's log so a RESUME after `drop_connection` replays
 what the client missed. Faults on demand: 429 with `Via` and `retry_after`, like Discord's.
 Tests push what users type with `push_message` and assert on `sent` (what the bot posted).
+
+Files and changes: `add_file` serves an attachment over HTTP (`/attachments/...`, a signed-looking
+URL like the CDN's), streamed in chunks with its `Content-Length`: a body given whole, a generated
+body of any size (only what the client reads is ever produced; `ServedFile.bytes_sent` counts what
+was written), or one that hangs after the headers. `edit_message`, `delete_messages` and
+`partial_update` dispatch MESSAGE_UPDATE / MESSAGE_DELETE / MESSAGE_DELETE_BULK as Discord does;
+the bot's own edits dispatch a MESSAGE_UPDATE too, as on Discord.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import asyncio
 import itertools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +43,7 @@ ADMINISTRATOR = 1 << 3
 # What @everyone may do on a fresh server (view, send, read history, …): no admin bits.
 EVERYONE_PERMISSIONS = 104_324_673
 _JSON = "application/json"  # exactly: discord.py ignores a body typed `application/json; charset=utf-8`
+_FILE_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass
@@ -58,6 +66,41 @@ class Call:
     path: str
     body: Any
     at: float
+
+
+@dataclass
+class ServedFile:
+    """An attachment the fake serves, and what its downloads did.
+
+    The body is `data`, or, when `data` is None, `size` bytes of `filler` repeated (made chunk by
+    chunk as it is sent: a 50 MB file costs the fake one chunk). `hang`: the headers are sent, then
+    nothing until the fake stops. `bytes_sent` counts the body bytes handed to the connection,
+    `completed` the downloads that sent the whole body, `active` the downloads still running."""
+
+    id: int
+    filename: str
+    content_type: str | None
+    size: int
+    data: bytes | None = None
+    filler: bytes = b"x"
+    hang: bool = False
+    requests: int = 0
+    bytes_sent: int = 0
+    completed: int = 0
+    active: int = 0
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return _body_chunks(self)
+
+
+async def _body_chunks(served: ServedFile) -> AsyncIterator[bytes]:
+    if served.data is not None:
+        for start in range(0, len(served.data), _FILE_CHUNK_BYTES):
+            yield served.data[start : start + _FILE_CHUNK_BYTES]
+        return
+    block = (served.filler * (_FILE_CHUNK_BYTES // len(served.filler) + 1))[:_FILE_CHUNK_BYTES]
+    for start in range(0, served.size, _FILE_CHUNK_BYTES):
+        yield block[: min(_FILE_CHUNK_BYTES, served.size - start)]
 
 
 @dataclass
@@ -243,6 +286,9 @@ class FakeDiscord:
         # Message POSTs accepted and not answered yet (waiting out `post_delay_s`): those still land
         # even when the bot that sent them is gone. Changes are notified like every call.
         self.posts_in_flight = 0
+        # Attachments served at /attachments/{id}/{filename} (see `add_file`), by id.
+        self.files: dict[int, ServedFile] = {}
+        self._stopping = asyncio.Event()  # ends the downloads that hang
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -250,6 +296,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_get("/", self._gateway)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        app.router.add_get("/attachments/{file_id}/{filename}", self._file)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -260,6 +307,7 @@ class FakeDiscord:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._stopping.set()
         for socket in list(self._sockets):
             await socket.close()
         if self._runner is not None:
@@ -295,12 +343,14 @@ class FakeDiscord:
         reply_to: SentMessage | None = None,
         bot: bool = False,
         deliver: bool = True,
+        attachments: Sequence[dict[str, Any]] = (),
     ) -> dict[str, Any]:
         """A user's message: kept in the channel's history and, when `deliver`, dispatched.
 
         `<@BOT_ID>` in `content` becomes a mention of the bot (as Discord does); `guild=False`
         makes it a DM. A guild message's `member.roles` are `roles`, by default those
-        `give_roles` gave the user (none). Returns the MESSAGE_CREATE body.
+        `give_roles` gave the user (none). `attachments`: attachment objects (see `add_file`).
+        Returns the MESSAGE_CREATE body.
         """
         if roles is None:
             roles = self.members.get(user_id, (name, ()))[1]
@@ -324,12 +374,99 @@ class FakeDiscord:
             mentions=mentions,
             referenced=referenced,
         )
+        payload["attachments"] = list(attachments)
         self.history.setdefault(channel_id, []).append(payload)
         if not guild:
             self.dm_recipients.setdefault(channel_id, payload["author"])
         if deliver:
             self.dispatch("MESSAGE_CREATE", payload)
         return payload
+
+    def add_file(
+        self,
+        filename: str,
+        data: bytes | None = None,
+        *,
+        content_type: str | None = "text/plain; charset=utf-8",
+        size: int | None = None,
+        filler: bytes = b"x",
+        hang: bool = False,
+    ) -> dict[str, Any]:
+        """Serve a file and return its attachment object (for `push_message(attachments=...)`).
+
+        The body is `data`, or `size` bytes of `filler` generated as they are sent; `hang` sends
+        the headers and then nothing. `size` in the attachment object is the body's size unless
+        given (a claim, as Discord's is). `content_type` None: Discord did not recognise it."""
+        body_size = len(data) if data is not None else (size or 0)
+        served = ServedFile(
+            id=snowflake(),
+            filename=filename,
+            content_type=content_type,
+            size=body_size,
+            data=data,
+            filler=filler,
+            hang=hang,
+        )
+        self.files[served.id] = served
+        # Like the CDN's: expiry and signature in the query (which the bot must not log).
+        url = f"http://127.0.0.1:{self.port}/attachments/{served.id}/{filename}?ex=6a1b2c3d&hm=fake-signature-{served.id}"
+        attachment: dict[str, Any] = {
+            "id": str(served.id),
+            "filename": filename,
+            "size": size if size is not None else body_size,
+            "url": url,
+            "proxy_url": url,
+        }
+        if content_type is not None:
+            attachment["content_type"] = content_type
+        return attachment
+
+    def edit_message(self, message: dict[str, Any], content: str) -> dict[str, Any]:
+        """A user edits `message` (a body `push_message` returned): the history keeps the new text
+        and a MESSAGE_UPDATE with the whole message (new `content`, `edited_timestamp` set) is
+        dispatched, as Discord sends it. Returns the update's body."""
+        updated = {**message, "content": content, "edited_timestamp": datetime.now(UTC).isoformat()}
+        updated["mentions"] = [self.bot_user] if f"<@{BOT_ID}>" in content else []
+        self._replace_in_history(updated)
+        self.dispatch("MESSAGE_UPDATE", updated)
+        return updated
+
+    def partial_update(self, message: dict[str, Any]) -> dict[str, Any]:
+        """An update without `content` or `author` (how Discord used to announce a link preview:
+        only the ids and the new embeds). Returns the update's body."""
+        update: dict[str, Any] = {
+            "id": message["id"],
+            "channel_id": message["channel_id"],
+            "embeds": [{"type": "link", "url": "https://example.com/", "title": "Example"}],
+        }
+        if "guild_id" in message:
+            update["guild_id"] = message["guild_id"]
+        self.dispatch("MESSAGE_UPDATE", update)
+        return update
+
+    def delete_messages(self, channel_id: int, message_ids: Sequence[int]) -> None:
+        """Messages of `channel_id` are deleted (by their author or a moderator): gone from the
+        history, and one MESSAGE_DELETE, or a MESSAGE_DELETE_BULK for several, is dispatched (with
+        `guild_id` in a guild channel, as Discord sends them)."""
+        gone = {str(message_id) for message_id in message_ids}
+        self.history[channel_id] = [
+            message for message in self.history.get(channel_id, []) if message["id"] not in gone
+        ]
+        where: dict[str, Any] = {"channel_id": str(channel_id)}
+        if channel_id in self.channel_ids:
+            where["guild_id"] = str(GUILD_ID)
+        if len(message_ids) == 1:
+            self.dispatch("MESSAGE_DELETE", {"id": str(message_ids[0]), **where})
+        else:
+            self.dispatch(
+                "MESSAGE_DELETE_BULK", {"ids": [str(message_id) for message_id in message_ids], **where}
+            )
+
+    def _replace_in_history(self, message: dict[str, Any]) -> None:
+        channel = self.history.get(int(message["channel_id"]), [])
+        for index, kept in enumerate(channel):
+            if kept["id"] == message["id"]:
+                channel[index] = message
 
     def give_roles(self, user_id: int, *roles: int, name: str = "Alice") -> None:
         """Make `user_id` a guild member holding `roles` (role ids; the guild's are in
@@ -554,6 +691,13 @@ class FakeDiscord:
                 sent.content = body.get("content", sent.content)
                 sent.versions.append((time.monotonic(), sent.content))
                 payload = message_payload(channel_id, sent.content, author=self.bot_user, message_id=sent.id)
+                # Discord announces every edit, the bot's own included: the bot must ignore these.
+                update = {
+                    **payload,
+                    "edited_timestamp": datetime.now(UTC).isoformat(),
+                    **({"guild_id": str(GUILD_ID)} if channel_id in self.channel_ids else {}),
+                }
+                self.dispatch("MESSAGE_UPDATE", update)
                 return _json(payload)
         return _json({"message": "Unknown Message", "code": 10008}, status=404)
 
@@ -581,6 +725,34 @@ class FakeDiscord:
         else:
             chosen = messages[-limit:]
         return list(reversed(chosen))
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        """GET /attachments/{id}/{filename}: the file, streamed chunk by chunk (see `ServedFile`)."""
+        served = self.files.get(int(request.match_info["file_id"]))
+        if served is None or request.match_info["filename"] != served.filename:
+            return web.Response(status=404, text="Not Found")
+        served.requests += 1
+        served.active += 1
+        response = web.StreamResponse(
+            headers={"Content-Type": served.content_type or "application/octet-stream"}
+        )
+        response.content_length = served.size
+        try:
+            await response.prepare(request)
+            if served.hang:
+                await self._stopping.wait()
+                return response
+            async for chunk in served.chunks():
+                await response.write(chunk)  # waits while the client does not read
+                served.bytes_sent += len(chunk)
+            await response.write_eof()
+            served.completed += 1
+        except ConnectionError:
+            pass  # the client stopped reading and closed the connection (as it should, at its limit)
+        finally:
+            served.active -= 1
+            await self._notify()
+        return response
 
     async def _notify(self) -> None:
         async with self._changed:
