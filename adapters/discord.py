@@ -228,6 +228,8 @@ class DiscordAdapter:
         """
         if self._client is not None:
             return
+        for name in ("httpx", "httpcore"):  # they log request URLs: attachment URLs are signed
+            logging.getLogger(name).setLevel(logging.WARNING)
         # Class attributes of the library: the only way to aim discord.py at a proxy or a fake.
         discord.http.Route.BASE = self._api_base or LIBRARY_API_BASE
         DiscordWebSocket.DEFAULT_GATEWAY = (

@@ -1,4 +1,4 @@
-"""`to_event` on recorded MESSAGE_CREATE payloads, and `discord_pieces` (pure functions)."""
+"""`to_event` and `edit_event` on recorded gateway payloads, and `discord_pieces` (pure functions)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 import discord
 
 from adapters.discord import MESSAGE_LIMIT, discord_pieces, to_event
-from bot.events import ChatEvent
+from adapters.discord_events import channel_key, edit_event
+from bot.events import ChatEvent, Download, Downloaded
 from tests.fakes.discord_server import (
     ADMIN_ROLE,
     BOT_ID,
@@ -308,3 +309,126 @@ def test_a_fence_opened_and_closed_on_one_line_stays_closed() -> None:
     pieces = discord_pieces(text)
     assert len(pieces) == 2
     assert "".join(pieces) == text  # nothing added: no code block was open at the cut
+
+
+# --- attachments and edits ---------------------------------------------------------------------
+
+# An attachment object as Discord sends it in MESSAGE_CREATE (API v10), ids and URL changed.
+RECORDED_ATTACHMENT: dict[str, Any] = {
+    "id": "1441130000000000001",
+    "filename": "screenshot.png",
+    "size": 48213,
+    "url": "https://cdn.discordapp.com/attachments/1/1441130000000000001/screenshot.png?ex=a&is=b&hm=c&",
+    "proxy_url": "https://media.discordapp.net/attachments/1/1441130000000000001/screenshot.png?ex=a&is=b&hm=c&",
+    "width": 640,
+    "height": 480,
+    "content_type": "image/png",
+    "placeholder": "4AcKFQJ4h4iPeIiHd4eHd4Z3",
+    "placeholder_version": 1,
+}
+
+
+class FetchRecorder:
+    """A `FetchUrl` that records the URLs it was asked for (and never downloads)."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    def __call__(self, url: str) -> Download:
+        self.urls.append(url)
+
+        async def download(limit: int) -> Downloaded:
+            raise AssertionError("nothing is downloaded while the event is built")
+
+        return download
+
+
+def test_attachments_become_lazy_attachments_with_discords_claims() -> None:
+    text_file = {
+        "id": "1441130000000000002",
+        "filename": "notes.txt",
+        "size": 12,
+        "url": "https://cdn.example/notes.txt",
+        "proxy_url": "https://cdn.example/notes.txt",
+        "content_type": "text/plain; charset=utf-8",
+    }
+    unknown = {
+        **text_file,
+        "id": "1441130000000000003",
+        "filename": "blob",
+        "url": "https://cdn.example/blob",
+    }
+    del unknown["content_type"]  # Discord sends none for a type it does not know
+    fetch = FetchRecorder()
+    payload = {**RECORDED_DM, "content": "", "attachments": [RECORDED_ATTACHMENT, text_file, unknown]}
+    event = to_event(recorded(payload), BOT_ID, frozenset(), fetch=fetch)
+    assert event is not None and event.text == "" and event.addressed  # no text: still an event
+    assert [(a.name, a.mime_type, a.size, a.image) for a in event.attachments] == [
+        ("screenshot.png", "image/png", 48213, True),
+        ("notes.txt", "text/plain; charset=utf-8", 12, False),
+        ("blob", None, 12, False),
+    ]
+    assert fetch.urls == [RECORDED_ATTACHMENT["url"], text_file["url"], unknown["url"]]
+    # Without a way to fetch them (as for an edit), files are left out.
+    assert an_event(payload).attachments == ()
+
+
+def test_a_guild_file_is_addressed_as_text_is() -> None:
+    picture = {"attachments": [RECORDED_ATTACHMENT]}
+    fetch = FetchRecorder()
+    mentioned = to_event(
+        recorded({**guild_message(f"<@{BOT_ID}>"), **picture}), BOT_ID, frozenset(), fetch=fetch
+    )
+    assert mentioned is not None and mentioned.addressed and mentioned.text == ""
+    assert len(mentioned.attachments) == 1
+    chatter = to_event(recorded({**guild_message(""), **picture}), BOT_ID, frozenset(), fetch=fetch)
+    assert chatter is not None and not chatter.addressed  # the engine decides (`/listen all`)
+
+
+def update_of(
+    payload: dict[str, Any], *, cached: dict[str, Any] | None = None
+) -> discord.RawMessageUpdateEvent:
+    """A MESSAGE_UPDATE body as discord.py hands it to `on_raw_message_edit`."""
+    update = discord.RawMessageUpdateEvent(data=payload, message=recorded(payload))  # type: ignore[arg-type]
+    if cached is not None:
+        update.cached_message = recorded(cached)
+    return update
+
+
+def edited(payload: dict[str, Any], content: str) -> dict[str, Any]:
+    return {**payload, "content": content, "edited_timestamp": "2026-11-20T18:45:00.000000+00:00"}
+
+
+def test_a_text_edit_is_an_event_with_the_new_text_of_the_same_message() -> None:
+    original = guild_message(f"<@{BOT_ID}> what is 2+2?")
+    event = edit_event(update_of(edited(original, f"<@{BOT_ID}> what is 2+3?")), BOT_ID, frozenset())
+    assert event is not None
+    assert (event.channel_key, event.message_id, event.text) == (
+        f"discord:{GENERAL}",
+        original["id"],
+        "what is 2+3?",
+    )
+    assert channel_key(GENERAL) == event.channel_key
+    dm_event = edit_event(update_of(edited(RECORDED_DM, "hi again")), BOT_ID, frozenset())
+    assert dm_event is not None and (dm_event.text, dm_event.is_direct) == ("hi again", True)
+
+
+def test_updates_that_change_no_persons_text_are_not_edits() -> None:
+    original = guild_message("hello")
+    # A link preview: the whole message again, never edited.
+    assert edit_event(update_of({**original, "embeds": [{"type": "link"}]}), BOT_ID, frozenset()) is None
+    # The same text as the cached message (an embed added to a message edited earlier).
+    same = edited(original, "hello")
+    assert edit_event(update_of(same, cached=same), BOT_ID, frozenset()) is None
+    # The bot's own streamed reply, and another bot's edit.
+    own = edited(message_payload(GENERAL, "echo[0]: hi", author=BOT, guild_id=GUILD_ID), "echo[0]: hi!")
+    assert edit_event(update_of(own), BOT_ID, frozenset()) is None
+    other_bot = user_payload(77, "Helper", bot=True)
+    assert (
+        edit_event(update_of(edited(guild_message("x", author=other_bot), "y")), BOT_ID, frozenset()) is None
+    )
+    # An update without content (built by discord.py only when the adapter lets one through).
+    without_content = dict(edited(original, "ignored"))
+    payload_update = update_of(without_content)
+    del payload_update.data["content"]  # type: ignore[misc]
+    assert edit_event(payload_update, BOT_ID, frozenset()) is None

@@ -394,10 +394,11 @@ class FakeDiscord:
     ) -> dict[str, Any]:
         """Serve a file and return its attachment object (for `push_message(attachments=...)`).
 
-        The body is `data`, or `size` bytes of `filler` generated as they are sent; `hang` sends
-        the headers and then nothing. `size` in the attachment object is the body's size unless
-        given (a claim, as Discord's is). `content_type` None: Discord did not recognise it."""
-        body_size = len(data) if data is not None else (size or 0)
+        The body is `data`, or `size` (default 1024) bytes of `filler` generated as they are
+        sent; `hang` sends the headers (with the `Content-Length`) and then nothing. The attachment
+        object's `size` is `size` when given (with `data`, a false claim), else the body's size.
+        `content_type` None: Discord did not recognise the type (the object has none)."""
+        body_size = len(data) if data is not None else (size if size is not None else 1024)
         served = ServedFile(
             id=snowflake(),
             filename=filename,

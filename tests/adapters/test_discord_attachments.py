@@ -1,0 +1,206 @@
+"""Files, edits and deletes on Discord: the real adapter (real discord.py) against the fake Discord.
+
+The fake serves attachment URLs over HTTP and dispatches MESSAGE_UPDATE / MESSAGE_DELETE /
+MESSAGE_DELETE_BULK. First what the adapter hands the engine (a recording double in front of the
+engine), then whole conversations with the real engine: the echo backend shows what the model got,
+and the fake OpenAI-compatible server records the content parts of a vision request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pytest
+from pydantic import SecretStr
+
+from adapters.discord import DiscordAdapter
+from bot.config import DiscordConfig
+from bot.errors import AttachmentUnavailable
+from bot.events import ChatEvent
+from bot.ports import ChatService, Conversation, SamplingOverrides
+from bot.reply import CutReason, Reply
+from tests.adapters.test_discord import ADMIN_IN_CONFIG, DM, GENERAL, OTHER, TOKEN, mention
+from tests.bot.doubles import SlowEchoBackend
+from tests.conftest import EngineFactory
+from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.waiting import wait_until
+
+T = TypeVar("T")
+StartAdapter = Callable[..., Awaitable[DiscordAdapter]]
+LINES = b"a line of a very long log file\n"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord(token=TOKEN, channel_ids=(GENERAL, OTHER)) as server:
+        yield server
+
+
+@pytest.fixture
+async def start_adapter(fake: FakeDiscord, make_engine: EngineFactory) -> AsyncIterator[StartAdapter]:
+    """Start adapters against the fake (each with its own engine unless one is given)."""
+    adapters: list[DiscordAdapter] = []
+
+    async def start(
+        engine: ChatService | None = None, *, attachment_timeout_s: float = 10.0, **options: Any
+    ) -> DiscordAdapter:
+        """`options` are `discord:` config keys."""
+        options.setdefault("edit_interval_s", 0.2)
+        options.setdefault("ready_timeout_s", 10.0)
+        config = DiscordConfig(
+            token=SecretStr(TOKEN),
+            admins=(ADMIN_IN_CONFIG,),
+            api_base=fake.api_base,
+            gateway_url=fake.gateway_url,
+            **options,
+        )
+        adapter = DiscordAdapter(
+            config,
+            engine or await make_engine(),
+            guild_ready_timeout_s=0.05,
+            attachment_timeout_s=attachment_timeout_s,
+        )
+        adapters.append(adapter)
+        await adapter.start()
+        return adapter
+
+    yield start
+    for adapter in adapters:
+        await adapter.stop()
+
+
+class RecordsChanges:
+    """A `ChatService` double: messages go to `engine`; edits and deletes are only recorded (what
+    the adapter hands over is the question here; the real engine's part is tested below)."""
+
+    def __init__(self, engine: ChatService) -> None:
+        self.engine = engine
+        self.events: list[ChatEvent] = []
+        self.edits: list[ChatEvent] = []
+        self.deletes: list[tuple[str, list[str]]] = []
+
+    def handle(self, event: ChatEvent) -> Reply:
+        self.events.append(event)
+        return self.engine.handle(event)
+
+    def edit(self, event: ChatEvent) -> asyncio.Task[bool]:
+        self.edits.append(event)
+        return asyncio.get_running_loop().create_task(_result(True))
+
+    def delete(self, channel_key: str, platform_message_ids: Sequence[str]) -> asyncio.Task[int]:
+        self.deletes.append((channel_key, list(platform_message_ids)))
+        return asyncio.get_running_loop().create_task(_result(len(platform_message_ids)))
+
+    def move_channel(self, old_key: str, new_key: str) -> asyncio.Task[None]:
+        return self.engine.move_channel(old_key, new_key)
+
+    def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
+        return self.engine.complete(conversation, overrides, user_key)
+
+    def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
+        return self.engine.stop(channel_key, reason)
+
+
+async def _result(value: T) -> T:
+    return value
+
+
+# --- what the adapter hands the engine ---------------------------------------------------------
+
+
+async def test_files_reach_the_engine_as_lazy_streamed_downloads(
+    fake: FakeDiscord,
+    start_adapter: StartAdapter,
+    make_engine: EngineFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for name in ("adapters", "bot", "httpx", "httpcore"):  # ours and the download's client
+        caplog.set_level(logging.DEBUG, logger=name)
+    service = RecordsChanges(await make_engine())
+    await start_adapter(service, attachment_timeout_s=0.5)
+    notes = fake.add_file("notes.txt", b"first line\nsecond line\n")
+    photo = fake.add_file("cat.png", b"\x89PNG not really", content_type="image/png")
+    huge = fake.add_file("huge.log", size=50_000_000, filler=LINES)
+    stuck = fake.add_file("stuck.txt", hang=True)
+    fake.push_message(DM, "", attachments=[notes, photo, huge, stuck])  # no text: not dropped
+    await wait_until(lambda: len(service.events) == 1, what="the message reaches the engine")
+    (event,) = service.events
+    assert event.text == ""
+    assert [(a.name, a.mime_type, a.size, a.image) for a in event.attachments] == [
+        ("notes.txt", "text/plain; charset=utf-8", 23, False),
+        ("cat.png", "image/png", 15, True),
+        ("huge.log", "text/plain; charset=utf-8", 50_000_000, False),
+        ("stuck.txt", "text/plain; charset=utf-8", 1024, False),
+    ]
+    assert all(served.requests == 0 for served in fake.files.values())  # nothing fetched yet
+    first, _, third, fourth = event.attachments
+    whole = await first.download(1000)
+    assert (whole.data, whole.complete) == (b"first line\nsecond line\n", True)
+    start = await third.download(262_144)
+    assert (len(start.data), start.complete) == (262_144, False)
+    served = fake.files[int(huge["id"])]
+    await fake.wait_for(lambda: served.active == 0)  # the fake saw the client go
+    assert served.completed == 0 and served.bytes_sent < 50_000_000  # never all sent
+    with pytest.raises(AttachmentUnavailable):
+        await fourth.download(1000)  # hangs: given up after attachment_timeout_s
+    # Signed URLs stay out of the logs.
+    ours = [record for record in caplog.records if record.name.startswith(("adapters", "bot", "http"))]
+    assert not any("fake-signature" in record.getMessage() for record in ours)
+
+
+async def test_a_guild_file_needs_a_mention_as_text_does(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    service = RecordsChanges(await make_engine())
+    await start_adapter(service)
+    fake.push_message(GENERAL, "", guild=True, attachments=[fake.add_file("a.txt", b"a")])
+    fake.push_message(GENERAL, mention(""), guild=True, attachments=[fake.add_file("b.txt", b"b")])
+    await wait_until(lambda: len(service.events) == 2, what="both messages reach the engine")
+    assert [(e.addressed, e.text, [a.name for a in e.attachments]) for e in service.events] == [
+        (False, "", ["a.txt"]),
+        (True, "", ["b.txt"]),
+    ]
+
+
+async def test_edits_and_deletes_reach_the_engine_with_the_channels_key(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    service = RecordsChanges(await make_engine())
+    await start_adapter(service)
+    asked = fake.push_message(GENERAL, mention("what is 2+2?"), guild=True)
+    await fake.wait_for(lambda: len(fake.sent) == 1)
+    fake.partial_update(asked)  # a link preview without content: no edit, and no reconnect
+    fake.edit_message(asked, mention("what is 2+3?"))
+    in_dm = fake.push_message(DM, "hello")
+    await fake.wait_for(lambda: len(fake.sent) == 2)
+    fake.edit_message(in_dm, "hello there")
+    fake.delete_messages(DM, [int(in_dm["id"])])
+    fake.delete_messages(GENERAL, [int(asked["id"]), 12345, int(fake.sent[0].id)])
+    await wait_until(lambda: len(service.deletes) == 2, what="the deletes reach the engine")
+    assert [(e.channel_key, e.message_id, e.text) for e in service.edits] == [
+        (f"discord:{GENERAL}", asked["id"], "what is 2+3?"),
+        (f"discord:{DM}", in_dm["id"], "hello there"),
+    ]
+    assert service.deletes == [
+        (f"discord:{DM}", [in_dm["id"]]),
+        (f"discord:{GENERAL}", sorted([asked["id"], "12345", str(fake.sent[0].id)], key=int)),
+    ]
+    assert fake.identifies == 1  # the partial update did not cost the connection
+    assert len(service.events) == 2  # nothing was answered again
+
+
+async def test_the_bots_own_reply_edits_are_not_edits(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    service = RecordsChanges(await make_engine(SlowEchoBackend(0.05)))
+    await start_adapter(service, first_post_delay_s=0.0, edit_interval_s=0.1)
+    words = " ".join(f"w{n}" for n in range(12))
+    asked = fake.push_message(DM, words)
+    await fake.wait_for(lambda: fake.texts(DM) == [f"echo[0]: {words}"])
+    assert len(fake.sent[0].versions) >= 2  # streamed: the fake announced the bot's edits
+    fake.edit_message(asked, "marker")  # a person's edit, after all of the bot's
+    await wait_until(lambda: len(service.edits) == 1, what="the marker edit reaches the engine")
+    assert [(event.message_id, event.text) for event in service.edits] == [(asked["id"], "marker")]
