@@ -9,23 +9,31 @@ and the fake OpenAI-compatible server records the content parts of a vision requ
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
+import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
+from PIL import Image
 from pydantic import SecretStr
 
 from adapters.discord import DiscordAdapter
+from bot.backends.openai_chat import OpenAIChatBackend
+from bot.backends.remote_retry import RetryPolicy
 from bot.config import DiscordConfig
 from bot.errors import AttachmentUnavailable
 from bot.events import ChatEvent
 from bot.ports import ChatService, Conversation, SamplingOverrides
 from bot.reply import CutReason, Reply
-from tests.adapters.test_discord import ADMIN_IN_CONFIG, DM, GENERAL, OTHER, TOKEN, mention
+from tests.adapters.test_discord import ADMIN_IN_CONFIG, DM, GENERAL, OTHER, TOKEN, mention, replies
 from tests.bot.doubles import SlowEchoBackend
 from tests.conftest import EngineFactory
 from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.waiting import wait_until
 
 T = TypeVar("T")
@@ -204,3 +212,189 @@ async def test_the_bots_own_reply_edits_are_not_edits(
     fake.edit_message(asked, "marker")  # a person's edit, after all of the bot's
     await wait_until(lambda: len(service.edits) == 1, what="the marker edit reaches the engine")
     assert [(event.message_id, event.text) for event in service.edits] == [(asked["id"], "marker")]
+
+
+# --- whole conversations with the real engine --------------------------------------------------
+
+
+def png(width: int = 64, height: int = 48) -> bytes:
+    """A real PNG, made with Pillow."""
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), "red").save(out, format="PNG")
+    return out.getvalue()
+
+
+def zip_bytes() -> bytes:
+    """A real zip archive (what a `.txt` name can hide)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("secret.bin", bytes(range(256)) * 64)
+    return out.getvalue()
+
+
+@asynccontextmanager
+async def openai_model(*, vision: bool) -> AsyncIterator[tuple[FakeOpenAI, OpenAIChatBackend]]:
+    """The fake OpenAI-compatible server (it records every request) and an openai backend on it."""
+    async with FakeOpenAI() as server:
+        assert isinstance(server, FakeOpenAI)
+        backend = OpenAIChatBackend(
+            base_url=server.base_url,
+            model_name="fake-chat-1",
+            api_key="sk-test",
+            context_window=8192,
+            connect_timeout_s=1.0,
+            read_timeout_s=5.0,
+            retry=RetryPolicy(max_retries=0, backoff_s=0.001),
+            vision=vision,
+        )
+        await backend.start()
+        try:
+            yield server, backend
+        finally:
+            await backend.stop()
+
+
+def last_user_content(server: FakeOpenAI) -> Any:
+    """The content of the last user message of the newest generation request."""
+    body = server.generation_requests[-1].body
+    return [message for message in body["messages"] if message["role"] == "user"][-1]["content"]
+
+
+async def test_a_text_file_reaches_the_model_with_its_name(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    notes = fake.add_file("notes.txt", "first line\nsecond line, with ünïcödé\n".encode())
+    fake.push_message(DM, "summarise this", attachments=[notes])
+    [reply] = await replies(fake, DM, 1)
+    assert reply.startswith("echo[0]: summarise this")
+    assert "notes.txt" in reply and "second line, with ünïcödé" in reply
+
+
+async def test_an_image_without_vision_gets_the_words_answered_and_a_notice(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    photo = fake.add_file("photo.png", png(), content_type="image/png")
+    fake.push_message(DM, "what colour is it?", attachments=[photo])
+    [reply] = await replies(fake, DM, 1)
+    assert "what colour is it?" in reply and "image" in reply
+
+
+async def test_with_vision_the_image_goes_to_the_model_as_a_content_part(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    async with openai_model(vision=True) as (server, backend):
+        await start_adapter(await make_engine(backend, model={"backend": "openai", "vision": True}))
+        photo = fake.add_file("photo.png", png(), content_type="image/png")
+        fake.push_message(DM, "what colour is it?", attachments=[photo])
+        assert await replies(fake, DM, 1) == ["Hello there!"]
+        text, image = last_user_content(server)
+        assert text["type"] == "text" and "what colour is it?" in text["text"]
+        assert image["type"] == "image_url" and image["image_url"]["url"].startswith("data:image/")
+
+
+async def test_an_edit_changes_what_the_model_reads_and_is_not_answered(
+    fake: FakeDiscord, start_adapter: StartAdapter, make_engine: EngineFactory
+) -> None:
+    async with openai_model(vision=False) as (server, backend):
+        await start_adapter(await make_engine(backend, model={"backend": "openai"}))
+        asked = fake.push_message(GENERAL, mention("what is 2+2?"), guild=True)
+        await replies(fake, GENERAL, 1)
+        fake.edit_message(asked, mention("what is 2+3?"))
+        fake.push_message(GENERAL, mention("and now?"), guild=True)
+        # Answered in order: an answer to the edit would come before the one to "and now?".
+        assert await replies(fake, GENERAL, 2) == ["Hello there!", "Hello there!"]
+        assert len(server.generation_requests) == 2
+        history = json.dumps(server.generation_requests[-1].body["messages"])
+        assert "what is 2+3?" in history and "2+2" not in history
+
+
+async def test_a_deleted_message_and_the_reply_to_it_leave_the_history(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    first = fake.push_message(DM, "one")
+    fake.push_message(DM, "two")
+    assert await replies(fake, DM, 2) == ["echo[0]: one", "echo[2]: two"]
+    fake.delete_messages(DM, [int(first["id"])])
+    fake.push_message(DM, "three")
+    assert (await replies(fake, DM, 3))[2] == "echo[2]: three"  # not echo[4]: two messages fewer
+
+
+async def test_a_bulk_delete_takes_out_several(fake: FakeDiscord, start_adapter: StartAdapter) -> None:
+    await start_adapter()
+    asked = [fake.push_message(GENERAL, mention(word), guild=True) for word in ("one", "two", "three")]
+    assert await replies(fake, GENERAL, 3) == ["echo[0]: one", "echo[2]: two", "echo[4]: three"]
+    # A moderator's purge takes the bot's own messages along: ids the engine ignores.
+    purged = [int(asked[0]["id"]), int(asked[1]["id"]), fake.sent[0].id, fake.sent[1].id]
+    fake.delete_messages(GENERAL, purged)
+    fake.push_message(GENERAL, mention("four"), guild=True)
+    assert (await replies(fake, GENERAL, 4))[3] == "echo[2]: four"
+
+
+# --- bad input: a short notice or nothing, never a crash; the channel keeps working -------------
+
+
+async def test_a_50_mb_file_is_cut_and_never_downloaded_whole(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    huge = fake.add_file("huge.log", size=50_000_000, filler=LINES)
+    fake.push_message(DM, "what went wrong?", attachments=[huge])
+    [reply] = await replies(fake, DM, 1)
+    assert reply.startswith("echo[0]: what went wrong?") and "huge.log" in reply
+    assert LINES.decode().strip() in reply
+    assert "cut" in reply.lower() or "first" in reply.lower()  # the notice
+    served = fake.files[int(huge["id"])]
+    await fake.wait_for(lambda: served.active == 0)
+    assert served.completed == 0 and served.bytes_sent < 50_000_000
+    fake.push_message(DM, "still there?")
+    assert (await replies(fake, DM, 2))[1].startswith("echo[2]: still there?")
+
+
+async def test_a_zip_named_txt_is_not_read_and_the_words_are_answered(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    fake.push_message(DM, "read my notes", attachments=[fake.add_file("notes.txt", zip_bytes())])
+    [reply] = await replies(fake, DM, 1)
+    assert reply.startswith("echo[0]: read my notes") and "notes.txt" in reply
+    assert "secret.bin" not in reply and "PK" not in reply
+
+
+async def test_a_download_that_hangs_gets_a_notice_after_the_timeout(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter(attachment_timeout_s=0.5)
+    stuck = fake.add_file("stuck.txt", hang=True)
+    fake.push_message(DM, "are you there?", attachments=[stuck])
+    [reply] = await replies(fake, DM, 1)
+    assert "are you there?" in reply and "stuck.txt" in reply
+    fake.push_message(DM, "and now?")
+    assert (await replies(fake, DM, 2))[1].startswith("echo[2]: and now?")
+
+
+async def test_an_edit_of_a_message_never_stored_changes_nothing(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    chatter = fake.push_message(GENERAL, "just chatting", guild=True)  # not addressed: not stored
+    fake.edit_message(chatter, "just chatting, edited")
+    fake.edit_message({**chatter, "id": "12345"}, "a message from before the bot")
+    fake.push_message(GENERAL, mention("hello"), guild=True)
+    assert await replies(fake, GENERAL, 1) == ["echo[0]: hello"]
+    assert fake.identifies == 1
+
+
+async def test_a_delete_of_a_forgotten_message_does_nothing(
+    fake: FakeDiscord, start_adapter: StartAdapter
+) -> None:
+    await start_adapter()
+    first = fake.push_message(DM, "remember me")
+    await replies(fake, DM, 1)
+    fake.push_message(DM, "/forget")
+    assert "forgot" in (await replies(fake, DM, 2))[1].lower()
+    fake.delete_messages(DM, [int(first["id"])])
+    fake.push_message(DM, "hello again")
+    assert (await replies(fake, DM, 3))[2] == "echo[0]: hello again"
