@@ -43,7 +43,7 @@ LINES = b"a line of a very long log file\n"
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord(token=TOKEN, channel_ids=(GENERAL, OTHER)) as server:
+    async with FakeDiscord(token=TOKEN, channel_ids=(GENERAL, OTHER), announce_bot_edits=True) as server:
         yield server
 
 

@@ -13,7 +13,8 @@ URL like the CDN's), streamed in chunks with its `Content-Length`: a body given 
 body of any size (only what the client reads is ever produced; `ServedFile.bytes_sent` counts what
 was written), or one that hangs after the headers. `edit_message`, `delete_messages` and
 `partial_update` dispatch MESSAGE_UPDATE / MESSAGE_DELETE / MESSAGE_DELETE_BULK as Discord does;
-the bot's own edits dispatch a MESSAGE_UPDATE too, as on Discord.
+with `announce_bot_edits` the bot's own edits dispatch a MESSAGE_UPDATE too, as on Discord (off by
+default: most tests need not see the bot's streaming echoed back).
 """
 
 from __future__ import annotations
@@ -253,8 +254,15 @@ class FakeDiscord:
     """The fake server. Use `async with FakeDiscord() as fake:`, then `fake.api_base` and
     `fake.gateway_url`."""
 
-    def __init__(self, *, token: str = "TEST.discord.token", channel_ids: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        token: str = "TEST.discord.token",
+        channel_ids: tuple[int, ...] = (),
+        announce_bot_edits: bool = False,
+    ) -> None:
         self.token = token
+        self.announce_bot_edits = announce_bot_edits
         self.channel_ids = channel_ids
         self.bot_user = user_payload(BOT_ID, "Chinwag", bot=True)
         self.calls: list[Call] = []
@@ -692,13 +700,14 @@ class FakeDiscord:
                 sent.content = body.get("content", sent.content)
                 sent.versions.append((time.monotonic(), sent.content))
                 payload = message_payload(channel_id, sent.content, author=self.bot_user, message_id=sent.id)
-                # Discord announces every edit, the bot's own included: the bot must ignore these.
-                update = {
-                    **payload,
-                    "edited_timestamp": datetime.now(UTC).isoformat(),
-                    **({"guild_id": str(GUILD_ID)} if channel_id in self.channel_ids else {}),
-                }
-                self.dispatch("MESSAGE_UPDATE", update)
+                if self.announce_bot_edits:
+                    # Discord announces every edit, the bot's own included: the bot ignores these.
+                    update = {
+                        **payload,
+                        "edited_timestamp": datetime.now(UTC).isoformat(),
+                        **({"guild_id": str(GUILD_ID)} if channel_id in self.channel_ids else {}),
+                    }
+                    self.dispatch("MESSAGE_UPDATE", update)
                 return _json(payload)
         return _json({"message": "Unknown Message", "code": 10008}, status=404)
 
