@@ -219,7 +219,9 @@ def _telegram_adapter(settings: Settings, running: _Running) -> Adapter | None:
     async def claim_role(name: str) -> Claim | None:
         return await claim_exclusive(database, name)
 
-    return create(settings.telegram, running.engine, UpdateInbox(database, PLATFORM), claim_role)
+    return create(
+        settings.telegram, running.engine, UpdateInbox(database, PLATFORM), claim_role, chat=settings.chat
+    )
 
 
 def _discord_adapter(settings: Settings, running: _Running) -> Adapter | None:
