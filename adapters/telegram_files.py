@@ -135,17 +135,13 @@ class TelegramFileDownload:
         files = self.files
         if files.client.is_closed:
             raise AttachmentUnavailable("the bot is shutting down")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + files.timeout_s
         try:
-            async with asyncio.timeout_at(deadline):
+            # One deadline for both: the download's own (as long) cannot pass before this one.
+            async with asyncio.timeout(files.timeout_s):
                 url = await self._file_url()
+                return await download_start(files.client, url, limit, files.timeout_s)
         except TimeoutError:
-            raise AttachmentUnavailable(
-                f"Telegram did not hand out the file within {files.timeout_s:g} s"
-            ) from None
-        # The rest of the same deadline for the download itself.
-        return await download_start(files.client, url, limit, max(0.001, deadline - loop.time()))
+            raise AttachmentUnavailable(f"the file did not arrive within {files.timeout_s:g} s") from None
 
     async def _file_url(self) -> str:
         """The file's download URL (it holds the token: never log it)."""

@@ -67,7 +67,8 @@ _HANG_S = 60.0
 class FakeFile:
     """A file users can send: `content` repeated `repeat` times is its body (so a 50 MB file takes
     64 KB of memory); `declared_size` is what getFile and the message claim (None: no claim).
-    `bytes_sent` counts what the download route wrote to the socket, `downloads` its requests."""
+    `bytes_sent` counts what the download route wrote to the socket, `downloads` its requests,
+    `downloads_ended` those it finished serving (all sent, or the client went away)."""
 
     file_id: str
     file_path: str
@@ -77,6 +78,7 @@ class FakeFile:
     hang: bool = False
     bytes_sent: int = 0
     downloads: int = 0
+    downloads_ended: int = 0
 
     @property
     def size(self) -> int:
@@ -556,9 +558,12 @@ class FakeTelegram:
             async for chunk in file.chunks():
                 await response.write(chunk)  # waits while the client does not read
                 file.bytes_sent += len(chunk)
+            await response.write_eof()
         except ConnectionError:
-            return response  # the client stopped reading: the rest is never sent
-        await response.write_eof()
+            pass  # the client stopped reading: the rest is never sent
+        finally:
+            file.downloads_ended += 1
+            await self._notify()
         return response
 
     def _shown(self, params: dict[str, Any]) -> tuple[str, str | None] | web.Response:
