@@ -5,10 +5,11 @@ OpenAI-compatible server. Images are made with Pillow here; assertions are on wh
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -22,7 +23,9 @@ from adapters.telegram_files import TelegramFiles, file_base_url
 from adapters.telegram_format import visible_text
 from bot.config import ChatConfig, TelegramConfig
 from bot.errors import AttachmentUnavailable
-from bot.ports import ChatService, InboxItem
+from bot.events import ChatEvent
+from bot.ports import ChatService, Conversation, SamplingOverrides
+from bot.reply import CutReason, Reply
 from storage.db import Database
 from storage.inbox import UpdateInbox
 from storage.repository import ChatRepository
@@ -48,12 +51,14 @@ async def fake() -> AsyncIterator[FakeTelegram]:
 
 @pytest.fixture
 async def start_adapter(fake: FakeTelegram, database: Database) -> AsyncIterator[StartAdapter]:
-    """Start an adapter with `engine`, the attachment limits of `chat` (given to the engine too)."""
+    """Start an adapter with `engine`, the attachment limits of `chat` and `telegram:` options."""
     adapters: list[TelegramAdapter] = []
 
-    async def start(engine: ChatService, *, chat: dict[str, Any] | None = None) -> TelegramAdapter:
+    async def start(
+        engine: ChatService, *, chat: dict[str, Any] | None = None, **options: Any
+    ) -> TelegramAdapter:
         config = TelegramConfig(
-            token=SecretStr(TOKEN), base_url=fake.base_url, poll_timeout_s=1, edit_interval_s=0.2
+            token=SecretStr(TOKEN), base_url=fake.base_url, poll_timeout_s=1, edit_interval_s=0.2, **options
         )
         adapter = TelegramAdapter(config, engine, *ports(database), chat=ChatConfig(**(chat or {})))
         adapters.append(adapter)
@@ -285,22 +290,54 @@ async def test_an_edit_replaces_the_stored_text_and_is_not_answered(
     assert await user_rows(database, USER) == ["I like coffee", "what do I like?"]
 
 
+class EditsNeverFinish:
+    """The engine, except that an edit never finishes: the process "dies" while applying it."""
+
+    def __init__(self, engine: ChatService) -> None:
+        self.engine = engine
+        self.edits: list[ChatEvent] = []
+
+    def handle(self, event: ChatEvent) -> Reply:
+        return self.engine.handle(event)
+
+    def edit(self, event: ChatEvent) -> asyncio.Task[bool]:
+        self.edits.append(event)
+        return asyncio.get_running_loop().create_task(self._forever())
+
+    async def _forever(self) -> bool:
+        await asyncio.Event().wait()  # cancelled when the adapter stops
+        return False
+
+    def delete(self, channel_key: str, platform_message_ids: Sequence[str]) -> asyncio.Task[int]:
+        return self.engine.delete(channel_key, platform_message_ids)
+
+    def move_channel(self, old_key: str, new_key: str) -> asyncio.Task[None]:
+        return self.engine.move_channel(old_key, new_key)
+
+    def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
+        return self.engine.complete(conversation, overrides, user_key)
+
+    def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
+        return self.engine.stop(channel_key, reason)
+
+
 async def test_an_edit_left_pending_by_a_crash_is_applied_at_the_next_start(
     fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory, database: Database
 ) -> None:
-    """kill -9 safety holds for edits: an edit committed to the inbox but not handled when the
-    process died is applied at the next start, and marked done; nothing is posted for it."""
-    first_run = await start_adapter(await make_engine())
+    """kill -9 safety holds for edits: an edit received (committed to the inbox, confirmed to
+    Telegram) but not applied when the process died is applied at the next start and marked
+    done; nothing is posted for it."""
+    dying = EditsNeverFinish(await make_engine())
+    first_run = await start_adapter(dying, drain_s=0.1)
     first = fake.push_message(USER, "meet at 5")
     await replies(fake, USER, 1)
-    await until_done(database, first)
-    await first_run.stop()
-    # The crash: the edit was stored (and so confirmed to Telegram) but never handled.
-    edit = {
-        "update_id": int(first["update_id"]) + 50,
-        "edited_message": {**first["message"], "text": "meet at 6", "edit_date": 2},
-    }
-    await UpdateInbox(database, "telegram").add([InboxItem(edit["update_id"], edit)])
+    edit = fake.push_edit(first, "meet at 6")
+    await wait_until(lambda: len(dying.edits) == 1, what="the edit reaches the engine")
+    await first_run.stop()  # the worker is cancelled mid-edit, as by a kill
+    assert fake.unconfirmed == []  # Telegram will not send the edit again
+    assert await inbox_state(database, edit) == "pending"
+    assert await user_rows(database, USER) == ["meet at 5"]
+
     await start_adapter(await make_engine())
     await until_done(database, edit)
     assert await user_rows(database, USER) == ["meet at 6"]
