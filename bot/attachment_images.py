@@ -28,9 +28,9 @@ MAX_DECODED_PIXELS: Final = 32_000_000
 while it is decoded). Above it the image is refused; a JPEG counts after `Image.draft`."""
 
 # Formats whose decoders are pure raster and well-trodden. Not EPS (Pillow runs Ghostscript on it),
-# nor the dozens of rare formats Pillow would otherwise try on unknown bytes. MPO is how Pillow
-# opens many phone photos (a JPEG with a second, preview image).
-_FORMATS: Final = ("PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP")
+# nor the dozens of rare formats Pillow would otherwise try on unknown bytes. "JPEG" also opens MPO
+# (many phone photos: a JPEG with a second, preview image), which has no opener of its own.
+_FORMATS: Final = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 _JPEG_QUALITY: Final = 85
 _HIGH_BIT_DEPTH_MODES: Final = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 

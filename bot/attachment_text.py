@@ -35,9 +35,12 @@ _SAMPLE_BYTES: Final = 8192
 _TEXT_CONTROL_BYTES: Final = frozenset(b"\t\n\r\x0c\x08\x1b")
 _MAX_CONTROL_SHARE: Final = 0.3
 
-# charset_normalizer often finds cp1252 and cp1250 (or cp1257) equally likely for Western European
-# text and lists cp1250 first, which turns "naïve" into "naďve". On a tie, the commoner one wins.
-_PREFERRED_ON_TIE: Final = ("cp1252",)
+# On short Western European text charset_normalizer rates the Latin code pages nearly alike and
+# often ranks cp1250 or cp1257 first: "naïve" became "naďve", "crème brûlée" "crčme brūlée". cp1252
+# is by far the commonest of them (WHATWG decodes even "latin1" as cp1252), so it wins when the
+# detector finds it as coherent and at most this much messier than its first choice.
+_PREFERRED: Final = "cp1252"
+_PREFERENCE_MARGIN: Final = 0.1
 
 # A cut multi-byte character is at most 3 bytes long in the encodings charset_normalizer knows.
 _MAX_PARTIAL_CHARACTER: Final = 3
@@ -95,10 +98,10 @@ def _detected_encoding(data: bytes, complete: bool) -> str | None:
             continue
         for match in matches:
             if (
-                match.encoding in _PREFERRED_ON_TIE
-                and match.chaos == best.chaos
-                and match.coherence == best.coherence
+                match.encoding == _PREFERRED
+                and match.chaos <= best.chaos + _PREFERENCE_MARGIN
+                and match.coherence >= best.coherence
             ):
-                return match.encoding
+                return _PREFERRED
         return best.encoding
     return None
