@@ -54,8 +54,6 @@ class ProcessorTemplate:
         """The processor's `apply_chat_template` on `conversation` with parts for contents; token
         ids come back as one flat list (the processor answers a batch of one)."""
         tokenize = bool(kwargs.get("tokenize", False))
-        if tokenize:
-            kwargs.setdefault("return_tensors", None)
         rendered = self.processor.apply_chat_template(text_parts(conversation), **kwargs)
         if tokenize and not kwargs.get("return_dict"):
             ids = list(rendered)

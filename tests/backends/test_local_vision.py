@@ -182,14 +182,32 @@ async def test_an_image_token_typed_by_a_user_stays_text(
     assert image_token_count(model_inputs[-1], llava_dir) == LLAVA_IMAGE_TOKENS
 
 
-async def test_images_take_their_room_from_the_history(llava: LocalBackend) -> None:
+async def test_images_take_their_measured_room_from_the_history(llava: LocalBackend) -> None:
     history = tuple(
-        Turn("user" if i % 2 == 0 else "assistant", "Hello there, how are you today?") for i in range(80)
+        Turn("user" if i % 2 == 0 else "assistant", f"Hello there {i}, how are you today?") for i in range(80)
     )
-    without = await llava.prepare(asking(history=history), 12)
     with_images = await llava.prepare(asking(RED, BLUE, history=history), 12)
+    text_only = Conversation("Be brief.", history, with_images.messages[-1].content)
+    without = await llava.prepare(text_only, 12)
     assert 0 < with_images.history_used < without.history_used
     assert len(with_images.token_ids) + 2 * LLAVA_IMAGE_TOKENS <= 512 - 12
+    # Exactly as if the reply needed the images' tokens on top.
+    assert (
+        await llava.prepare(text_only, 12 + 2 * LLAVA_IMAGE_TOKENS)
+    ).history_used == with_images.history_used
+
+
+def test_the_tokens_of_an_image_are_measured_or_estimated(
+    llava_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(llava_dir, local_files_only=True)
+    assert vision_inputs.tokens_per_image(processor, chat=True) == LLAVA_IMAGE_TOKENS
+    assert not caplog.records
+    # LLaVA's processor refuses an image without an <image> in the text: the estimate stands in.
+    assert vision_inputs.tokens_per_image(processor, chat=False) == vision_inputs.FALLBACK_IMAGE_TOKENS
+    assert "could not measure the tokens of an image" in caplog.text
 
 
 async def test_a_text_model_does_not_see_images(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
