@@ -1,5 +1,6 @@
 """The openai backend's images: OpenAI content parts through the real `openai` client to the fake
-server (design.md §3), only with `model.vision: true`; the tgi backend sends none."""
+server (design.md §3), only with `model.vision: true`; the tgi backend sends none. The backend
+alone, and through the engine from an image attachment to the request the server records."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from bot.backends.openai_chat import OpenAIChatBackend
 from bot.backends.remote_prompt import CHARS_PER_TOKEN, IMAGE_TOKENS, budget_chars, fit_conversation
 from bot.backends.tgi import TGIBackend
 from bot.config import parse_settings
+from bot.events import Attachment, ChatEvent, Downloaded
 from bot.ports import Conversation, ImagePart, SamplingSettings, Turn
+from tests.conftest import EngineFactory
 from tests.fakes.openai_server import FakeOpenAI
 
 
@@ -144,3 +147,54 @@ async def test_prepare_counts_the_images_it_sends(fake: FakeOpenAI) -> None:
     budget = budget_chars(window, 96)
     assert budget is not None
     assert with_images.history_used == len(fit_conversation(conversation, budget, images=2).history)
+
+
+# --- through the engine -------------------------------------------------------------------------
+
+
+def photo_attachment(name: str = "photo.png") -> Attachment:
+    """A Pillow-made photo as an adapter hands it over, downloaded from memory."""
+    data = image(name, "green").data
+
+    async def download(limit: int) -> Downloaded:
+        return Downloaded(data[:limit], complete=len(data) <= limit)
+
+    return Attachment(name, "image/png", len(data), True, download)
+
+
+def photo_message(text: str, *attachments: Attachment) -> ChatEvent:
+    return ChatEvent("test", "c1", "u1", "Ann", text, is_direct=True, attachments=attachments)
+
+
+@pytest.mark.parametrize("vision", [True, False])
+async def test_a_photo_sent_to_the_bot_reaches_the_server_only_with_vision(
+    fake: FakeOpenAI, make_engine: EngineFactory, vision: bool
+) -> None:
+    backend = OpenAIChatBackend(base_url=fake.base_url, model_name="fake-chat-1", vision=vision)
+    await backend.start()
+    try:
+        engine = await make_engine(backend, model={"system_prompt": "Be brief."})
+        answer = await engine.ask(photo_message("what is this?", photo_attachment()))
+        first = fake.generation_requests[-1].body["messages"][-1]
+        await engine.ask(photo_message("and now?"))
+        second = fake.generation_requests[-1].body["messages"]
+    finally:
+        await backend.stop()
+    text = "what is this?\n\n[image: photo.png]"
+    if vision:
+        assert answer == "Hello there!"
+        assert first["role"] == "user"
+        assert [part["type"] for part in first["content"]] == ["text", "image_url"]
+        assert first["content"][0] == {"type": "text", "text": text}
+        assert first["content"][1]["image_url"]["url"].startswith(
+            ("data:image/png;base64,", "data:image/jpeg;base64,")
+        )
+    else:
+        assert "can't see images" in answer
+        assert first == {"role": "user", "content": text}
+    # The next turn keeps the placeholder only; every message is a plain string again.
+    assert second[1:] == [
+        {"role": "user", "content": text},
+        {"role": "assistant", "content": "Hello there!"},
+        {"role": "user", "content": "and now?"},
+    ]
