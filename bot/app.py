@@ -97,6 +97,7 @@ def build_backend(model: ModelConfig) -> Backend:
                 connect_timeout_s=model.connect_timeout_s,
                 read_timeout_s=model.read_timeout_s,
                 retry=retry_policy(model),
+                vision=model.vision,
             )
         case "tgi":
             from bot.backends.tgi import TGIBackend

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 from typing import Final
 
 from PIL import Image, ImageOps
@@ -32,6 +33,10 @@ while it is decoded). Above it the image is refused; a JPEG counts after `Image.
 # (many phone photos: a JPEG with a second, preview image), which has no opener of its own.
 _FORMATS: Final = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 _JPEG_QUALITY: Final = 85
+# Images decoded at once in the whole process: each may take up to ~128 MB while it is decoded
+# (MAX_DECODED_PIXELS of RGBA), and the default thread pool would run one per thread. A threading
+# semaphore, not an asyncio one: it is taken in the worker thread, whatever event loop asked.
+_DECODE_SLOTS: Final = threading.BoundedSemaphore(2)
 _HIGH_BIT_DEPTH_MODES: Final = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 
 
@@ -54,6 +59,11 @@ def decoded_image(data: bytes, name: str, max_side: int) -> ImagePart:
     side is at most `max_side`, and re-encoded: PNG when it has transparency, else JPEG.
 
     Raises `TooManyPixels` or `UnreadableImage`."""
+    with _DECODE_SLOTS:
+        return _decoded(data, name, max_side)
+
+
+def _decoded(data: bytes, name: str, max_side: int) -> ImagePart:
     try:
         with Image.open(io.BytesIO(data), formats=_FORMATS) as image:
             return _prepared(image, name, max_side)
