@@ -229,12 +229,16 @@ async def test_a_text_document_is_read_into_the_turn(
     assert await user_rows(database, USER) == ["summarise"]  # the file's text is kept beside it
 
 
-async def test_a_group_document_replying_to_the_bot_is_answered_without_a_caption(
+async def test_group_files_are_answered_when_addressed_like_text(
     fake: FakeTelegram, start_adapter: StartAdapter, make_engine: EngineFactory
 ) -> None:
     await start_adapter(await make_engine())
-    fake.push_message(GROUP, f"@{BOT_USERNAME} hello")
-    await replies(fake, GROUP, 1)
+    # A photo shared with the group is chatter; one whose caption mentions the bot is a question.
+    fake.push_photo(GROUP, photo_sizes(fake), caption="our cat")
+    fake.push_photo(GROUP, photo_sizes(fake), caption=f"@{BOT_USERNAME} what breed is this?")
+    (first,) = await replies(fake, GROUP, 1)  # in order: an answer to the chatter would come first
+    assert first.startswith("echo[0]: what breed is this?") and "image" in first
+    # A document without a caption, replying to the bot.
     log = fake.add_file(b"ERROR disk full\n", extension="log")
     asked = fake.push_document(GROUP, log, file_name="app.log", mime_type="text/plain", reply_to=fake.sent[0])
     texts = await replies(fake, GROUP, 2)
