@@ -53,9 +53,10 @@ _MESSAGE_POST_PATH = re.compile(r"/api/channels/[^/]+/messages")
 _PRIVATE_CHANNEL = re.compile(r"p-[A-Za-z0-9_-]{22,126}")
 MAX_HISTORY_LIMIT = 500
 # The page's scripts and styles are files of this server: nothing inline, nothing from elsewhere.
+# Images may also be `blob:` URLs: the page's thumbnails of the files the user picks.
 _PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
