@@ -36,6 +36,8 @@ def export_document(platform: str, user_id: str, messages: list[MemberMessage]) 
                 "role": item.message.role,
                 "author_name": item.message.author_name,
                 "content": item.message.content,
+                # What the message's attachments became (file texts, image placeholders), or null.
+                "attached": item.message.attached,
                 "created_at": item.message.created_at.isoformat(),
                 "platform_message_id": item.message.platform_message_id,
                 "cut": item.message.cut.value if item.message.cut is not None else None,

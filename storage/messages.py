@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
+from typing import Final, cast
 
 from sqlalchemy import Connection, Row, Select, bindparam, select, tuple_
 
@@ -19,23 +19,39 @@ def split_channel_key(channel_key: str) -> tuple[str, str]:
     return platform, external_id
 
 
-# id, role, content, author_id, author_name, platform_message_id, created_at, cut, member_id
-MessageRow = Row[int, str, str, str | None, str | None, str | None, datetime, str | None, str | None]
-MessageSelect = Select[int, str, str, str | None, str | None, str | None, datetime, str | None, str | None]
+# id, role, content, author_id, author_name, platform_message_id, created_at, cut, member_id, attached
+MessageRow = Row[
+    int, str, str, str | None, str | None, str | None, datetime, str | None, str | None, str | None
+]
+MessageSelect = Select[
+    int, str, str, str | None, str | None, str | None, datetime, str | None, str | None, str | None
+]
+
+# What `stored_message` reads, in its order (also a RETURNING list: see storage/message_edits.py).
+MESSAGE_COLUMNS: Final = (
+    Message.id,
+    Message.role,
+    Message.content,
+    Message.author_id,
+    Message.author_name,
+    Message.platform_message_id,
+    Message.created_at,
+    Message.cut,
+    Message.member_id,
+    Message.attached,
+)
 
 
 def message_columns() -> MessageSelect:
-    return select(
-        Message.id,
-        Message.role,
-        Message.content,
-        Message.author_id,
-        Message.author_name,
-        Message.platform_message_id,
-        Message.created_at,
-        Message.cut,
-        Message.member_id,
-    )
+    return select(*MESSAGE_COLUMNS)
+
+
+def prompt_chars(content: str, attached: str | None) -> int:
+    """`len(with_attached(content, attached))`, without building the text: what a message costs
+    a history budget (an attached file's text counts as much as typed text)."""
+    if not attached:
+        return len(content)
+    return len(content) + 2 + len(attached) if content else len(attached)
 
 
 def stored_message(row: MessageRow) -> StoredMessage:
@@ -50,6 +66,7 @@ def stored_message(row: MessageRow) -> StoredMessage:
         # Only `append_message` writes it, from a CutReason.
         cut=CutReason(row.cut) if row.cut is not None else None,
         member_id=row.member_id,
+        attached=row.attached,
     )
 
 

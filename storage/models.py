@@ -160,3 +160,6 @@ class Message(Base):
     cut: Mapped[str | None] = mapped_column(String(16))
     # Whose conversation it belongs to: a user message's author, the asker of an assistant message.
     member_id: Mapped[str | None] = mapped_column(String)
+    # What a user message's attachments became (file names and texts, `[image: NAME]`
+    # placeholders), apart from `content` so that an edit replaces the text and keeps them.
+    attached: Mapped[str | None] = mapped_column(Text)

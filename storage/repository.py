@@ -1,8 +1,8 @@
 """Chat history and per-channel settings, one short transaction per call.
 
 `ChatRepository` is the whole `Repository`: what spans channels (a member's data, the retention
-purge) is `storage.member_data`'s and the token usage `storage.usage`'s, to which it hands those
-calls.
+purge) is `storage.member_data`'s, the token usage `storage.usage`'s and the edits and deletes of
+stored messages `storage.message_edits`', to which it hands those calls.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from bot.ports import (
 )
 from storage.db import Database
 from storage.member_data import MemberData
+from storage.message_edits import MessageEdits
 from storage.messages import (
     MEMBER_RECENT,
     MEMBER_RECENT_UP_TO,
@@ -44,6 +45,7 @@ from storage.messages import (
     find_channel,
     message_columns,
     next_message_statement,
+    prompt_chars,
     split_channel_key,
     stored_message,
 )
@@ -102,6 +104,7 @@ class ChatRepository:
                 platform_message_id=bindparam("platform_message_id"),
                 cut=bindparam("cut"),
                 member_id=bindparam("member_id"),
+                attached=bindparam("attached"),
             )
             .on_conflict_do_nothing(index_elements=[Message.channel_id, Message.platform_message_id])
             .returning(Message.id, Message.created_at)
@@ -109,6 +112,7 @@ class ChatRepository:
         self._charge = charge_statement(database.dialect_name)
         self._usage = UsageLedger(database)
         self._member_data = MemberData(database)
+        self._edits = MessageEdits(database)
 
     def _remember_channel(self, platform: str, external_id: str, channel_id: int | None) -> None:
         if channel_id is None:
@@ -159,6 +163,7 @@ class ChatRepository:
         cut: CutReason | None = None,
         member_id: str | None = None,
         charge: TokenCharge | None = None,
+        attached: str | None = None,
     ) -> StoredMessage | None:
         """See `Repository.append_message`."""
         platform, external_id = split_channel_key(channel_key)
@@ -183,6 +188,7 @@ class ChatRepository:
                 "platform_message_id": platform_message_id,
                 "cut": cut.value if cut is not None else None,
                 "member_id": member_id,
+                "attached": attached,
             }
             row = connection.execute(self._insert_message, values).one_or_none()
             if row is not None and charge is not None:  # a duplicate was charged when first stored
@@ -203,7 +209,18 @@ class ChatRepository:
             created_at=row.created_at,
             cut=cut,
             member_id=member_id,
+            attached=attached,
         )
+
+    async def edit_message(
+        self, channel_key: str, platform_message_id: str, content: str
+    ) -> StoredMessage | None:
+        """See `Repository.edit_message`."""
+        return await self._edits.edit_message(channel_key, platform_message_id, content)
+
+    async def delete_messages(self, channel_key: str, platform_message_ids: Sequence[str]) -> int:
+        """See `Repository.delete_messages` and `MessageEdits.delete_messages`."""
+        return await self._edits.delete_messages(channel_key, platform_message_ids)
 
     async def recent_messages(
         self,
@@ -245,7 +262,8 @@ class ChatRepository:
         kept: list[StoredMessage] = []
         total = 0
         for row in rows:  # newest first
-            total += len(row.content)
+            # What the model reads: the text and what its attachments became.
+            total += prompt_chars(row.content, row.attached)
             if kept and max_chars is not None and total > max_chars:
                 break
             kept.append(stored_message(row))

@@ -17,7 +17,8 @@ from pydantic import SecretStr
 from bot.app import Application
 from bot.config import ChatConfig, ModelConfig, Settings, StorageConfig
 from bot.events import ChatEvent
-from bot.ports import TokenCharge
+from bot.export import export_document
+from bot.ports import MemberMessage, StoredMessage, TokenCharge
 from storage.db import Database
 from storage.repository import ChatRepository
 from tests.conftest import EngineFactory
@@ -105,6 +106,17 @@ async def test_export_prints_or_writes_one_users_messages_as_json(
     assert written.code == 0 and written.stdout == ""
     assert f"exported telegram:1011 to {output}" in written.stderr
     assert json.loads(output.read_text(encoding="utf-8"))["messages"] == document["messages"]
+
+
+def test_the_export_holds_what_attachments_became() -> None:
+    at = datetime(2026, 12, 9, tzinfo=UTC)
+    with_file = StoredMessage(1, "user", "read this", "7", "Ann", "m1", at, attached="[file: a.txt]\nhello")
+    reply = StoredMessage(2, "assistant", "done", None, None, None, at, member_id="7")
+    document = export_document("web", "7", [MemberMessage("web:c", with_file), MemberMessage("web:c", reply)])
+    assert [(m["content"], m["attached"]) for m in document["messages"]] == [
+        ("read this", "[file: a.txt]\nhello"),
+        ("done", None),
+    ]
 
 
 async def test_a_malformed_user_is_refused_in_one_line_with_exit_code_2(tmp_path: Path) -> None:

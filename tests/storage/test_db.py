@@ -457,3 +457,44 @@ async def test_migration_0004_fills_in_member_ids_and_goes_back(database: Databa
     assert not {"persona", "context", "listen"} & await database.run_read(lambda c: columns(c, "channels"))
     assert "usage" not in await database.run_read(lambda connection: inspect(connection).get_table_names())
     assert await ChatRepository(database).message_count("telegram:a") == 7
+
+
+async def test_migration_0005_adds_attached_under_existing_messages_and_goes_back(
+    database: Database,
+) -> None:
+    await database.run_write(migrate("0004", up=False))
+    assert "attached" not in await database.run_read(columns)
+
+    def history_0004(connection: Connection) -> None:  # written as the 0004 schema takes it
+        connection.execute(text("INSERT INTO channels (platform, external_id) VALUES ('discord', '1')"))
+        for role, platform_id, content in [("user", "10", "a question"), ("assistant", None, "an answer")]:
+            connection.execute(
+                text(
+                    "INSERT INTO messages (channel_id, role, platform_message_id, content, member_id) "
+                    "SELECT id, :role, :platform_id, :content, 'u1' FROM channels"
+                ),
+                {"role": role, "platform_id": platform_id, "content": content},
+            )
+
+    await database.run_write(history_0004)
+    await database.run_write(migrate("head", up=True))
+    assert await alembic_versions(database) == [head_revision()]
+    assert "attached" in await database.run_read(columns)
+
+    repo = ChatRepository(database)
+    before = await repo.recent_messages("discord:1", limit=5)
+    assert [(m.content, m.attached, m.member_id) for m in before] == [
+        ("a question", None, "u1"),
+        ("an answer", None, "u1"),
+    ]
+    # The old messages can be edited and deleted like new ones.
+    edited = await repo.edit_message("discord:1", "10", "a better question")
+    assert edited is not None and (edited.id, edited.attached) == (before[0].id, None)
+    await repo.append_message("discord:1", "user", "new", platform_message_id="11", attached="[image: a.png]")
+
+    # And back: the column goes, the messages and their texts stay.
+    await database.run_write(migrate("0004", up=False))
+    assert "attached" not in await database.run_read(columns)
+    assert await repo.message_count("discord:1") == 3
+    await database.run_write(migrate("head", up=True))
+    assert await repo.delete_messages("discord:1", ["10", "11"]) == 3

@@ -70,7 +70,9 @@ async def test_member_messages_are_the_members_export_by_channel_then_id(repo: C
     ann: dict[str, list[StoredMessage]] = {"telegram:2": [], "telegram:10": []}
     for i in range(3):
         for key in ("telegram:2", "telegram:10"):  # "telegram:10" sorts first as a string
-            ann[key].append(await append(repo, key, "user", f"{key} {i}", author_id="7"))
+            # What attachments became is part of the export.
+            attached = f"[image: {i}.png]" if i == 1 else None
+            ann[key].append(await append(repo, key, "user", f"{key} {i}", author_id="7", attached=attached))
             await append(repo, key, "user", "bob", author_id="8")
             ann[key].append(await append(repo, key, "assistant", f"to {key} {i}", member_id="7"))
     await append(repo, "discord:2", "user", "not telegram", author_id="7")
@@ -79,6 +81,11 @@ async def test_member_messages_are_the_members_export_by_channel_then_id(repo: C
 
     assert exported == [
         MemberMessage(key, message) for key in ("telegram:10", "telegram:2") for message in ann[key]
+    ]
+    assert [item.message.attached for item in exported if item.message.role == "user"][:3] == [
+        None,
+        "[image: 1.png]",
+        None,
     ]
     assert await repo.member_messages("telegram", "404") == []
     assert [item.message.content for item in await repo.member_messages("discord", "7")] == ["not telegram"]

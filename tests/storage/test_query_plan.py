@@ -1,6 +1,6 @@
 """`recent_messages` reads the (channel_id, id) index backwards, a member's history the
 (channel_id, member_id, id) one: no table scan, no sort. The purge and a member's data use their
-indexes too."""
+indexes too, and so do edits and deletes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy import BindParameter, Connection, bindparam, func, insert, select, text
+from sqlalchemy.sql.visitors import replacement_traverse
 
 from storage.db import Database
 from storage.member_data import (
@@ -17,6 +18,7 @@ from storage.member_data import (
     purge_batch_statement,
     purge_candidates,
 )
+from storage.message_edits import DELETE_BY_ID, EDIT_USER_MESSAGE, NEXT_MESSAGE_ROLE, USER_MESSAGE_IDS
 from storage.messages import next_message_statement, recent_messages_statement
 from storage.models import Channel, Message
 from storage.repository import ChatRepository
@@ -173,3 +175,52 @@ async def test_a_members_messages_are_found_through_the_member_index(database: D
         else:
             assert "ix_messages_member_id" in plan, plan
             assert "Seq Scan on messages" not in plan, plan
+
+
+def bound(statement: Any, **values: Any) -> Any:
+    """`statement` with these values in its bound parameters, so that `explain` can render them
+    (an UPDATE or DELETE has no `params()`)."""
+
+    def with_value(element: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key in values:
+            return bindparam(element.key, values[element.key], element.type, expanding=element.expanding)
+        return None
+
+    return replacement_traverse(statement, {}, with_value)
+
+
+async def test_edits_and_deletes_find_the_user_message_by_its_platform_id(database: Database) -> None:
+    await fill(database)
+    channel = await database.run_read(
+        lambda connection: connection.scalar(select(Channel.id).where(Channel.external_id == "big"))
+    )
+    statements = [
+        bound(EDIT_USER_MESSAGE, in_channel=channel, with_platform_id="5", new_content="new"),
+        bound(USER_MESSAGE_IDS, channel_id=channel, platform_message_ids=["5", "6", "7"]),
+    ]
+    for statement in statements:
+        plan = await explain(database, 0, 0, statement)
+        if database.dialect_name == "sqlite":
+            # The UNIQUE constraint's own index (SQLite names it itself).
+            assert re.search(
+                r"SEARCH messages USING INDEX sqlite_autoindex_messages_\d "
+                r"\(channel_id=\? AND platform_message_id=\?\)",
+                plan,
+            ), plan
+        else:
+            assert "uq_messages_channel_id_platform_message_id" in plan, plan
+            assert "Seq Scan" not in plan, plan
+    # Each answer is one step of the (channel_id, id) index (the trap of the test above: the last
+    # question of the big channel), each deletion a primary-key probe.
+    last_big = await database.run_read(
+        lambda connection: connection.scalar(
+            select(func.max(Message.id)).where(Message.channel_id == channel)
+        )
+    )
+    plan = await explain(database, 0, 0, bound(NEXT_MESSAGE_ROLE, channel_id=channel, after_id=last_big))
+    assert INDEX in plan and "Seq Scan" not in plan and "SCAN messages" not in plan, plan
+    plan = await explain(database, 0, 0, bound(DELETE_BY_ID, ids=[1, 2, 3]))
+    if database.dialect_name == "sqlite":
+        assert "SEARCH messages USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+    else:
+        assert "pk_messages" in plan and "Seq Scan" not in plan, plan
