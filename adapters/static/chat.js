@@ -375,6 +375,23 @@
     }
   }
 
+  // The bot's notices after a reply (a file it could not read, an image it cannot see, a message
+  // it had to shorten) come last, each a piece of its own: "\n\n(…)". They show apart from the
+  // reply, in the muted look of the page's other notices, as text (never Markdown).
+  const NOTICE_PIECE = /^\n\n\([^]*\)$/;
+  function showNotices(bubble, deltas) {
+    const notices = [];
+    while (deltas.length > 1 && NOTICE_PIECE.test(deltas[deltas.length - 1])) notices.unshift(deltas.pop());
+    if (!notices.length) return;
+    renderMarkdown(bubble, deltas.join(""));
+    for (const notice of notices) {
+      const line = document.createElement("p");
+      line.className = "reply-notice";
+      line.textContent = notice.trim();
+      bubble.append(line);
+    }
+  }
+
   // A reply cut short (stopped, a timeout, shutdown) keeps its text; chat.css draws the marker
   // after it from data-cut, the same while streaming and after a reload.
   function markCut(bubble, cut) {
@@ -449,6 +466,7 @@
     const bubble = addMessage("assistant", "", "pending");
     let status = null;
     let cut = null;
+    const deltas = [];
     const controller = new AbortController();
     showStop(controller);
     try {
@@ -469,6 +487,7 @@
           showPlace(bubble, data.position);
         } else if (typeof data.delta === "string") {
           showPlace(bubble, null);
+          deltas.push(data.delta);
           streamMarkdown(bubble, data.delta);
           scrollDown();
         }
@@ -483,6 +502,7 @@
     } finally {
       hideStop();
       flushMarkdown(bubble);
+      if (status === "answered") showNotices(bubble, deltas);
       bubble.classList.remove("pending", "streaming", "queued");
       bubble.dataset.status = status || "error";
       markCut(bubble, cut);
