@@ -168,6 +168,12 @@ class RecordingEngine:
     def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
         return self._engine.stop(channel_key, reason)
 
+    def edit(self, event: ChatEvent) -> asyncio.Task[bool]:
+        return self._engine.edit(event)
+
+    def delete(self, channel_key: str, platform_message_ids: Sequence[str]) -> asyncio.Task[int]:
+        return self._engine.delete(channel_key, platform_message_ids)
+
     def handed_out(self, channel_key: str) -> int:
         """How many replies the engine handed out for `channel_key` so far."""
         return self._count[channel_key]

@@ -15,11 +15,13 @@ from bot.events import ChatEvent
 from bot.ports import (
     ChannelSettings,
     Conversation,
+    ImagePart,
     Repository,
     SamplingSettings,
     StoredMessage,
     Turn,
     member_context_key,
+    with_attached,
 )
 from bot.speakers import clean_speaker_name
 
@@ -49,11 +51,16 @@ class ConversationReader:
         self._sampling = sampling
 
     async def for_question(
-        self, event: ChatEvent, question: StoredMessage, settings: ChannelSettings
+        self,
+        event: ChatEvent,
+        question: StoredMessage,
+        settings: ChannelSettings,
+        images: tuple[ImagePart, ...] = (),
     ) -> tuple[Conversation, SamplingSettings]:
-        """The prompt input for `question` (stored for `event`) and the sampling settings to
-        answer it with, under the channel's `settings`. Raises `StorageError` when the database
-        fails."""
+        """The prompt input for `question` (stored for `event`, with its decoded `images` when
+        the backend sees them) and the sampling settings to answer it with, under the channel's
+        `settings`. A user message is read with what its attachments became (`with_attached`).
+        Raises `StorageError` when the database fails."""
         channel_key = event.channel_key
         member = event.author_id if self.context_mode(settings) == "member" else None
         earlier = await self._history_before(channel_key, question, member)
@@ -63,15 +70,20 @@ class ConversationReader:
             sampling = replace(sampling, temperature=settings.temperature)
         names = {} if event.is_direct else _newest_names(earlier, event)
         history = [
-            Turn(message.role, message.content, _speaker(message, names) if message.role == "user" else None)
+            Turn(
+                message.role,
+                with_attached(message.content, message.attached),
+                _speaker(message, names) if message.role == "user" else None,
+            )
             for message in earlier
         ]
         conversation = Conversation(
             system_prompt=system_prompt,
             history=history,
-            message=question.content,
+            message=with_attached(question.content, question.attached),
             context_key=channel_key if member is None else member_context_key(channel_key, member),
             speaker=names.get(event.author_id),
+            images=images,
         )
         return conversation, sampling
 
@@ -86,10 +98,11 @@ class ConversationReader:
         also when it was stored long ago), oldest first, within the configured budget."""
         if self._chat.history_messages == 0:
             return []
+        new_text = with_attached(new_message.content, new_message.attached)
         recent = await self._repository.recent_messages(
             channel_key,
             limit=self._chat.history_messages + 1,
-            max_chars=self._chat.history_chars + len(new_message.content),
+            max_chars=self._chat.history_chars + len(new_text),
             max_id=new_message.id,
             member_id=member_id,
         )

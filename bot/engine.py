@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from bot.access import AccessPolicy, RoleRules
 from bot.admission import Arrival, Gate
-from bot.backends.base import Backend, GenerationReport, context_dropper
+from bot.attachment_notices import NO_ATTACHMENTS, notices_text, without_text
+from bot.attachments import AttachmentLimits, ReadAttachments, read_attachments
+from bot.backends.base import Backend, GenerationReport, context_dropper, sees_images
 from bot.commands import RESET_COMMANDS, CommandHandler, Defaults, parse_command
 from bot.community import CommunityCommands
 from bot.completion import Completions, push_input_notices
 from bot.config import AccessConfig, ChatConfig, ModelConfig, PersonaConfig
 from bot.conversation import ConversationReader, configured_sampling
+from bot.edits import MessageEdits
 from bot.errors import RateLimited, StorageError
 from bot.events import ChatEvent
 from bot.failures import (
@@ -118,6 +122,8 @@ class ChatEngine:
         self._completions = Completions(
             self._order, self._generations, self._metrics, self._sampling, chat.max_input_chars
         )
+        self._attachment_limits = AttachmentLimits.from_config(chat)
+        self._edits = MessageEdits(repository, self._locks, context_dropper(backend), chat.max_input_chars)
 
     @property
     def stats(self) -> EngineStats:
@@ -166,6 +172,29 @@ class ChatEngine:
                 logger.info("history of %s moved to %s", redact(old_key), redact(new_key))
 
         return self._order.queue((old_key, new_key), move, name=f"chinwag:move:{redact(old_key)}")
+
+    def edit(self, event: ChatEvent) -> asyncio.Task[bool]:
+        """Queue an edit of a stored message (see `ChatService.edit` and `bot.edits`); the task
+        gives True when a stored message changed and raises `StorageError` when the database
+        fails. Raises `ChinwagError` at once when the engine is closing."""
+
+        async def edit(slot: Slot) -> bool:
+            await slot.turn()
+            return await self._edits.edit(event)
+
+        return self._order.queue((event.channel_key,), edit, name=f"chinwag:edit:{redact(event.channel_key)}")
+
+    def delete(self, channel_key: str, platform_message_ids: Sequence[str]) -> asyncio.Task[int]:
+        """Queue deleting user messages and the bot's replies to them (see `ChatService.delete`);
+        the task gives how many stored messages went and raises `StorageError` when the database
+        fails. Raises `ChinwagError` at once when the engine is closing."""
+        ids = tuple(platform_message_ids)
+
+        async def delete(slot: Slot) -> int:
+            await slot.turn()
+            return await self._edits.delete(channel_key, ids)
+
+        return self._order.queue((channel_key,), delete, name=f"chinwag:delete:{redact(channel_key)}")
 
     async def ask(self, event: ChatEvent) -> str:
         """Handle `event` and return the whole reply text."""
@@ -251,8 +280,10 @@ class ChatEngine:
             await reply.push(notice)
             return ReplyStatus.NOTICE
         text = sanitize_text(event.text)
-        if not text.strip():
-            await reply.push(EMPTY_MESSAGE_REPLY)
+        attachments = await self._read_attachments(event, text)
+        if not text.strip() and not attachments.readable:
+            # Nothing for the model: no words, no file it could read (why, when it was sent).
+            await reply.push(without_text(attachments.notices) or EMPTY_MESSAGE_REPLY)
             return ReplyStatus.NOTICE
         try:
             # Held from storing the message to storing its reply (or running the command), so a
@@ -266,11 +297,22 @@ class ChatEngine:
                 if over_quota is not None:  # no model call, nothing stored
                     await reply.push(over_quota)
                     return ReplyStatus.NOTICE
-                return await self._answer(event, text, reply, received)
+                return await self._answer(event, text, attachments, reply, received)
         except StorageError as error:
             return await report_error(error, reply, self._metrics, event.channel_key, saved=False)
 
-    async def _answer(self, event: ChatEvent, text: str, reply: Reply, received: float) -> ReplyStatus:
+    async def _read_attachments(self, event: ChatEvent, text: str) -> ReadAttachments:
+        """What the message's files became (downloaded and read before the channel's lock is
+        taken: a slow download must not hold other processes' replies). A command's are ignored."""
+        if not event.attachments or parse_command(text) is not None:
+            return NO_ATTACHMENTS
+        return await read_attachments(
+            event.attachments, self._attachment_limits, see_images=sees_images(self._backend)
+        )
+
+    async def _answer(
+        self, event: ChatEvent, text: str, attachments: ReadAttachments, reply: Reply, received: float
+    ) -> ReplyStatus:
         text, input_cut = clip(text, self._chat.max_input_chars)
         stored = await self._repository.append_message(
             event.channel_key,
@@ -279,6 +321,7 @@ class ChatEngine:
             author_id=event.author_id,
             author_name=event.author_name,
             platform_message_id=event.message_id,
+            attached=attachments.attached,
         )
         if stored is None:
             resolved = await self._resolve_duplicate(event, reply, input_cut)
@@ -286,7 +329,9 @@ class ChatEngine:
                 return resolved
             stored = resolved
         settings = await self._repository.get_settings(event.channel_key)
-        conversation, sampling = await self._conversations.for_question(event, stored, settings)
+        conversation, sampling = await self._conversations.for_question(
+            event, stored, settings, attachments.images
+        )
         where = event.channel_key
         report = GenerationReport()
         generated = await self._generations.run(
@@ -312,6 +357,8 @@ class ChatEngine:
         self._metrics.reply_finished(latency_s, generated.chunks)
         logger.debug("answered in %s: %d chars, %.3f s", redact(where), len(generated.text), latency_s)
         await push_input_notices(reply, input_cut, generated.prompt, self._chat.max_input_chars)
+        if attachments.notices:
+            await reply.push(notices_text(attachments.notices))
         if generated.cut is None:
             return ReplyStatus.ANSWERED
         # The cut's notice last: the web adapter shows it as a marker instead of as text.

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.errors import ChinwagError
+
+T = TypeVar("T")
 
 
 class Slot:
@@ -45,7 +47,7 @@ class ChannelOrder:
         self._tails: dict[str, asyncio.Future[None]] = {}
         # channel key -> how many resets it had: see `Slot.superseded`.
         self._epochs: dict[str, int] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
 
     @property
@@ -67,8 +69,8 @@ class ChannelOrder:
         self._epochs[key] = self.epoch(key) + 1
 
     def queue(
-        self, keys: tuple[str, ...], job: Callable[[Slot], Coroutine[Any, Any, None]], *, name: str
-    ) -> asyncio.Task[None]:
+        self, keys: tuple[str, ...], job: Callable[[Slot], Coroutine[Any, Any, T]], *, name: str
+    ) -> asyncio.Task[T]:
         """Queue `job` behind everything queued for any of `keys`; later jobs of those channels
         wait for it. `job` must `await slot.turn()` before its ordered work (inside its own error
         handling, so that it can answer when cancelled while waiting); its slot is released when
@@ -79,9 +81,9 @@ class ChannelOrder:
         for key in keys:
             self._tails[key] = slot.done
 
-        async def run() -> None:
+        async def run() -> T:
             try:
-                await job(slot)
+                return await job(slot)
             finally:
                 slot.done.set_result(None)
                 for key in keys:
@@ -90,7 +92,7 @@ class ChannelOrder:
 
         return self.start(run(), name=name)
 
-    def start(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+    def start(self, work: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
         """Run `work` now, outside any channel's order, kept for `close`."""
         task = asyncio.create_task(work, name=name)
         # A reference: the loop holds tasks weakly.

@@ -297,7 +297,8 @@ class Repository(Protocol):
         member_id: str | None = None,
     ) -> list[StoredMessage]:
         """The newest `limit` messages, oldest first. With `max_chars`, the oldest are dropped until
-        the contents total at most `max_chars` characters, but the newest one is always kept. With
+        the texts the model reads (`with_attached(content, attached)`) total at most `max_chars`
+        characters, but the newest one is always kept. With
         `max_id`, only messages whose id is at most `max_id` count (the history as it stood when
         that message was stored). With `member_id`, only that member's conversation (their
         messages and the replies to them), read through an index."""
