@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
@@ -11,7 +12,9 @@ from PIL import Image
 from adapters.web_attachments import AttachmentIn, BadAttachment, ReceivedFile, clean_name, to_attachments
 from bot.events import Downloaded
 from storage.repository import ChatRepository
+from tests.bot.doubles import LineBackend
 from tests.conftest import EngineFactory
+from tests.fakes.waiting import wait_until
 from tests.fakes.web_harness import running_web, web_client
 
 PRIVATE = "p-" + "A" * 32  # the shape of the ids the chat page makes
@@ -238,3 +241,43 @@ async def test_a_delete_reaches_only_its_own_channel(
     assert with_key.json() == {"deleted": 2}
     assert await repository.message_count("web:lobby") == 0
     assert await repository.message_count(f"web:{PRIVATE}") == 2
+
+
+def is_engine_delete(task: asyncio.Task[object]) -> bool:
+    return task.get_name().startswith("chinwag:delete:")
+
+
+async def test_a_delete_waits_for_the_reply_being_written(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    """A delete takes its turn after the channel's pending messages: the reply still being written
+    is finished, stored, and deleted with its question."""
+    backend = LineBackend()
+    backend.hold("slow")
+    messages = f"/api/channels/{PRIVATE}/messages"
+    async with running_web(await make_engine(backend), repository) as web, web_client(web) as client:
+        asking = asyncio.create_task(client.post(messages, json={"text": "slow", "message_id": "id-slow"}))
+        await wait_until(lambda: backend.running == ["slow"], what="the reply is being written")
+        deleting = asyncio.create_task(client.delete(f"{messages}/id-slow"))
+        # The server runs in this loop: the engine's delete task is queued behind the reply.
+        await wait_until(lambda: any(is_engine_delete(task) for task in asyncio.all_tasks()), what="queued")
+        assert not deleting.done()
+        backend.release("slow")
+        answered, deleted = await asyncio.wait_for(asyncio.gather(asking, deleting), 10)
+    assert answered.json()["reply"] == "echo[0]: slow"
+    assert deleted.json() == {"deleted": 2}
+    assert await repository.message_count(f"web:{PRIVATE}") == 0
+
+
+async def test_a_megabyte_file_fits_the_default_limits_and_is_read_up_to_its_limit(
+    make_engine: EngineFactory, repository: ChatRepository
+) -> None:
+    """Far over `web.max_body_bytes` (64 KiB), well under `web.max_upload_bytes` (25 MiB); the
+    engine reads its first `chat.max_attachment_bytes` (256 KiB), not the whole megabyte."""
+    async with running_web(await make_engine(), repository) as web, web_client(web) as client:
+        body = {"text": "long one", "attachments": [text_file("big.log", "line\n" * 200_000)]}
+        sent = await client.post("/api/channels/big-file/messages", json=body)
+    assert sent.status_code == 200
+    reply = sent.json()["reply"]
+    assert reply.startswith("echo[0]: long one\n\n[file: big.log")
+    assert 256 * 1024 < len(reply) < 257 * 1024 + 1000
