@@ -269,7 +269,7 @@ async def test_a_delete_waits_for_the_reply_being_written(
     assert await repository.message_count(f"web:{PRIVATE}") == 0
 
 
-async def test_a_megabyte_file_fits_the_default_limits_and_is_read_up_to_its_limit(
+async def test_a_megabyte_file_fits_the_default_limits_and_is_cut_with_a_notice(
     make_engine: EngineFactory, repository: ChatRepository
 ) -> None:
     """Far over `web.max_body_bytes` (64 KiB), well under `web.max_upload_bytes` (25 MiB); the
@@ -279,5 +279,6 @@ async def test_a_megabyte_file_fits_the_default_limits_and_is_read_up_to_its_lim
         sent = await client.post("/api/channels/big-file/messages", json=body)
     assert sent.status_code == 200
     reply = sent.json()["reply"]
-    assert reply.startswith("echo[0]: long one\n\n[file: big.log")
-    assert 256 * 1024 < len(reply) < 257 * 1024 + 1000
+    assert reply.startswith("echo[0]: long one\n\n[file: big.log, first 256 KB]\nline\n")
+    assert reply.endswith("line\n[end of file]\n\n(big.log is longer than 256 KB: I read its first 256 KB.)")
+    assert 256 * 1024 < len(reply) < 257 * 1024
