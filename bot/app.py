@@ -205,6 +205,7 @@ def _web_adapter(settings: Settings, running: _Running) -> Adapter | None:
         settings.model,
         running.engine,
         running.repository,  # read through HistoryReader: the page shows history
+        chat=settings.chat,
         readiness=running.readiness,
         metrics=running.metrics,
     )
