@@ -4,6 +4,11 @@ A file is read chunk by chunk and the download stops at the limit the engine ask
 file costs at most that limit in memory. The whole download (connect, headers, every chunk) has
 one deadline: a server that hangs or trickles gets `AttachmentUnavailable` when it passes. The URL
 is never logged nor put in an error: a Telegram file URL carries the bot's token.
+
+The limit counts the bytes on the wire, which are the file's bytes: the request asks for no
+compression (`Accept-Encoding: identity`) and the body is read raw. A compressed body would be
+decompressed a network read at a time with no bound on the output: a 200 KB gzip response of
+zeros took 270 MB to read "256 KB" of it. A server that compresses anyway gets refused.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from bot.events import Downloaded
 logger = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 64 * 1024
+_UNCOMPRESSED = {"Accept-Encoding": "identity"}
 
 
 async def download_start(client: httpx.AsyncClient, url: str, limit: int, timeout_s: float) -> Downloaded:
@@ -42,16 +48,20 @@ async def download_start(client: httpx.AsyncClient, url: str, limit: int, timeou
 
 
 async def _read_start(client: httpx.AsyncClient, url: str, limit: int) -> Downloaded:
-    # One byte past the limit tells a file of exactly `limit` bytes from a longer one.
-    wanted = limit + 1
     chunks: list[bytes] = []
     received = 0
-    async with client.stream("GET", url, follow_redirects=True) as response:
+    async with client.stream("GET", url, headers=_UNCOMPRESSED, follow_redirects=True) as response:
         response.raise_for_status()
-        async for chunk in response.aiter_bytes(_CHUNK_BYTES):
-            chunks.append(chunk[: wanted - received])
-            received += len(chunks[-1])
-            if received >= wanted:
-                break  # leaving the block closes the stream: the rest is never read
-    data = b"".join(chunks)
-    return Downloaded(data[:limit], complete=len(data) <= limit)
+        if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            raise AttachmentUnavailable("the server sent the file compressed")
+        async for chunk in response.aiter_raw(_CHUNK_BYTES):
+            room = limit - received
+            if len(chunk) > room:
+                # A byte past the limit: the file is longer. Leaving the block closes the
+                # stream, so the rest is never read. Only what fits is kept: joined once below,
+                # the data costs twice the limit at its peak, not three times.
+                chunks.append(chunk[:room])
+                return Downloaded(b"".join(chunks), complete=False)
+            chunks.append(chunk)
+            received += len(chunk)
+    return Downloaded(b"".join(chunks), complete=True)

@@ -7,12 +7,19 @@ sent; rows left pending by a crash are handled first at the next start, as redel
 engine resends an answer it stored already). So a `kill -9` loses no message, and sends one answer
 twice only if it strikes between sending a reply and marking it done.
 
-Every text message of a person becomes an event, in groups too: one that does not mention the bot,
+Every text message of a person becomes an event, and so does a document or photo (its caption is
+the text, possibly empty; the file is fetched only when the engine reads it, see
+`telegram_files.py`), in groups too: one that does not mention the bot,
 reply to it or run a command is marked `addressed=False`, and the engine decides whether to answer
 it (`/listen all`); a silent reply posts nothing and shows no typing. Each group event says whether
 its author is staff (a configured admin, an anonymous admin, or one of the chat's administrators,
 read with getChatAdministrators at most once per chat per `admin_cache_s`) and whether the bot
 sees all group messages (getMe's `can_read_all_group_messages`, False in privacy mode).
+
+Edits (`edited_message`) take the same path through the inbox, in their chat's order: the edited
+message was handled before the edit is passed to the engine (`ChatService.edit`), which replaces
+the stored text and answers nothing. Files come from `base_file_url` (derived from `base_url`:
+`http://HOST/bot` -> `http://HOST/file/bot`) through one HTTP client the adapter owns.
 
 Sending: `adapters.delivery` streams each reply through a `TelegramSink` (`telegram_sending.py`):
 typing while the reply is generated, the first chunk sent then edited at most once per second, the
@@ -37,6 +44,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import httpx
 from telegram import Bot, BotCommand, Message, Update
 from telegram.error import Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.ext import Application, ApplicationBuilder
@@ -50,19 +58,22 @@ from adapters.telegram_events import (
     PLATFORM,
     chat_id_of,
     telegram_pieces,
+    to_edit,
     to_event,
     utf16_length,
 )
+from adapters.telegram_files import TelegramFiles, file_base_url
 from adapters.telegram_sending import BACKOFF, Target, TelegramSink, request, retry_after_s
 from bot.commands import COMMANDS
-from bot.config import TelegramConfig
+from bot.config import ChatConfig, TelegramConfig
 from bot.errors import ChinwagError, StorageError
 from bot.events import ChatEvent
 from bot.ports import ChatService, Claim, ClaimRole, InboxItem, UpdateInbox
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_UPDATES = ["message"]
+# Edits too: they replace the stored text of the message they change.
+ALLOWED_UPDATES = ["message", "edited_message"]
 MENU = tuple(BotCommand(spec.name, spec.menu_text) for spec in COMMANDS)
 # Done inbox rows only guard against redelivery of unconfirmed updates, which Telegram keeps 24 h.
 INBOX_RETENTION = timedelta(days=2)
@@ -115,12 +126,20 @@ class TelegramAdapter:
         engine: ChatService,
         inbox: UpdateInbox,
         claim_role: ClaimRole,
+        *,
+        chat: ChatConfig | None = None,
     ) -> None:
-        """Every tuning value comes from `config` (`telegram:`)."""
+        """Every tuning value comes from `config` (`telegram:`); the attachment limits the adapter
+        applies (which photo size to offer, the download deadline) from `chat` (`chat:`)."""
         if not has_token(config.token):
             raise ValueError("the Telegram adapter needs a token")
+        chat = chat or ChatConfig()
         self._token = config.token
         self._base_url = config.base_url
+        self._max_image_bytes = chat.max_image_bytes
+        self._attachment_timeout_s = chat.attachment_timeout_s
+        # Downloads of files (closed at stop); None while stopped.
+        self._files: TelegramFiles | None = None
         self._admins = frozenset(config.admins)
         self._engine = engine
         self._inbox = inbox
@@ -173,7 +192,16 @@ class TelegramAdapter:
         builder = ApplicationBuilder().token(self._token.get_secret_value()).updater(None)
         if self._base_url:
             builder = builder.base_url(self._base_url)
+            files_url = file_base_url(self._base_url)
+            if files_url is not None:
+                builder = builder.base_file_url(files_url)
         self._app = builder.build()
+        self._files = TelegramFiles(
+            bot=self._app.bot,
+            client=httpx.AsyncClient(timeout=httpx.Timeout(self._attachment_timeout_s)),
+            timeout_s=self._attachment_timeout_s,
+            requester=lambda call: self._request(None, call),
+        )
         try:
             await self._app.initialize()
             await self._app.start()
@@ -221,6 +249,9 @@ class TelegramAdapter:
                     "get_updates", api_kwargs={"offset": self._offset, "timeout": 0, "limit": 1}
                 )
         await self._workers.drain(self._drain_s)
+        files, self._files = self._files, None
+        if files is not None:
+            await files.client.aclose()
         self._app = None
         if app is not None:
             if app.running:
@@ -318,6 +349,8 @@ class TelegramAdapter:
         item, recovered = job
         try:
             update = Update.de_json(item.payload, self._bot)
+            if update.edited_message is not None:
+                await self._apply_edit(update, chat_id)
             message = update.message
             if message is not None and message.migrate_to_chat_id is not None:
                 await self._follow_migration(message.chat.id, message.migrate_to_chat_id)
@@ -353,19 +386,45 @@ class TelegramAdapter:
         if not event.is_staff and not event.is_direct and not self._chat_admins.fresh(chat_id):
             await self._refresh_admins(chat_id)
             event = self._to_event(update)
-        if event is not None and chat_id in self._migrated:
-            new_channel = str(self._migrated[chat_id]) + event.channel[len(str(chat_id)) :]
-            event = replace(event, channel=new_channel)
-        return event
+        return None if event is None else self._in_current_chat(event, chat_id)
+
+    def _in_current_chat(self, event: ChatEvent, chat_id: int) -> ChatEvent:
+        """`event` in the channel its chat's history lives in now (a migrated group's new id)."""
+        if chat_id not in self._migrated:
+            return event
+        new_channel = str(self._migrated[chat_id]) + event.channel[len(str(chat_id)) :]
+        return replace(event, channel=new_channel)
 
     def _to_event(self, update: Update) -> ChatEvent | None:
+        files = self._files
+        if files is None:
+            raise ChinwagError("telegram: the adapter is stopped")
         return to_event(
             update,
             self._username,
             self._admins,
             self._chat_admins.is_admin,
             sees_all_messages=self._sees_all_messages,
+            files=files.download,
+            max_image_bytes=self._max_image_bytes,
         )
+
+    async def _apply_edit(self, update: Update, chat_id: int) -> None:
+        """Pass an edited message's new text to the engine, which replaces the stored text and
+        answers nothing. Called in the chat's order, so the edited message was handled before."""
+        message = update.edited_message
+        event = to_edit(update, self._username, self._admins, self._chat_admins.is_admin)
+        if event is None or message is None:
+            return
+        event = self._in_current_chat(event, message.chat.id)
+        if not await self._engine.edit(event):
+            # Not stored: a message the bot never kept (unaddressed chatter it ignored, one older
+            # than the history it keeps, or one sent before the bot joined). Nothing to change.
+            logger.info(
+                "telegram: the edit of message %s in chat %d changed nothing (not stored)",
+                event.message_id,
+                chat_id,
+            )
 
     async def _refresh_admins(self, chat_id: int) -> None:
         """Read the chat's administrators into the cache. A failure is logged and remembered for
@@ -428,12 +487,18 @@ class TelegramAdapter:
 
 
 def create(
-    config: TelegramConfig, engine: ChatService, inbox: UpdateInbox, claim_role: ClaimRole
+    config: TelegramConfig,
+    engine: ChatService,
+    inbox: UpdateInbox,
+    claim_role: ClaimRole,
+    *,
+    chat: ChatConfig | None = None,
 ) -> TelegramAdapter | None:
-    """The adapter for `config` (`telegram:`), or None when no token is configured."""
+    """The adapter for `config` (`telegram:`, attachment limits from `chat:`), or None when no
+    token is configured."""
     if not has_token(config.token):
         return None
-    return TelegramAdapter(config, engine, inbox, claim_role)
+    return TelegramAdapter(config, engine, inbox, claim_role, chat=chat)
 
 
 __all__ = [

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, replace
 from typing import Any
 
-from telegram import Message, Update
+from telegram import Message, MessageEntity, Update
 from telegram.constants import ChatType, MessageEntityType, MessageLimit
 
 from adapters.splitting import split_reply
+from adapters.telegram_files import FileDownloads, attachments_of, no_downloads
 from bot.events import ChatEvent
 
 PLATFORM = "telegram"
@@ -19,6 +21,9 @@ MESSAGE_LIMIT: int = MessageLimit.MAX_TEXT_LENGTH  # 4096
 
 AdminLookup = Callable[[int, int], bool]
 
+# What `to_event` offers photos up to without the adapter's limits (`chat.max_image_bytes`).
+DEFAULT_MAX_IMAGE_BYTES = 10_000_000
+
 
 def to_event(
     update: Update,
@@ -27,14 +32,18 @@ def to_event(
     is_chat_admin: AdminLookup,
     *,
     sees_all_messages: bool = True,
+    files: FileDownloads = no_downloads,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> ChatEvent | None:
-    """The `ChatEvent` for a new text message from a person, else None.
+    """The `ChatEvent` for a new message from a person: text, or a document or photo with its
+    caption (possibly empty) as the text and the file in `attachments` (fetched through `files`
+    when the engine asks, see `telegram_files`); else None.
 
-    Private chats: every text message. Groups: every text message too, `addressed` when it
+    Private chats: every such message. Groups: every one too, `addressed` when it (or its caption)
     mentions @bot_username, replies to one of the bot's messages, or starts with a command (`/cmd`,
     `/cmd@bot_username`); `/cmd@OtherBot` is not ours and gives None. The mention is removed from
-    the text, so `@Bot /reset` is the command `/reset`. Edits, media, service messages and other
-    bots give None.
+    the text, so `@Bot /reset` is the command `/reset`. Edits (see `to_edit`), stickers, voice,
+    video, service messages and other bots give None.
 
     Staff (`is_staff`): ids in `admins`, an anonymous admin posting as the group, or whoever
     `is_chat_admin(chat_id, user_id)` says (groups only). Admins (`is_admin`): staff, and the user
@@ -42,8 +51,41 @@ def to_event(
     mode) is passed on for group messages; a private chat delivers everything.
     """
     message = update.message
-    if message is None or message.text is None:
+    if message is None:
         return None
+    attachments = attachments_of(message, files, max_image_bytes)
+    if message.text is None and not attachments:
+        return None
+    event = _event_of(message, bot_username, admins, is_chat_admin, sees_all_messages=sees_all_messages)
+    return None if event is None else replace(event, attachments=attachments)
+
+
+def to_edit(
+    update: Update, bot_username: str, admins: Collection[int], is_chat_admin: AdminLookup
+) -> ChatEvent | None:
+    """For an `edited_message` from a person: the event whose `message_id` names the edited
+    message and whose `text` is its new text or caption (the mention removed, as `to_event` did
+    when the message came); None for any other update. The edit of a document's or photo's
+    caption is one too; a replaced file is not looked at (only the text is kept up to date)."""
+    message = update.edited_message
+    if message is None or (message.text is None and message.caption is None and not _has_file(message)):
+        return None
+    return _event_of(message, bot_username, admins, is_chat_admin, sees_all_messages=True)
+
+
+def _has_file(message: Message) -> bool:
+    return message.document is not None or bool(message.photo)
+
+
+def _event_of(
+    message: Message,
+    bot_username: str,
+    admins: Collection[int],
+    is_chat_admin: AdminLookup,
+    *,
+    sees_all_messages: bool,
+) -> ChatEvent | None:
+    """The event of a person's message, its text being its text or else its caption ("" if none)."""
     sender = message.from_user
     if sender is None:
         return None
@@ -56,12 +98,13 @@ def to_event(
     if sender.is_bot and not anonymous_admin:
         return None  # other bots: answering them can loop forever
     direct = chat.type == ChatType.PRIVATE
-    command_target = _command_target(message)
+    written = _Written.of(message)
+    command_target = _command_target(written)
     if command_target and command_target.lower() != bot_username.lower():
         return None
-    mentioned = _mentions(message, bot_username)
+    mentioned = _mentions(written, bot_username)
     addressed = direct or command_target is not None or mentioned or _replies_to_bot(message, bot_username)
-    text = _strip_mention(message.text, bot_username) if mentioned else message.text
+    text = _strip_mention(written.text, bot_username) if mentioned else written.text
 
     channel = str(chat.id)
     if message.is_topic_message and message.message_thread_id is not None:
@@ -89,20 +132,44 @@ def to_event(
     )
 
 
-def _command_target(message: Message) -> str | None:
-    """For a command message (bot_command entity at offset 0): the bot it names ("" if none)."""
-    entities = message.entities
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """What the person wrote: a message's text and its entities, or else its caption and the
+    caption's entities (a document or photo). Entity offsets count UTF-16 units of that text."""
+
+    message: Message
+    text: str
+    entities: tuple[MessageEntity, ...]
+    caption: bool
+
+    @classmethod
+    def of(cls, message: Message) -> _Written:
+        if message.text is not None:
+            return cls(message, message.text, tuple(message.entities), caption=False)
+        return cls(message, message.caption or "", tuple(message.caption_entities), caption=True)
+
+    def parse(self, entity: MessageEntity) -> str:
+        if self.caption:
+            return self.message.parse_caption_entity(entity)
+        return self.message.parse_entity(entity)
+
+    def parse_all(self, kind: str) -> dict[MessageEntity, str]:
+        if self.caption:
+            return self.message.parse_caption_entities([kind])
+        return self.message.parse_entities([kind])
+
+
+def _command_target(written: _Written) -> str | None:
+    """For a command (bot_command entity at offset 0): the bot it names ("" if none)."""
+    entities = written.entities
     if not entities or entities[0].type != MessageEntityType.BOT_COMMAND or entities[0].offset != 0:
         return None
-    command = message.parse_entity(entities[0])
-    return command.partition("@")[2]
+    return written.parse(entities[0]).partition("@")[2]
 
 
-def _mentions(message: Message, bot_username: str) -> bool:
+def _mentions(written: _Written, bot_username: str) -> bool:
     wanted = f"@{bot_username}".lower()
-    return any(
-        text.lower() == wanted for text in message.parse_entities([MessageEntityType.MENTION]).values()
-    )
+    return any(text.lower() == wanted for text in written.parse_all(MessageEntityType.MENTION).values())
 
 
 def _replies_to_bot(message: Message, bot_username: str) -> bool:

@@ -28,7 +28,7 @@ from adapters.web_app import DEFAULT_MODEL_NAME, DEFAULT_SYSTEM_PROMPT, build_ap
 from adapters.web_openai import served_model_name
 from adapters.web_options import WebOptions
 from adapters.web_streams import ABANDON_SETTLE_S, STOP_SETTLE_S, OpenReplies
-from bot.config import ModelConfig, WebConfig
+from bot.config import ChatConfig, ModelConfig, WebConfig
 from bot.errors import ChinwagError
 from bot.health import Readiness
 from bot.metrics import PrometheusMetrics
@@ -196,16 +196,18 @@ def create(
     engine: ChatService,
     history: HistoryReader,
     *,
+    chat: ChatConfig | None = None,
     readiness: Readiness | None = None,
     metrics: PrometheusMetrics | None = None,
 ) -> WebAdapter | None:
-    """The web adapter of the composition root. `metrics` is served at `/metrics` only when
+    """The web adapter of the composition root. `chat` gives the attachment limits the API checks
+    (`ChatConfig`'s defaults without it). `metrics` is served at `/metrics` only when
     `web.metrics` is on. Never None: the web server needs no token (the `| None` is the
     adapter factories' shared shape)."""
     return WebAdapter(
         engine,
         history,
-        WebOptions.from_config(web),
+        WebOptions.from_config(web, chat),
         model_name=served_model_name(model),
         system_prompt=model.system_prompt,
         readiness=readiness,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Scope
 
-from adapters.web_chat import PLATFORM, STATIC_DIR, build_chat_router
+from adapters.web_chat import PLATFORM, STATIC_DIR, build_chat_router, is_message_post
 from adapters.web_http import (
     BodySizeLimit,
     ClientPseudonym,
@@ -15,6 +16,7 @@ from adapters.web_http import (
     is_loopback,
     key_matches,
 )
+from adapters.web_messages import build_messages_router
 from adapters.web_openai import build_openai_router
 from adapters.web_ops import build_ops_router
 from adapters.web_options import WebOptions
@@ -55,7 +57,24 @@ def build_app(
 
     # One pseudonym for both APIs, so a client shares one rate limit across them.
     author_id = ClientPseudonym()
-    app.include_router(build_chat_router(engine, history, options.admin_api_key, author_id, open_replies))
+    app.include_router(
+        build_chat_router(
+            engine,
+            history,
+            options.admin_api_key,
+            author_id,
+            open_replies,
+            max_attachments=options.max_attachments,
+        )
+    )
+    app.include_router(
+        build_messages_router(
+            engine,
+            options.admin_api_key,
+            max_attachments=options.max_attachments,
+            max_upload_bytes=options.max_upload_bytes,
+        )
+    )
     app.include_router(
         build_openai_router(
             engine.complete,
@@ -72,10 +91,15 @@ def build_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(options.cors_origins),
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Accept"],
             max_age=600,
         )
+
+    def body_limit(scope: Scope) -> int:
+        """A chat message carries its files in its body; every other request is small."""
+        return options.max_upload_bytes if is_message_post(scope) else options.max_body_bytes
+
     # Outermost, so an oversized body is refused before anything else reads it.
-    app.add_middleware(BodySizeLimit, max_bytes=options.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=options.max_body_bytes, limit_for=body_limit)
     return app

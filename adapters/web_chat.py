@@ -12,8 +12,12 @@ Who may do what (the channel id is the capability):
   settings needs `Authorization: Bearer <web.admin_api_key>`;
 - the admin key makes every request an admin one.
 
-Stopping a channel's running reply (`POST .../stop`) follows the reset's rule: the private
-channel's holder, or the admin key.
+Stopping a channel's running reply (`POST .../stop`) and deleting a message of it (`DELETE
+.../messages/{message_id}`) follow the reset's rule: the private channel's holder, or the admin
+key. A delete only reaches the messages of the channel in its path.
+
+A message may carry files (`attachments`, adapters/web_attachments.py); they become the event's
+`Attachment`s, read by the engine like any platform's.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Scope
 
 from adapters.delivery import QUEUE_NOTICE_AFTER_S
+from adapters.web_attachments import AttachmentIn, BadAttachment, to_attachments
 from adapters.web_http import ClientPseudonym, bearer_token, key_matches
 from adapters.web_streams import Abandoned, InLine, OpenReplies
 from bot.errors import ChinwagError
-from bot.events import ChatEvent
+from bot.events import Attachment, ChatEvent
 from bot.failures import CUT_RULES, SHUTDOWN_NOTICE, notice_after
 from bot.ports import ChatService, HistoryReader
 from bot.reply import Reply, ReplyStatus
@@ -41,12 +47,16 @@ from bot.reply import Reply, ReplyStatus
 PLATFORM = "web"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CHANNEL_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+# A client's message id goes into a URL path to delete the message: the channel id's alphabet.
+MESSAGE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+_MESSAGE_POST_PATH = re.compile(r"/api/channels/[^/]+/messages")
 _PRIVATE_CHANNEL = re.compile(r"p-[A-Za-z0-9_-]{22,126}")
 MAX_HISTORY_LIMIT = 500
 # The page's scripts and styles are files of this server: nothing inline, nothing from elsewhere.
+# Images may also be `blob:` URLs: the page's thumbnails of the files the user picks.
 _PAGE_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
@@ -64,10 +74,21 @@ class MessageIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(max_length=32_000, description="the message; commands like /help work too")
+    text: str = Field(
+        max_length=32_000,
+        description="the message (commands like /help work too); with attachments their caption, maybe empty",
+    )
     author: str | None = Field(default=None, max_length=64, description="display name")
     message_id: str | None = Field(
-        default=None, min_length=1, max_length=128, description="client id: a resend is answered once"
+        default=None,
+        pattern=MESSAGE_ID_PATTERN,
+        description=(
+            "client id, 1 to 128 of A-Z a-z 0-9 _ -: a resend is answered once, and "
+            "`DELETE .../messages/{message_id}` deletes the message (one sent without it cannot be deleted)"
+        ),
+    )
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list, description="files sent with the message (at most `chat.max_attachments`)"
     )
 
 
@@ -79,6 +100,10 @@ class HistoryItem(BaseModel):
     content: str
     created_at: str
     cut: str | None = None
+    message_id: str | None = None
+    """A user message's client id (what `DELETE .../messages/{message_id}` takes), when it had one."""
+    attached: str | None = None
+    """What a user message's files became for the model: their names and texts, `[image: NAME]`."""
 
 
 ChannelId = Annotated[
@@ -90,9 +115,35 @@ ChannelId = Annotated[
 ]
 
 
+MessageId = Annotated[
+    str,
+    PathParam(pattern=MESSAGE_ID_PATTERN, description="the `message_id` the message was sent with"),
+]
+
+
+def is_message_post(scope: Scope) -> bool:
+    """True for `POST /api/channels/{id}/messages`, whose body may carry files."""
+    return scope.get("method") == "POST" and _MESSAGE_POST_PATH.fullmatch(scope.get("path", "")) is not None
+
+
 def is_private_channel(channel_id: str) -> bool:
     """True for the unguessable ids the chat page makes: their holder owns the channel."""
     return _PRIVATE_CHANNEL.fullmatch(channel_id) is not None
+
+
+def admin_key_ok(request: Request, admin_api_key: str | None) -> bool:
+    """True when the request carries `web.admin_api_key` (never without one configured)."""
+    return admin_api_key is not None and key_matches(bearer_token(request), [admin_api_key])
+
+
+def require_admin_key(request: Request, admin_api_key: str | None) -> None:
+    """401 without credentials, 403 with wrong ones (or when no admin key is configured)."""
+    if admin_api_key is None:
+        raise HTTPException(403, "this needs web.admin_api_key, which is not configured")
+    if bearer_token(request) is None:
+        raise HTTPException(401, "missing admin key", headers={"WWW-Authenticate": "Bearer"})
+    if not admin_key_ok(request, admin_api_key):
+        raise HTTPException(403, "wrong admin key")
 
 
 def reset_http_status(status: ReplyStatus) -> int:
@@ -170,26 +221,29 @@ def build_chat_router(
     open_replies: OpenReplies | None = None,
     *,
     queue_notice_after_s: float = QUEUE_NOTICE_AFTER_S,
+    max_attachments: int = 4,
 ) -> APIRouter:
     """The chat page at `/` and the `/api/` routes of the page and of API clients. The replies
     clients wait for are read through `open_replies`, which the adapter drains at shutdown. A
-    streamed reply that waits in the model's queue for `queue_notice_after_s` gets its place."""
+    streamed reply that waits in the model's queue for `queue_notice_after_s` gets its place.
+    A message may carry `max_attachments` files."""
     router = APIRouter()
     replies = open_replies if open_replies is not None else OpenReplies()
 
     def admin_token_ok(request: Request) -> bool:
-        return admin_api_key is not None and key_matches(bearer_token(request), [admin_api_key])
+        return admin_key_ok(request, admin_api_key)
 
     def require_admin(request: Request) -> None:
-        """401 without credentials, 403 with wrong ones (or when no admin key is configured)."""
-        if admin_api_key is None:
-            raise HTTPException(403, "this needs web.admin_api_key, which is not configured")
-        if bearer_token(request) is None:
-            raise HTTPException(401, "missing admin key", headers={"WWW-Authenticate": "Bearer"})
-        if not admin_token_ok(request):
-            raise HTTPException(403, "wrong admin key")
+        require_admin_key(request, admin_api_key)
 
-    def to_event(request: Request, channel_id: str, body: MessageIn, *, is_admin: bool) -> ChatEvent:
+    def to_event(
+        request: Request,
+        channel_id: str,
+        body: MessageIn,
+        *,
+        is_admin: bool,
+        attachments: tuple[Attachment, ...] = (),
+    ) -> ChatEvent:
         """The event of a request: staff with the admin key (past access lists and quotas); the
         holder of a private channel is admin of it (`is_admin`), not staff."""
         return ChatEvent(
@@ -202,6 +256,7 @@ def build_chat_router(
             is_direct=True,
             message_id=body.message_id,
             is_staff=admin_token_ok(request),
+            attachments=attachments,
         )
 
     def submit(event: ChatEvent) -> Reply:
@@ -223,9 +278,15 @@ def build_chat_router(
         `Accept: text/event-stream` or `?stream=true`. A reply cut short (Stop, a timeout,
         shutdown) also has `"cut"`; its stream leaves the cut's notice out (the page marks it).
         While a streamed reply waits long in the model's queue, `event: queue` events give its
-        place (`{"position": 3}`, 1: next), and `{"position": null}` once it left the queue."""
+        place (`{"position": 3}`, 1: next), and `{"position": null}` once it left the queue.
+        Files come as `attachments`: `[{"name", "type", "data"}]`, `data` in base64; 400 for more
+        than `chat.max_attachments` of them or one that does not decode."""
+        try:
+            attachments = to_attachments(body.attachments, max_attachments)
+        except BadAttachment as error:
+            raise HTTPException(400, str(error)) from None
         is_admin = admin_token_ok(request) or is_private_channel(channel_id)
-        event = to_event(request, channel_id, body, is_admin=is_admin)
+        event = to_event(request, channel_id, body, is_admin=is_admin, attachments=attachments)
         reply = submit(event)
         if _wants_stream(request, stream):
             events = _stream_reply(replies, reply, event.channel_key, queue_notice_after_s)
@@ -247,6 +308,8 @@ def build_chat_router(
                     content=item.content,
                     created_at=item.created_at.isoformat(),
                     cut=item.cut.value if item.cut is not None else None,
+                    message_id=item.platform_message_id if item.role == "user" else None,
+                    attached=item.attached,
                 )
                 for item in stored
             ]

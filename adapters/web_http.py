@@ -10,7 +10,7 @@ import hmac
 import ipaddress
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -38,19 +38,24 @@ class _BodyTooLarge(HTTPException):
 
 
 class BodySizeLimit:
-    """Rejects request bodies over `max_bytes` with 413, before or while they are read."""
+    """Rejects request bodies over their limit with 413, before or while they are read.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    The limit is `max_bytes`, or what `limit_for` says for a request (the chat API's messages
+    carry attachments, so they may be larger than other requests). A declared Content-Length over
+    it is refused before a byte of the body is read."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, limit_for: Callable[[Scope], int] | None = None) -> None:
         self._app = app
-        self._max_bytes = max_bytes
+        self._limit_for = limit_for if limit_for is not None else (lambda _scope: max_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        max_bytes = self._limit_for(scope)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self._max_bytes):
-            await _too_large(self._max_bytes)(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > max_bytes):
+            await _too_large(max_bytes)(scope, receive, send)
             return
         received = 0
         started = False
@@ -60,8 +65,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self._max_bytes:
-                    raise _BodyTooLarge(413, _too_large_text(self._max_bytes))
+                if received > max_bytes:
+                    raise _BodyTooLarge(413, _too_large_text(max_bytes))
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -74,7 +79,7 @@ class BodySizeLimit:
         except _BodyTooLarge:
             if started:
                 raise
-            await _too_large(self._max_bytes)(scope, receive, send)
+            await _too_large(max_bytes)(scope, receive, send)
 
 
 def _too_large_text(max_bytes: int) -> str:
@@ -120,6 +125,8 @@ def describe_validation(error: RequestValidationError) -> tuple[str, list[dict[s
             field = "body"
         elif item.get("type") == "string_pattern_mismatch" and "channel_id" in location:
             message = "channel id must be 1 to 128 of the characters A-Z a-z 0-9 _ -"
+        elif item.get("type") == "string_pattern_mismatch" and "message_id" in location:
+            message = "message id must be 1 to 128 of the characters A-Z a-z 0-9 _ -"
         details.append({"field": field or "body", "message": message})
     summary = "; ".join(f"{detail['field']}: {detail['message']}" for detail in details)
     return summary or "invalid request", details

@@ -97,6 +97,7 @@ def build_backend(model: ModelConfig) -> Backend:
                 connect_timeout_s=model.connect_timeout_s,
                 read_timeout_s=model.read_timeout_s,
                 retry=retry_policy(model),
+                vision=model.vision,
             )
         case "tgi":
             from bot.backends.tgi import TGIBackend
@@ -204,6 +205,7 @@ def _web_adapter(settings: Settings, running: _Running) -> Adapter | None:
         settings.model,
         running.engine,
         running.repository,  # read through HistoryReader: the page shows history
+        chat=settings.chat,
         readiness=running.readiness,
         metrics=running.metrics,
     )
@@ -219,7 +221,9 @@ def _telegram_adapter(settings: Settings, running: _Running) -> Adapter | None:
     async def claim_role(name: str) -> Claim | None:
         return await claim_exclusive(database, name)
 
-    return create(settings.telegram, running.engine, UpdateInbox(database, PLATFORM), claim_role)
+    return create(
+        settings.telegram, running.engine, UpdateInbox(database, PLATFORM), claim_role, chat=settings.chat
+    )
 
 
 def _discord_adapter(settings: Settings, running: _Running) -> Adapter | None:

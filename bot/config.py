@@ -277,6 +277,8 @@ class WebConfig(_Section):
     admin_api_key: SecretStr | None = None
     api_keys: tuple[SecretStr, ...] = ()
     max_body_bytes: int = Field(default=65536, ge=1024)
+    # POST /api/channels/{id}/messages: its files come inside the body (base64, so a third larger).
+    max_upload_bytes: int = Field(default=26_214_400, ge=1024, le=1_073_741_824)
     # At shutdown, open chat replies may finish for this long; then they are stopped, keeping their text.
     drain_s: float = Field(default=10.0, ge=0.0)
     # GET /metrics (Prometheus text format, counts only: no channel, user or message text).

@@ -44,9 +44,9 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from bot.backends.base import PreparedPrompt
+from bot.backends.base import PreparedPrompt, PromptMessage
 from bot.errors import ConfigError
 from bot.ports import Conversation, Turn, spoken
 
@@ -88,6 +88,7 @@ if TYPE_CHECKING:
 class _Rendered:
     text: str
     ids: list[int]
+    messages: tuple[PromptMessage, ...] = ()  # see `ChatTemplateFormat.keeps_messages`
 
 
 class _TokenMemo:
@@ -194,6 +195,7 @@ class PromptFormat(ABC):
             message_cut=message_cut,
             token_ids=tuple(rendered.ids),
             stop=self.stop,
+            messages=rendered.messages,
         )
 
     def _cut_to_fit(
@@ -310,6 +312,9 @@ class ChatTemplateFormat(PromptFormat):
     """The tokenizer's chat template (see the module docstring)."""
 
     name = "chat_template"
+    keeps_messages: ClassVar[bool] = False
+    """Whether the prompt carries the fitted messages too (`PreparedPrompt.messages`), for a model
+    side that renders them again with images (`bot.backends.vision_prompt`)."""
 
     def __init__(self, tokenizer: PromptTokenizer) -> None:
         super().__init__(tokenizer)
@@ -366,7 +371,16 @@ class ChatTemplateFormat(PromptFormat):
             # Control tokens typed by users stay text (transformers >= 5; older ones ignore it).
             sanitize_control_tokens=True,
         )
-        return _Rendered(str(text), [int(i) for i in ids])
+        if not self.keeps_messages:
+            return _Rendered(str(text), [int(i) for i in ids])
+        kept = tuple(PromptMessage(_role(m["role"]), m["content"]) for m in messages)
+        return _Rendered(str(text), [int(i) for i in ids], kept)
+
+
+def _role(role: str) -> Literal["system", "user", "assistant"]:
+    if role == "system":
+        return "system"
+    return "assistant" if role == "assistant" else "user"
 
 
 class DialoGPTFormat(PromptFormat):

@@ -8,6 +8,10 @@
 // DOMPurify keeps only the elements and links Markdown makes and hands them over as a DOM
 // fragment, so no HTML string is ever assigned. Everything else (user messages, notices) is
 // written with textContent.
+//
+// Files: the paperclip, drag-and-drop onto the page or a paste put files on the composer as chips
+// (a thumbnail for images); they go with the message as base64 in its JSON. Each user message has
+// a client-made id, which its delete button (on hover or focus) names to the server.
 "use strict";
 
 (() => {
@@ -28,6 +32,12 @@
   const temperatureValue = document.getElementById("temperature-value");
   const temperatureDefault = document.getElementById("temperature-default");
   const optionsStatus = document.getElementById("options-status");
+  const app = document.querySelector(".app");
+  const chips = document.getElementById("chips");
+  const attachStatus = document.getElementById("attach-status");
+  const attachButton = document.getElementById("attach");
+  const fileInput = document.getElementById("files");
+  const dropHint = document.getElementById("drop-hint");
 
   function randomId(bytes) {
     const raw = new Uint8Array(bytes);
@@ -63,6 +73,90 @@
     log.appendChild(bubble);
     scrollDown();
     return bubble;
+  }
+
+  // A user message: its text, then its files (`files`: {name, image, thumbnail} where thumbnail
+  // is a blob: URL of the picked image, or null after a reload: the bytes are not kept).
+  function addUserMessage(text, files, messageId) {
+    const bubble = addMessage("user", "");
+    if (text) {
+      const body = document.createElement("span");
+      body.className = "text";
+      body.textContent = text;
+      bubble.append(body);
+    }
+    if (files.length) {
+      const list = document.createElement("ul");
+      list.className = "files";
+      list.setAttribute("aria-label", "Attached files");
+      for (const file of files) list.append(fileItem(file));
+      bubble.append(list);
+    }
+    if (messageId) bubble.dataset.messageId = messageId;
+    scrollDown();
+    return bubble;
+  }
+
+  function fileItem(file) {
+    const item = document.createElement("li");
+    item.className = "file";
+    if (file.thumbnail) {
+      const image = document.createElement("img");
+      image.className = "thumb";
+      image.src = file.thumbnail;
+      image.alt = ""; // the name follows
+      item.append(image);
+    } else {
+      item.append(icon(file.image ? "image" : "file"));
+    }
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = file.name;
+    item.append(name);
+    return item;
+  }
+
+  // The names of a stored user message's files, from what they became for the model
+  // (bot/attachments.py: "[file: NAME]" ... "[end of file]" blocks, "[image: NAME]" lines).
+  function attachedFiles(attached) {
+    const files = [];
+    let inFile = false;
+    for (const line of (attached || "").split("\n")) {
+      if (inFile) {
+        inFile = line !== "[end of file]";
+        continue;
+      }
+      const file = /^\[file: (.+?)(?:, first [^\]]+)?\]$/.exec(line);
+      const image = /^\[image: (.+)\]$/.exec(line);
+      if (file) {
+        files.push({ name: file[1], image: false, thumbnail: null });
+        inFile = true;
+      } else if (image) {
+        files.push({ name: image[1], image: true, thumbnail: null });
+      }
+    }
+    return files;
+  }
+
+  // Small line icons (drawn here, not emoji: a system without an emoji font shows a box).
+  const ICONS = {
+    file: ["M14 3H7a2 2 0 0 0-2 2v14a2 2 0 0 0 2 2h10a2 2 0 0 0 2-2V8z", "M14 3v5h5"],
+    image: ["M5 4h14a2 2 0 0 1 2 2v12a2 2 0 0 1-2 2H5a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z", "M21 15l-5-5L5 20"],
+    trash: ["M4 7h16", "M10 11v6", "M14 11v6", "M6 7l1 12a2 2 0 0 0 2 2h6a2 2 0 0 0 2-2l1-12", "M9 7V4h6v3"],
+    close: ["M6 6l12 12", "M18 6L6 18"],
+  };
+  function icon(name) {
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    svg.classList.add("icon-svg");
+    for (const d of ICONS[name]) {
+      const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+      path.setAttribute("d", d);
+      svg.append(path);
+    }
+    return svg;
   }
 
   // ---- Markdown replies --------------------------------------------------------------------
@@ -192,9 +286,56 @@
   }
 
   log.addEventListener("click", (event) => {
-    const button = event.target.closest("button.copy");
-    if (button && log.contains(button)) copyCode(button);
+    const button = event.target.closest("button.copy, button.delete");
+    if (!button || !log.contains(button)) return;
+    if (button.classList.contains("copy")) copyCode(button);
+    else deleteMessage(button);
   });
+
+  // ---- Deleting one's own messages --------------------------------------------------------
+  // The button (shown on hover or keyboard focus) deletes the message and the bot's reply to it,
+  // on the server (they leave the history the model reads) and here.
+  function addDeleteButton(bubble) {
+    if (!bubble.dataset.messageId || bubble.querySelector("button.delete")) return;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "delete";
+    button.setAttribute("aria-label", "Delete this message");
+    button.title = "Delete this message and the reply to it";
+    button.append(icon("trash"));
+    bubble.append(button);
+  }
+
+  async function deleteMessage(button) {
+    const bubble = button.closest(".message.user");
+    if (!bubble || !bubble.dataset.messageId) return;
+    button.disabled = true;
+    try {
+      const response = await fetch(`${base}/messages/${encodeURIComponent(bubble.dataset.messageId)}`, {
+        method: "DELETE",
+      });
+      // 404: the server holds no such message (it was never stored, or is gone already).
+      if (!response.ok && response.status !== 404) throw new Error(await errorText(response));
+      removeExchange(bubble);
+      input.focus(); // the button is gone: keep the keyboard somewhere useful
+    } catch (error) {
+      button.disabled = false;
+      addNotice(`Could not delete the message: ${error.message}`);
+    }
+  }
+
+  // Removes a user message and the reply bubbles after it (up to the next user message).
+  function removeExchange(bubble) {
+    const gone = [bubble];
+    for (let next = bubble.nextElementSibling; next?.classList.contains("assistant"); next = next.nextElementSibling) {
+      gone.push(next);
+    }
+    for (const element of gone) {
+      for (const image of element.querySelectorAll("img.thumb")) URL.revokeObjectURL(image.src);
+      element.remove();
+    }
+    empty.hidden = log.querySelector(".message") !== null;
+  }
 
   function addNotice(text) {
     return addMessage("notice", text);
@@ -231,6 +372,23 @@
         }
         if (data.length) onEvent(name, JSON.parse(data.join("\n")));
       }
+    }
+  }
+
+  // The bot's notices after a reply (a file it could not read, an image it cannot see, a message
+  // it had to shorten) come last, each a piece of its own: "\n\n(…)". They show apart from the
+  // reply, in the muted look of the page's other notices, as text (never Markdown).
+  const NOTICE_PIECE = /^\n\n\([^]*\)$/;
+  function showNotices(bubble, deltas) {
+    const notices = [];
+    while (deltas.length > 1 && NOTICE_PIECE.test(deltas[deltas.length - 1])) notices.unshift(deltas.pop());
+    if (!notices.length) return;
+    renderMarkdown(bubble, deltas.join(""));
+    for (const notice of notices) {
+      const line = document.createElement("p");
+      line.className = "reply-notice";
+      line.textContent = notice.trim();
+      bubble.append(line);
     }
   }
 
@@ -272,7 +430,14 @@
       const response = await fetch(`${base}/messages?limit=200`);
       if (!response.ok) throw new Error(await errorText(response));
       const body = await response.json();
-      for (const item of body.messages) markCut(addMessage(item.role, item.content), item.cut);
+      for (const item of body.messages) {
+        if (item.role === "user") {
+          const bubble = addUserMessage(item.content, attachedFiles(item.attached), item.message_id);
+          addDeleteButton(bubble);
+        } else {
+          markCut(addMessage(item.role, item.content), item.cut);
+        }
+      }
     } catch (error) {
       addNotice(`Could not load the conversation: ${error.message}`);
     }
@@ -292,19 +457,24 @@
     }
   }
 
-  async function sendText(text) {
-    addMessage("user", text);
+  // `files`: the composer's chips ({file, thumbnail}), sent as {name, type, data} in base64.
+  async function sendText(text, files) {
+    // The message id makes a resend after a network error count once, and names it to delete it.
+    const messageId = randomId(12);
+    const shown = files.map(({ file, thumbnail }) => ({ name: file.name, image: !!thumbnail, thumbnail }));
+    const userBubble = addUserMessage(text, shown, messageId);
     const bubble = addMessage("assistant", "", "pending");
     let status = null;
     let cut = null;
+    const deltas = [];
     const controller = new AbortController();
     showStop(controller);
     try {
+      const attachments = await Promise.all(files.map(({ file }) => encodeFile(file)));
       const response = await fetch(`${base}/messages`, {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-        // The message id makes a resend after a network error count once.
-        body: JSON.stringify({ text, message_id: randomId(12) }),
+        body: JSON.stringify({ text, message_id: messageId, attachments }),
         signal: controller.signal,
       });
       if (!response.ok) throw new Error(await errorText(response));
@@ -317,6 +487,7 @@
           showPlace(bubble, data.position);
         } else if (typeof data.delta === "string") {
           showPlace(bubble, null);
+          deltas.push(data.delta);
           streamMarkdown(bubble, data.delta);
           scrollDown();
         }
@@ -331,9 +502,12 @@
     } finally {
       hideStop();
       flushMarkdown(bubble);
+      if (status === "answered") showNotices(bubble, deltas);
       bubble.classList.remove("pending", "streaming", "queued");
       bubble.dataset.status = status || "error";
       markCut(bubble, cut);
+      // Deletable once its reply is done (a duplicate's stored twin is deletable on its own).
+      if (status !== "duplicate") addDeleteButton(userBubble);
     }
   }
 
@@ -347,17 +521,161 @@
     return (await response.json()).reply || "";
   }
 
+  // ---- Files for the next message ---------------------------------------------------------
+  // What one message may carry (GET /api/limits); until it answers, the server's defaults.
+  const limits = { max_attachments: 4, max_upload_bytes: 25 * 1024 * 1024 };
+  const pending = []; // {file, thumbnail}: the chips above the input, in order
+
+  async function loadLimits() {
+    try {
+      const response = await fetch("/api/limits");
+      if (response.ok) Object.assign(limits, await response.json());
+    } catch (_) {
+      // the defaults stand; the server still checks every message
+    }
+    attachButton.hidden = limits.max_attachments < 1;
+  }
+
+  function formatSize(bytes) {
+    if (bytes < 1024) return `${bytes} B`;
+    if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(bytes < 10 * 1024 ? 1 : 0)} KB`;
+    return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+  }
+
+  // The request body's size with these files: their base64 (4 bytes per 3), names and the text.
+  function bodyBytes(files) {
+    let total = 1024 + new Blob([input.value]).size * 2; // room for JSON escapes and the fields
+    for (const file of files) total += Math.ceil(file.size / 3) * 4 + file.name.length * 2 + 128;
+    return total;
+  }
+
+  function showAttachStatus(text) {
+    attachStatus.textContent = text;
+  }
+
+  function addFiles(fileList) {
+    const refused = [];
+    for (const file of fileList) {
+      if (pending.length >= limits.max_attachments) {
+        refused.push(`${file.name}: at most ${limits.max_attachments} files per message`);
+      } else if (bodyBytes([...pending.map((item) => item.file), file]) > limits.max_upload_bytes) {
+        refused.push(`${file.name}: too large (a message's files may take ${formatSize(limits.max_upload_bytes * 0.74)} together)`);
+      } else {
+        const thumbnail = file.type.startsWith("image/") ? URL.createObjectURL(file) : null;
+        pending.push({ file, thumbnail });
+      }
+    }
+    showAttachStatus(refused.length ? `Not attached: ${refused.join("; ")}.` : "");
+    renderChips();
+  }
+
+  function renderChips() {
+    chips.replaceChildren(
+      ...pending.map(({ file, thumbnail }, index) => {
+        const chip = fileItem({ name: file.name, image: !!thumbnail, thumbnail });
+        chip.className = "chip";
+        chip.title = `${file.name} (${formatSize(file.size)})`;
+        const size = document.createElement("span");
+        size.className = "size";
+        size.textContent = formatSize(file.size);
+        const remove = document.createElement("button");
+        remove.type = "button";
+        remove.className = "remove";
+        remove.setAttribute("aria-label", `Remove ${file.name}`);
+        remove.title = "Remove";
+        remove.append(icon("close"));
+        remove.addEventListener("click", () => {
+          const [gone] = pending.splice(index, 1);
+          if (gone.thumbnail) URL.revokeObjectURL(gone.thumbnail);
+          showAttachStatus("");
+          renderChips();
+          input.focus();
+        });
+        chip.append(size, remove);
+        return chip;
+      }),
+    );
+    chips.hidden = pending.length === 0;
+  }
+
+  // A file's bytes as the API takes them: base64 without the data: URL's prefix.
+  function encodeFile(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => {
+        const url = String(reader.result);
+        resolve({ name: file.name, type: file.type || null, data: url.slice(url.indexOf(",") + 1) });
+      };
+      reader.onerror = () => reject(new Error(`could not read ${file.name}`));
+      reader.readAsDataURL(file);
+    });
+  }
+
+  attachButton.addEventListener("click", () => fileInput.click());
+  fileInput.addEventListener("change", () => {
+    addFiles(fileInput.files);
+    fileInput.value = ""; // picking the same file again fires change again
+    input.focus();
+  });
+  input.addEventListener("paste", (event) => {
+    const files = event.clipboardData?.files;
+    if (!files?.length || limits.max_attachments < 1) return;
+    event.preventDefault();
+    addFiles(files);
+  });
+
+  // Drag-and-drop anywhere on the page: a hint over the conversation while files hover. The
+  // enter/leave pairs of the children are counted so the hint does not flicker.
+  let dragDepth = 0;
+  function carriesFiles(event) {
+    return !!event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files");
+  }
+  function showDropHint(shown) {
+    dropHint.hidden = !shown;
+    app.classList.toggle("dropping", shown);
+  }
+  app.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event) || limits.max_attachments < 1) return;
+    event.preventDefault();
+    dragDepth += 1;
+    showDropHint(true);
+  });
+  app.addEventListener("dragleave", (event) => {
+    if (!carriesFiles(event)) return;
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) showDropHint(false);
+  });
+  // Outside the app too: a file dropped beside it must not make the browser open it instead.
+  window.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = app.contains(event.target) && limits.max_attachments > 0 ? "copy" : "none";
+  });
+  window.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    showDropHint(false);
+    if (app.contains(event.target) && limits.max_attachments > 0) {
+      addFiles(event.dataTransfer.files);
+      input.focus();
+    }
+  });
+
   // Busy until the history is on screen, so a new message cannot land above the old ones.
   let busy = true;
   send.disabled = true;
   async function submit() {
     const text = input.value.trim();
-    if (!text || busy) return;
+    if ((!text && !pending.length) || busy) return;
     busy = true;
     send.disabled = true;
     input.value = "";
+    const files = pending.splice(0); // their thumbnails move to the message's bubble
+    renderChips();
+    showAttachStatus("");
     try {
-      await sendText(text);
+      await sendText(text, files);
     } finally {
       busy = false;
       send.disabled = false;
@@ -381,6 +699,7 @@
     try {
       const response = await fetch(`${base}/reset`, { method: "POST" });
       if (!response.ok) throw new Error(await errorText(response));
+      for (const image of log.querySelectorAll("img.thumb")) URL.revokeObjectURL(image.src);
       for (const bubble of log.querySelectorAll(".message")) bubble.remove();
       empty.hidden = false;
     } catch (error) {
@@ -429,6 +748,7 @@
   });
 
   loadOptions();
+  loadLimits();
   loadHistory().finally(() => {
     busy = false;
     send.disabled = false;

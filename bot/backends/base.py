@@ -31,6 +31,9 @@ class PreparedPrompt:
     - `messages`, for servers that apply the chat template themselves (the openai backend);
       `input_text` is then empty.
 
+    A local image-text-to-text model's prompt has both: the fitted text (and its tokens, without
+    the images'), and the same `messages`, which its processor renders again with the images.
+
     `history_used` counts the earlier turns that made it into the prompt (the echo backend reports
     it); `message_cut` says the new message alone was too long and was shortened, which the engine
     tells the user. `context_key` is the conversation's. `stop` holds stop sequences the prompt

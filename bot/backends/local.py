@@ -5,6 +5,14 @@ single dedicated thread; generations queue there in call order. The event loop o
 the worker hands decoded chunks over with `loop.call_soon_threadsafe`. Prompt rendering and
 tokenisation run on the default thread pool instead, so they never wait behind a generation.
 
+Images: when `path` is an image-text-to-text model (`bot.backends.model_loading`), the backend
+sees images. Its prompts are fitted with the processor's chat template (`ProcessorChatFormat`:
+the text's tokens, plus `tokens_per_image` for each image, measured at start), and the worker has
+the processor render them again with the images (`bot.backends.vision_inputs`). Such a model
+runs one generation at a time, outside the batch scheduler, text-only conversations included:
+the scheduler's per-channel cached contexts are token ids, which an image's pixel values are
+not, and one path keeps a conversation's replies alike whether or not a message had an image.
+
 This module does not import torch: `bot.backends.local_worker` (which does) is imported on the
 worker thread when the backend starts.
 """
@@ -23,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.backends.base import Backend, GenerationReport, PreparedPrompt
-from bot.backends.model_loading import ModelSource, load_model, resolve_model_source
+from bot.backends.model_loading import LoadedModel, ModelSource, load_model, resolve_model_source
+from bot.backends.vision_prompt import ProcessorChatFormat
 from bot.errors import BackendError, ConfigError, GenerationTimeout, ModelLoadError
 from bot.ports import MEMBER_SEPARATOR, Conversation, SamplingSettings, Turn, within_channel
 from bot.prompts import FORMAT_NAMES, PromptFormat, resolve_format, unknown_format
@@ -49,6 +58,8 @@ class _Running:
     is_encoder_decoder: bool
     scheduler: BatchScheduler | None  # None: one `generate` call per job, in call order
     scheduler_thread: threading.Thread | None = None
+    sees_images: bool = False  # an image-text-to-text model
+    image_tokens: int = 0  # what one image is counted as when fitting a prompt (`tokens_per_image`)
 
 
 _ANCHORS_KEPT = 100_000  # conversations whose history cut point is remembered (a few hundred bytes each)
@@ -119,7 +130,8 @@ class LocalBackend:
     generation advances together, and each channel's processed context is reused next turn.
     `truncation_slack`: when a channel's history outgrows the window, that fraction of the window
     more is dropped, and the cut then stays put while the history grows back into the room, so
-    the cached context keeps matching the prompt's start.
+    the cached context keeps matching the prompt's start. An image-text-to-text model sees
+    images and never batches (see the module docstring).
     """
 
     name = "local"
@@ -178,6 +190,10 @@ class LocalBackend:
     def prompt_format(self) -> str:
         """The prompt format in use (resolved from "auto" once started)."""
         return self._running.prompt_format.name if self._running else self._format_name
+
+    def sees_images(self) -> bool:
+        """See `SeesImages`: True once an image-text-to-text model is loaded."""
+        return self._running is not None and self._running.sees_images
 
     @property
     def scheduler(self) -> BatchScheduler | None:
@@ -276,25 +292,21 @@ class LocalBackend:
         if self._threads is not None:
             torch.set_num_threads(self._threads)
         loaded = load_model(source, self._cache_dir)
-        if self._dtype == "bfloat16" or (self._dtype == "auto" and bfloat16_pays_off(loaded.model.config)):
+        text_config = loaded.text_config
+        if self._dtype == "bfloat16" or (self._dtype == "auto" and bfloat16_pays_off(text_config)):
             loaded.model.to(torch.bfloat16)
         self.dtype = str(loaded.model.dtype).removeprefix("torch.")
-        config = loaded.model.config
-        try:
-            # The prompt side gets its own tokenizer: the worker decodes while prompts are tokenised.
-            prompt_format = resolve_format(
-                self._format_name,
-                copy.deepcopy(loaded.tokenizer),
-                loaded.is_encoder_decoder,
-                model_name=f"{self._path} {getattr(config, 'name_or_path', '')}",
-            )
-        except ConfigError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        positions = _max_positions(config, loaded.tokenizer)
+        prompt_format = self._prompt_format_for(loaded)
+        positions = _max_positions(text_config, loaded.tokenizer)
         limits = [n for n in (self._context_window, positions) if n]
         window = min(limits) if limits else 2048  # a model that states no limit: a safe guess
+        template = getattr(
+            loaded.processor if isinstance(prompt_format, ProcessorChatFormat) else loaded.tokenizer,
+            "chat_template",
+            None,
+        )
         extra_eos = (
-            end_of_turn_ids(loaded.tokenizer, getattr(loaded.tokenizer, "chat_template", None))
+            end_of_turn_ids(loaded.tokenizer, _template_text(template))
             if prompt_format.name == "chat_template"
             else []
         )
@@ -304,18 +316,57 @@ class LocalBackend:
             decoder_positions=positions if loaded.is_encoder_decoder else None,
             extra_eos_ids=extra_eos,
         )
-        scheduler = self._scheduler_for(worker)
+        image_tokens = 0
+        if loaded.sees_images:
+            from bot.backends.vision_inputs import tokens_per_image
+
+            image_tokens = tokens_per_image(
+                loaded.processor, chat=isinstance(prompt_format, ProcessorChatFormat)
+            )
+            if self._batching is not None:
+                logger.info("batching is on, but an image-text-to-text model runs one generation at a time")
+        scheduler = None if loaded.sees_images else self._scheduler_for(worker)
         self.load_origin, self.load_seconds = loaded.origin, loaded.seconds
         logger.info(
-            "model ready: %s, %s prompt format, %d-token %s, eos ids %s, %s",
+            "model ready: %s, %s prompt format, %d-token %s, eos ids %s, %s%s",
             self.dtype,
             prompt_format.name,
             window,
             "encoder window" if loaded.is_encoder_decoder else "context window",
             worker.eos_ids,
             "continuous batching" if scheduler else "one generation at a time",
+            f", sees images ({image_tokens} tokens each)" if loaded.sees_images else "",
         )
-        return _Running(executor, worker, prompt_format, window, loaded.is_encoder_decoder, scheduler)
+        return _Running(
+            executor,
+            worker,
+            prompt_format,
+            window,
+            loaded.is_encoder_decoder,
+            scheduler,
+            sees_images=loaded.sees_images,
+            image_tokens=image_tokens,
+        )
+
+    def _prompt_format_for(self, loaded: LoadedModel) -> PromptFormat:
+        """The prompt format, with its own tokenizer (or processor) copy: the worker decodes while
+        prompts are tokenised. An image-text-to-text model whose processor has a chat template is
+        prompted with that (`auto` or `chat_template`); anything else as `resolve_format` says."""
+        try:
+            if (
+                loaded.sees_images
+                and self._format_name in ("auto", "chat_template")
+                and getattr(loaded.processor, "chat_template", None)
+            ):
+                return ProcessorChatFormat(copy.deepcopy(loaded.processor))
+            return resolve_format(
+                self._format_name,
+                copy.deepcopy(loaded.tokenizer),
+                loaded.is_encoder_decoder,
+                model_name=f"{self._path} {getattr(loaded.model.config, 'name_or_path', '')}",
+            )
+        except ConfigError as exc:
+            raise ModelLoadError(str(exc)) from exc
 
     def _scheduler_for(self, worker: ModelWorker) -> BatchScheduler | None:
         """Runs on the worker thread (imports torch)."""
@@ -364,7 +415,12 @@ class LocalBackend:
             budget = running.context_window
         else:
             budget = running.context_window - min(max(0, max_new_tokens), running.context_window // 2)
-        return await asyncio.to_thread(self._render, running, conversation, budget)
+        images = conversation.images if running.sees_images else ()
+        # The images' tokens come on top of the text's; they take at most half the room, so the
+        # text keeps some (a prompt that still does not fit is refused by the worker).
+        budget -= min(len(images) * running.image_tokens, budget // 2)
+        prepared = await asyncio.to_thread(self._render, running, conversation, budget)
+        return replace(prepared, images=images)
 
     def _render(self, running: _Running, conversation: Conversation, budget: int) -> PreparedPrompt:
         key = conversation.context_key
@@ -496,6 +552,13 @@ if TYPE_CHECKING:
 
     def _conforms(backend: LocalBackend) -> Backend:
         return backend  # mypy checks LocalBackend against the Backend protocol here
+
+
+def _template_text(template: Any) -> str | None:
+    """A chat template as one text: a processor may hold several, by name."""
+    if isinstance(template, dict):
+        return "\n".join(str(text) for text in template.values())
+    return template if isinstance(template, str) else None
 
 
 def _max_positions(config: Any, tokenizer: Any) -> int | None:

@@ -161,7 +161,8 @@ def end_of_turn_ids(tokenizer: Any, chat_template: str | None) -> list[int]:
 
 
 class ModelWorker:
-    """Owns the model and its tokenizer; `generate` is only ever called on the worker thread."""
+    """Owns the model and its tokenizer (and an image-text-to-text model's processor); `generate`
+    is only ever called on the worker thread."""
 
     def __init__(
         self,
@@ -174,6 +175,7 @@ class ModelWorker:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
+        self.processor = loaded.processor
         self.is_encoder_decoder = loaded.is_encoder_decoder
         self.context_window = context_window
         self.decoder_positions = decoder_positions
@@ -202,6 +204,20 @@ class ModelWorker:
             return list(prompt.token_ids)
         return list(self.tokenizer.encode(prompt.input_text, add_special_tokens=True))
 
+    def model_inputs(self, prompt: PreparedPrompt) -> dict[str, Any]:
+        """`generate`'s inputs: the prompt's token ids; for an image-text-to-text model, whatever
+        its processor makes of the prompt's messages (or text) and images
+        (`bot.backends.vision_inputs`)."""
+        if self.processor is not None and (prompt.messages or prompt.images):
+            from bot.backends.vision_inputs import model_inputs
+
+            return model_inputs(self.processor, prompt, self.model.dtype)
+        ids = self.input_ids(prompt)
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "attention_mask": torch.ones((1, len(ids)), dtype=torch.long),
+        }
+
     def max_new_tokens(self, prompt_len: int, wanted: int) -> int:
         """`wanted`, capped by the room the window leaves. Raises `BackendError` when none."""
         if self.is_encoder_decoder:
@@ -225,13 +241,13 @@ class ModelWorker:
             raise GenerationCancelled("the generation was cancelled")
         settings = job.settings
         try:
-            ids = self.input_ids(job.prompt)
-            max_new = self.max_new_tokens(len(ids), settings.max_new_tokens)
+            inputs = self.model_inputs(job.prompt)
+            prompt_len = int(inputs["input_ids"].shape[-1])
+            max_new = self.max_new_tokens(prompt_len, settings.max_new_tokens)
             stops = StopFilter((*settings.stop, *job.prompt.stop))
             streamer = _Streamer(self.tokenizer, stops, job)
             kwargs: dict[str, Any] = {
-                "input_ids": torch.tensor([ids], dtype=torch.long),
-                "attention_mask": torch.ones((1, len(ids)), dtype=torch.long),
+                **inputs,
                 "max_new_tokens": max_new,
                 "num_beams": 1,  # streaming needs one beam (BlenderBot's config asks for 10)
                 "repetition_penalty": settings.repetition_penalty,
@@ -254,7 +270,7 @@ class ModelWorker:
             if job.cancel.is_set():  # stopped early: the text so far is not a reply
                 raise GenerationCancelled("the generation was cancelled")
             ended = stops.stopped or streamer.last_token in self.eos_ids
-            job.report.prompt_tokens, job.report.completion_tokens = len(ids), streamer.generated
+            job.report.prompt_tokens, job.report.completion_tokens = prompt_len, streamer.generated
             job.report.finish_reason = finish_reason(streamer.generated, max_new, ended=ended)
         except BackendError:
             raise

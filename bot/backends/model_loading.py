@@ -10,6 +10,12 @@ GGUF file's content and the transformers version, one entry per GGUF file name
 (`bot.backends.gguf_cache`), so later starts, fresh clones included, take about a second. The
 cache is written into a temporary directory and renamed into place, so a crash or a second
 process converting at the same time never leaves a half-written cache behind.
+
+A model directory whose config is an image-text-to-text model's (its config class is in
+transformers' `MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING`: LLaVA, SmolVLM/Idefics3, Qwen2-VL, Gemma 3,
+...) is loaded with `AutoModelForImageTextToText` and its `AutoProcessor` (the processor's
+tokenizer is the model's tokenizer): the local backend then sees images. Every other model, and
+every GGUF file, is a text model.
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ class LoadedModel:
     """A model ready for inference (eval mode, on CPU) and its tokenizer.
 
     `origin` says how it was obtained: "directory", "gguf-cache" (converted earlier) or
-    "gguf-converted" (converted now and cached).
+    "gguf-converted" (converted now and cached). `processor` is an image-text-to-text model's
+    processor (None for a text model); `tokenizer` is then its tokenizer.
     """
 
     model: Any
@@ -59,11 +66,25 @@ class LoadedModel:
     source: ModelSource
     origin: Literal["directory", "gguf-cache", "gguf-converted"]
     seconds: float
+    processor: Any = None
 
     @property
     def is_encoder_decoder(self) -> bool:
         """True for seq2seq models (BlenderBot, T5, …)."""
         return bool(getattr(self.model.config, "is_encoder_decoder", False))
+
+    @property
+    def sees_images(self) -> bool:
+        """True for an image-text-to-text model (loaded with its processor)."""
+        return self.processor is not None
+
+    @property
+    def text_config(self) -> Any:
+        """The config of the model's text part: the config itself for a text model, the
+        language model's for an image-text-to-text one (it holds the positions, the sizes)."""
+        config = self.model.config
+        get_text_config = getattr(config, "get_text_config", None)
+        return get_text_config() if callable(get_text_config) else config
 
 
 def resolve_model_source(path: str) -> ModelSource:
@@ -123,9 +144,10 @@ def load_model(source: ModelSource, cache_dir: Path) -> LoadedModel:
     """Load `source` (blocking; run it on the model worker thread). Raises `ModelLoadError`."""
     started = time.perf_counter()
     _quiet_progress_bars()
+    processor: Any = None
     try:
         if source.kind == "directory":
-            model, tokenizer = _load_directory(source.path)
+            model, tokenizer, processor = _load_model_directory(source.path)
             origin: Literal["directory", "gguf-cache", "gguf-converted"] = "directory"
         else:
             model, tokenizer, hit = _load_gguf_cached(source.path, cache_dir)
@@ -138,17 +160,55 @@ def load_model(source: ModelSource, cache_dir: Path) -> LoadedModel:
     model.eval()
     seconds = time.perf_counter() - started
     logger.info("loaded model %s (%s, %s) in %.1f s", source.label, origin, source.path, seconds)
-    return LoadedModel(model, tokenizer, source, origin, seconds)
+    return LoadedModel(model, tokenizer, source, origin, seconds, processor)
 
 
-def _load_directory(directory: Path) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+def _load_model_directory(directory: Path) -> tuple[Any, Any, Any]:
+    """The configured model directory's model, its tokenizer, and its processor when it is an
+    image-text-to-text model (else None)."""
+    from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, AutoConfig
 
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    if type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
+        return _load_image_text_to_text(directory, config)
+    model, tokenizer = _load_directory(directory, config)
+    return model, tokenizer, None
+
+
+def _load_directory(directory: Path, config: Any = None) -> tuple[Any, Any]:
+    """A text model (causal or seq2seq) and its tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    if config is None:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     model = auto.from_pretrained(directory, config=config, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     return model, tokenizer
+
+
+def _load_image_text_to_text(directory: Path, config: Any) -> tuple[Any, Any, Any]:
+    """An image-text-to-text model and its processor, which must hold a tokenizer and an image
+    processor. Raises `ModelLoadError` naming what is missing."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(directory, local_files_only=True)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(
+            f"model directory {str(directory)!r} holds an image-text-to-text model "
+            f"({type(config).__name__}), but its processor cannot be loaded: {first_line}"
+        ) from exc
+    # AutoProcessor answers a bare tokenizer for a directory without an image processor.
+    for part, files in (("image_processor", "preprocessor_config.json"), ("tokenizer", "tokenizer files")):
+        if getattr(processor, part, None) is None:
+            raise ModelLoadError(
+                f"model directory {str(directory)!r} holds an image-text-to-text model "
+                f"({type(config).__name__}), but its processor has no {part.replace('_', ' ')} ({files})"
+            )
+    model = AutoModelForImageTextToText.from_pretrained(directory, config=config, local_files_only=True)
+    return model, processor.tokenizer, processor
 
 
 def _cache_entry(gguf: Path, cache_dir: Path) -> CacheEntry:

@@ -12,6 +12,12 @@ Sampling sends what the chat-completions API defines: `temperature`, `top_p`, `m
 them as extra fields, but OpenAI's own service rejects a request carrying an unknown argument
 (400), so they are not sent and the server applies its own defaults (vLLM, for one, takes them
 from the model's generation config).
+
+Images: with `vision=True` (`model.vision: true`; the server's model must see images: llava on
+Ollama, Qwen2-VL on vLLM) the new message's images go with the last user message as OpenAI
+content parts, the text part first, then one `image_url` part per image carrying a `data:` URL;
+every other message stays a plain string. Without it no image is sent (servers without vision
+reject the parts or ignore them) and `sees_images()` says so, for the engine to tell the user.
 """
 
 from __future__ import annotations
@@ -37,11 +43,15 @@ from bot.errors import (
     BackendUnavailable,
     ModelLoadError,
 )
-from bot.ports import Conversation, SamplingSettings
+from bot.ports import Conversation, ImagePart, SamplingSettings
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
-    from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+    from openai.types.chat import (
+        ChatCompletionChunk,
+        ChatCompletionContentPartParam,
+        ChatCompletionMessageParam,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +66,7 @@ class OpenAIChatBackend:
     `api_key` is sent as the bearer token (a placeholder when None). `context_window` (tokens; None:
     no cut here) bounds the prompt. `connect_timeout_s` bounds connecting, `read_timeout_s` the wait
     for each piece of the stream (the first token included). `ping_timeout_s` bounds `ping`.
+    `vision`: the model sees images (see the module docstring).
     """
 
     name = "openai"
@@ -71,6 +82,7 @@ class OpenAIChatBackend:
         read_timeout_s: float = 60.0,
         retry: RetryPolicy | None = None,
         ping_timeout_s: float = 2.0,
+        vision: bool = False,
     ) -> None:
         self._base_url = base_url
         self._where = f"openai server {redact_url(base_url)}"
@@ -83,6 +95,11 @@ class OpenAIChatBackend:
         self._cancels = ChannelCancels()
         self._ping_timeout_s = ping_timeout_s
         self._client: AsyncOpenAI | None = None
+        self._vision = vision
+
+    def sees_images(self) -> bool:
+        """See `SeesImages`: `model.vision`, as configured (the server is not asked)."""
+        return self._vision
 
     async def start(self) -> None:
         """Create the client (one connection pool for every reply). The server being down is no
@@ -131,8 +148,12 @@ class OpenAIChatBackend:
         self._cancels.cancel(channel_key)
 
     async def prepare(self, conversation: Conversation, max_new_tokens: int) -> PreparedPrompt:
-        """The conversation as chat messages, fitted to the context window in characters."""
-        fitted = fit_conversation(conversation, budget_chars(self._context_window, max_new_tokens))
+        """The conversation as chat messages, fitted to the context window in characters; the
+        new message's images come along when the model sees them."""
+        images = conversation.images if self._vision else ()
+        fitted = fit_conversation(
+            conversation, budget_chars(self._context_window, max_new_tokens), images=len(images)
+        )
         messages: list[PromptMessage] = []
         if fitted.system_prompt:
             messages.append(PromptMessage("system", fitted.system_prompt))
@@ -144,6 +165,7 @@ class OpenAIChatBackend:
             message_cut=fitted.message_cut,
             context_key=conversation.context_key,
             messages=tuple(messages),
+            images=images,
         )
 
     def generate_reporting(
@@ -163,10 +185,7 @@ class OpenAIChatBackend:
         if client is None:
             raise BackendError("the openai backend is not started")
         stops = tuple(dict.fromkeys((*settings.stop, *prompt.stop)))
-        messages: list[ChatCompletionMessageParam] = [
-            {"role": m.role, "content": m.content}  # type: ignore[misc]  # a union of TypedDicts by role
-            for m in prompt.messages
-        ]
+        messages = chat_messages(prompt)
 
         async def attempt() -> AsyncIterator[str]:
             stream = await client.chat.completions.create(
@@ -220,6 +239,36 @@ class OpenAIChatBackend:
                 transient=False,
             )
         return Failure(BackendError(f"{where}: unexpected {type(exc).__name__}"), transient=False)
+
+
+def chat_messages(prompt: PreparedPrompt) -> list[ChatCompletionMessageParam]:
+    """`prompt.messages` as the API takes them: plain strings, except the last user message when
+    the prompt has images (`content_parts`)."""
+    last_user = max((i for i, m in enumerate(prompt.messages) if m.role == "user"), default=-1)
+    messages: list[ChatCompletionMessageParam] = []
+    for index, m in enumerate(prompt.messages):
+        if index == last_user and prompt.images:
+            messages.append({"role": "user", "content": content_parts(m.content, prompt.images)})
+        else:
+            messages.append(_plain_message(m))
+    return messages
+
+
+def _plain_message(message: PromptMessage) -> ChatCompletionMessageParam:
+    """A message whose content is one string (the API's types are one TypedDict per role)."""
+    if message.role == "system":
+        return {"role": "system", "content": message.content}
+    if message.role == "assistant":
+        return {"role": "assistant", "content": message.content}
+    return {"role": "user", "content": message.content}
+
+
+def content_parts(text: str, images: tuple[ImagePart, ...]) -> list[ChatCompletionContentPartParam]:
+    """A user message with images as OpenAI content parts: the text part, then one `image_url`
+    part per image, as a `data:` URL (the server needs no access to the chat platform)."""
+    parts: list[ChatCompletionContentPartParam] = [{"type": "text", "text": text}]
+    parts.extend({"type": "image_url", "image_url": {"url": image.data_url}} for image in images)
+    return parts
 
 
 def _delta_text(chunk: ChatCompletionChunk) -> str:

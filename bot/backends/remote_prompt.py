@@ -9,6 +9,11 @@ the middle (its beginning and end kept around `CUT_MARKER`) and `message_cut` is
 system prompt alone leaves the message less than a quarter of the budget is it cut the same way.
 Turns are measured and sent as the model reads them: `Turn.text` and `Conversation.message_text`
 (`NAME: TEXT` for a group member's turn; a cut message keeps its speaker's name whole).
+
+Images sent with the new message (the openai backend with `model.vision: true`) count
+`IMAGE_TOKENS` tokens each, taken from the budget before the text is fitted, so they push old
+turns out as text would; they never take more than half the budget (the estimate is rough, and the
+text keeps room: a server that finds the prompt too long after all says so).
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ CHARS_PER_TOKEN = 4
 TURN_OVERHEAD_CHARS = 16
 """Role header and separators of one message (about four tokens in the common chat templates)."""
 MIN_BUDGET_CHARS = 256
+IMAGE_TOKENS = 1024
+"""What one image costs in the prompt, as an estimate: a 1024-pixel image (`chat.max_image_side`'s
+default) is 576 tokens for LLaVA 1.5, 765 for OpenAI's models at high detail and about 1,340 for
+Qwen2-VL; the server's real count depends on its model and the image's size."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +54,17 @@ def budget_chars(context_window: int | None, max_new_tokens: int) -> int | None:
     return max(MIN_BUDGET_CHARS, (context_window - max_new_tokens) * CHARS_PER_TOKEN)
 
 
-def fit_conversation(conversation: Conversation, budget: int | None) -> FittedConversation:
-    """Cut `conversation` to `budget` characters as the module docstring says."""
+def fit_conversation(
+    conversation: Conversation, budget: int | None, *, images: int = 0
+) -> FittedConversation:
+    """Cut `conversation` to `budget` characters as the module docstring says; `images` is the
+    number of images sent with the new message (0 when the backend does not send them)."""
     system = conversation.system_prompt
     message = conversation.message_text
     history = tuple(conversation.history)
     if budget is None:
         return FittedConversation(system, history, message, message_cut=False)
+    budget -= min(images * IMAGE_TOKENS * CHARS_PER_TOKEN, budget // 2)
     fixed = _size(system) + _size(message)
     if fixed > budget:
         if _size(system) > budget - budget // 4:

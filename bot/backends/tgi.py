@@ -10,6 +10,11 @@ TGI rejects `temperature: 0`, a `top_p` outside (0, 1) and a `top_k` of 0: greed
 (temperature 0) is sent as `do_sample: false` with none of them, and a `top_p` of 1 or a `top_k`
 of 0 (no cut) is left out.
 
+Images: this backend does not see them. `generate_stream` takes one text prompt (TGI's own image
+syntax, markdown image links inside `inputs`, is left unused), so the prompt carries only the
+`[image: NAME]` placeholders and the engine tells the user the model cannot see the images; use
+the openai backend on TGI's messages API with `model.vision: true` for a vision model.
+
 `AsyncInferenceClient` keeps every streamed response open in its own exit stack until the client
 is closed, so one long-lived client would pile up responses (and hold the pooled connection of
 any stream not read to its end, e.g. after a stop sequence). Each generation therefore uses its

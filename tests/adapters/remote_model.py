@@ -41,8 +41,9 @@ class RemoteModel:
 
 
 @asynccontextmanager
-async def remote_model(*, send_usage: bool = False) -> AsyncIterator[RemoteModel]:
-    """A started `FakeOpenAI` (see its `send_usage`) and an openai backend pointing at it."""
+async def remote_model(*, send_usage: bool = False, vision: bool = False) -> AsyncIterator[RemoteModel]:
+    """A started `FakeOpenAI` (see its `send_usage`) and an openai backend pointing at it, sending
+    images as content parts when `vision` is set (`model.vision`)."""
     async with FakeOpenAI(send_usage=send_usage) as fake:
         assert isinstance(fake, FakeOpenAI)
         backend = OpenAIChatBackend(
@@ -53,6 +54,7 @@ async def remote_model(*, send_usage: bool = False) -> AsyncIterator[RemoteModel
             connect_timeout_s=1.0,
             read_timeout_s=5.0,
             retry=RetryPolicy(max_retries=0, backoff_s=0.001),
+            vision=vision,
         )
         await backend.start()
         try:

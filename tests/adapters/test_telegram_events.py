@@ -180,7 +180,7 @@ def test_forum_topics_are_separate_channels() -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        # A sticker, a photo with a caption, a service message: no text to answer.
+        # A sticker, a service message: no text to answer.
         {
             "message": {
                 "message_id": 1,
@@ -198,18 +198,8 @@ def test_forum_topics_are_separate_channels() -> None:
                 },
             }
         },
-        {
-            "message": {
-                "message_id": 1,
-                "date": 1,
-                "chat": PRIVATE,
-                "from": ALICE,
-                "caption": "look",
-                "photo": [{"file_id": "p", "file_unique_id": "q", "width": 90, "height": 90}],
-            }
-        },
         {"message": {"message_id": 1, "date": 1, "chat": GROUP, "from": ALICE, "new_chat_members": [ALICE]}},
-        # Edits never count (an edited /reset must not run twice).
+        # Edits are no new message (an edited /reset must not run twice; see `to_edit`).
         {
             "edited_message": {
                 "message_id": 1,
@@ -249,15 +239,14 @@ def test_forum_topics_are_separate_channels() -> None:
                 "text": "beep",
             }
         },
-        # A photo with a caption in a group: no text either.
+        # A voice note: no text and no file the bot reads.
         {
             "message": {
                 "message_id": 1,
                 "date": 1,
-                "chat": GROUP,
+                "chat": PRIVATE,
                 "from": ALICE,
-                "caption": "look",
-                "photo": [{"file_id": "p", "file_unique_id": "q", "width": 90, "height": 90}],
+                "voice": {"file_id": "v", "file_unique_id": "w", "duration": 3},
             }
         },
     ],

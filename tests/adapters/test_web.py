@@ -269,17 +269,23 @@ async def test_invalid_channel_ids_are_refused(
 
 
 async def test_bodies_over_the_limit_get_413(make_engine: EngineFactory, repository: ChatRepository) -> None:
+    """A chat message may be as large as `max_upload_bytes` (its files come inside it); every other
+    body only `max_body_bytes`."""
     async with (
-        running_web(await make_engine(), repository, max_body_bytes=1024) as web,
+        running_web(await make_engine(), repository, max_body_bytes=1024, max_upload_bytes=2048) as web,
         web_client(web) as client,
     ):
-        declared = await client.post("/api/channels/big/messages", json={"text": "x" * 2000})
+        declared = await client.post("/api/channels/big/messages", json={"text": "x" * 3000})
         assert declared.status_code == 413
-        assert "too large" in declared.json()["error"]
+        assert declared.json() == {"error": "request body too large (at most 2048 bytes)"}
+        completion = {"model": "m", "messages": [{"role": "user", "content": "x" * 1500}]}
+        other_route = await client.post("/v1/chat/completions", json=completion)
+        assert other_route.status_code == 413
+        assert other_route.json() == {"error": "request body too large (at most 1024 bytes)"}
 
         async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
             yield b'{"text": "'
-            for _ in range(20):
+            for _ in range(30):
                 yield b"y" * 100
             yield b'"}'
 
@@ -287,8 +293,8 @@ async def test_bodies_over_the_limit_get_413(make_engine: EngineFactory, reposit
             "/api/channels/big/messages", content=chunked(), headers={"Content-Type": "application/json"}
         )
         assert streamed.status_code == 413
-        fine = await client.post("/api/channels/big/messages", json={"text": "small"})
-        assert fine.json()["reply"] == "echo[0]: small"
+        fine = await client.post("/api/channels/big/messages", json={"text": "z" * 1500})
+        assert fine.json()["reply"] == "echo[0]: " + "z" * 1500  # over max_body_bytes, a message
         assert await repository.message_count("web:big") == 2  # nothing of the big ones stored
 
 

@@ -171,3 +171,92 @@ def started(backend: LocalBackend) -> Iterator[LocalBackend]:
         yield backend
     finally:
         asyncio.run(backend.stop())
+
+
+IMAGE_TOKEN = "<image>"
+LLAVA_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for part in m['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+"""SIMPLE_CHAT_TEMPLATE for contents that are lists of parts, an image part as `<image>` (the
+shape of LLaVA's and SmolVLM's processor templates)."""
+LLAVA_IMAGE_SIDE = 16
+LLAVA_PATCH = 4
+LLAVA_IMAGE_TOKENS = (LLAVA_IMAGE_SIDE // LLAVA_PATCH) ** 2
+"""What one image becomes in the prompt: one token per patch (the CLS token is dropped)."""
+
+
+def build_tiny_llava(directory: Path, chat_template: str | None = LLAVA_CHAT_TEMPLATE) -> Path:
+    """Save a random LLaVA (a 1-layer CLIP vision tower on 16-pixel images in 4-pixel patches, a
+    2-layer 32-wide Llama, 512 positions) and its processor (a CLIP image processor, the GPT-2
+    style tokenizer with an `<image>` token, `chat_template`) into `directory`.
+
+    Every image is resized and cropped to 16×16 pixels: 16 image tokens. As in the GPT-2, EOS and
+    the tokens that decode to U+FFFD are never the greedy choice.
+    """
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = make_tokenizer("gpt2")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", IMAGE_TOKEN]})
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    eos = tokenizer.eos_token_id
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": LLAVA_IMAGE_SIDE},
+            crop_size={"height": LLAVA_IMAGE_SIDE, "width": LLAVA_IMAGE_SIDE},
+        ),
+        tokenizer=tokenizer,
+        patch_size=LLAVA_PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, which the "default" strategy drops
+        chat_template=chat_template,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            image_size=LLAVA_IMAGE_SIDE,
+            patch_size=LLAVA_PATCH,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            projection_dim=16,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        ),
+        image_token_index=image_token_id,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        weights = model.get_output_embeddings().weight
+        weights[eos].zero_()
+        weights[image_token_id].zero_()
+        for token_id in range(len(tokenizer)):
+            if "\ufffd" in tokenizer.decode([token_id]):
+                weights[token_id].zero_()
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory

@@ -125,7 +125,8 @@ class FakeInferenceServer:
         raise NotImplementedError
 
     async def start(self) -> None:
-        app = web.Application()
+        # Requests with images carry them base64-encoded: more than aiohttp's 1 MiB default.
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         self.routes(app)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1, access_log=None)
         await self._runner.setup()

@@ -1,10 +1,17 @@
 """A fake Telegram Bot API server (aiohttp on 127.0.0.1) for running the real python-telegram-bot.
 
 It answers what the library calls (getMe, deleteWebhook, getUpdates, sendMessage, editMessageText,
-sendChatAction, getChatAdministrators, setMyCommands) with objects carrying every field the library
-requires, keeps updates until they are confirmed (real offset semantics, bounded long polling),
-records every call, and injects faults on demand (429 with retry_after, 500, a migrated group).
-Tests push user messages with `push_message`, which adds the entities the real server would.
+sendChatAction, getChatAdministrators, setMyCommands, getFile) with objects carrying every field the
+library requires, keeps updates until they are confirmed (real offset semantics, bounded long
+polling), records every call, and injects faults on demand (429 with retry_after, 500, a migrated
+group). Tests push user messages with `push_message`, which adds the entities the real server would,
+documents and photos with `push_document` / `push_photo` (files registered with `add_file`), and
+edits with `push_edit`.
+
+Files: getFile answers a registered file's path and size, or 400 "Bad Request: file is too big"
+for one declared over 20 MB, as Telegram does. `GET /file/bot<token>/<file_path>` streams the body in
+chunks and records on the file how many bytes it actually wrote (a client that stops reading
+early leaves the rest unsent); a file added with `hang=True` sends its headers and then nothing.
 
 Text sent with `parse_mode: HTML` is checked like Telegram checks it (`telegram_html_text`): only
 Telegram's tags, properly nested and closed, `<`, `>` and `&` escaped outside them; a message that
@@ -15,10 +22,11 @@ its user sees (the markup parsed away); `markup` is what the bot sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
@@ -48,6 +56,44 @@ _JSON_FIELDS = frozenset(
     }
 )
 _MENTION = re.compile(r"@[A-Za-z0-9_]{3,}")
+# Telegram's limit for bots' downloads: getFile refuses larger files.
+GET_FILE_LIMIT = 20 * 1024 * 1024
+_CHUNK_BYTES = 64 * 1024
+# How long a hanging download holds its connection at most (the server's exit releases it sooner).
+_HANG_S = 60.0
+
+
+@dataclass
+class FakeFile:
+    """A file users can send: `content` repeated `repeat` times is its body (so a 50 MB file takes
+    64 KB of memory); `declared_size` is what getFile and the message claim (None: no claim).
+    `bytes_sent` counts what the download route wrote to the socket, `downloads` its requests,
+    `downloads_ended` those it finished serving (all sent, or the client went away)."""
+
+    file_id: str
+    file_path: str
+    content: bytes
+    repeat: int = 1
+    declared_size: int | None = None
+    hang: bool = False
+    bytes_sent: int = 0
+    downloads: int = 0
+    downloads_ended: int = 0
+
+    @property
+    def size(self) -> int:
+        """The body's real length in bytes."""
+        return len(self.content) * self.repeat
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body in pieces of at most 64 KB."""
+        return _chunks(self.content, self.repeat)
+
+
+async def _chunks(content: bytes, repeat: int) -> AsyncIterator[bytes]:
+    for _ in range(repeat):
+        for start in range(0, len(content), _CHUNK_BYTES):
+            yield content[start : start + _CHUNK_BYTES]
 
 
 @dataclass
@@ -119,12 +165,16 @@ class FakeTelegram:
         # Calls refused with "can't parse entities", with the reason given.
         self.refused: list[tuple[Call, str]] = []
         self._refuse_markup_with: str | None = None
+        self.files: dict[str, FakeFile] = {}
+        self._files_by_path: dict[str, FakeFile] = {}
+        self._release_hangs = asyncio.Event()
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> FakeTelegram:
         app = web.Application()
         app.router.add_post("/{bot_token}/{method}", self._dispatch)
+        app.router.add_get("/file/{bot_token}/{file_path:.+}", self._download)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -135,6 +185,7 @@ class FakeTelegram:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._release_hangs.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -166,6 +217,124 @@ class FakeTelegram:
         (`-100…`: a supergroup; `thread_id` makes it a forum topic message). The sender's full
         name is `first_name`, then `last_name` when given.
         """
+        message = self._user_message(
+            chat_id,
+            user_id=user_id,
+            first_name=first_name,
+            last_name=last_name,
+            chat_type=chat_type,
+            reply_to=reply_to,
+            thread_id=thread_id,
+            sender_chat_id=sender_chat_id,
+        )
+        message["text"] = text
+        entities = _entities(text)
+        if entities:
+            message["entities"] = entities
+        return self.push_update({"edited_message" if edited else "message": message})
+
+    def push_document(
+        self,
+        chat_id: int,
+        file: FakeFile,
+        *,
+        file_name: str | None = None,
+        mime_type: str | None = None,
+        caption: str = "",
+        **sender: Any,
+    ) -> dict[str, Any]:
+        """Queue a message with a document (`file`; its declared size, when it has one) and an
+        optional caption (with its entities); `sender` as for `push_message`. Returns the update."""
+        document: dict[str, Any] = {"file_id": file.file_id, "file_unique_id": f"unique-{file.file_id}"}
+        if file_name is not None:
+            document["file_name"] = file_name
+        if mime_type is not None:
+            document["mime_type"] = mime_type
+        if file.declared_size is not None:
+            document["file_size"] = file.declared_size
+        return self._push_media(chat_id, {"document": document}, caption, sender)
+
+    def push_photo(
+        self, chat_id: int, sizes: list[tuple[FakeFile, int, int]], *, caption: str = "", **sender: Any
+    ) -> dict[str, Any]:
+        """Queue a message with a photo: its sizes as `(file, width, height)`, smallest first as
+        Telegram sends them, and an optional caption. Returns the update."""
+        photo = []
+        for file, width, height in sizes:
+            size: dict[str, Any] = {
+                "file_id": file.file_id,
+                "file_unique_id": f"unique-{file.file_id}",
+                "width": width,
+                "height": height,
+            }
+            if file.declared_size is not None:
+                size["file_size"] = file.declared_size
+            photo.append(size)
+        return self._push_media(chat_id, {"photo": photo}, caption, sender)
+
+    def push_edit(self, original: dict[str, Any], text: str) -> dict[str, Any]:
+        """Queue the edit of a pushed message (its update): its text, or its caption when it has
+        a file, becomes `text` (entities recomputed). Returns the new update."""
+        message = {key: value for key, value in original["message"].items() if "entities" not in key}
+        field_name = "text" if "text" in message else "caption"
+        message[field_name] = text
+        entities = _entities(text)
+        if entities:
+            message["entities" if field_name == "text" else "caption_entities"] = entities
+        message["edit_date"] = int(time.time())
+        return self.push_update({"edited_message": message})
+
+    def add_file(
+        self,
+        content: bytes,
+        *,
+        repeat: int = 1,
+        declared_size: int | None = -1,
+        hang: bool = False,
+        extension: str = "bin",
+    ) -> FakeFile:
+        """Register a file users can send: its body is `content` repeated `repeat` times.
+        `declared_size` is the size getFile and the message claim: by default the real one, None
+        for no claim, or any number (over 20 MB, getFile refuses the file). `hang`: the download
+        sends its headers, then nothing."""
+        number = len(self.files) + 1
+        file = FakeFile(
+            file_id=f"file-{number}",
+            file_path=f"documents/file_{number}.{extension}",
+            content=content,
+            repeat=repeat,
+            hang=hang,
+        )
+        file.declared_size = file.size if declared_size == -1 else declared_size
+        self.files[file.file_id] = file
+        self._files_by_path[file.file_path] = file
+        return file
+
+    def _push_media(
+        self, chat_id: int, media: dict[str, Any], caption: str, sender: dict[str, Any]
+    ) -> dict[str, Any]:
+        message = self._user_message(chat_id, **sender)
+        message.update(media)
+        if caption:
+            message["caption"] = caption
+            entities = _entities(caption)
+            if entities:
+                message["caption_entities"] = entities
+        return self.push_update({"message": message})
+
+    def _user_message(
+        self,
+        chat_id: int,
+        *,
+        user_id: int | None = None,
+        first_name: str = "Alice",
+        last_name: str | None = None,
+        chat_type: str | None = None,
+        reply_to: SentMessage | None = None,
+        thread_id: int | None = None,
+        sender_chat_id: int | None = None,
+    ) -> dict[str, Any]:
+        """A user's message without its content (text, caption, file)."""
         if chat_type is None:
             chat_type = (
                 "private" if chat_id > 0 else "supergroup" if str(chat_id).startswith("-100") else "group"
@@ -183,13 +352,9 @@ class FakeTelegram:
             "date": int(time.time()),
             "chat": chat,
             "from": {"id": user_id, "is_bot": user_id == ANONYMOUS_ADMIN_ID, "first_name": first_name},
-            "text": text,
         }
         if last_name is not None:
             message["from"]["last_name"] = last_name
-        entities = _entities(text)
-        if entities:
-            message["entities"] = entities
         if reply_to is not None:
             message["reply_to_message"] = {
                 "message_id": reply_to.message_id,
@@ -203,7 +368,7 @@ class FakeTelegram:
             message["is_topic_message"] = True
         if sender_chat_id is not None:
             message["sender_chat"] = {"id": sender_chat_id, "type": chat_type, "title": chat.get("title", "")}
-        return self.push_update({"edited_message" if edited else "message": message})
+        return message
 
     def push_update(self, body: dict[str, Any]) -> dict[str, Any]:
         """Queue a raw update (the update_id is added)."""
@@ -325,6 +490,8 @@ class FakeTelegram:
                 return self._send_message(params)
             case "editMessageText":
                 return self._edit_message(params)
+            case "getFile":
+                return self._get_file(params)
             case "getChatAdministrators":
                 return _ok(
                     [_administrator(user_id) for user_id in sorted(self.admins.get(chat_id or 0, set()))]
@@ -353,6 +520,51 @@ class FakeTelegram:
         if ids and self.on_get_updates is not None:
             self.on_get_updates(ids)
         return batch
+
+    def _get_file(self, params: dict[str, Any]) -> web.Response:
+        file = self.files.get(str(params.get("file_id", "")))
+        if file is None:
+            return _error(400, "Bad Request: invalid file_id")
+        if file.declared_size is not None and file.declared_size > GET_FILE_LIMIT:
+            return _error(400, "Bad Request: file is too big")
+        result: dict[str, Any] = {
+            "file_id": file.file_id,
+            "file_unique_id": f"unique-{file.file_id}",
+            "file_path": file.file_path,
+        }
+        if file.declared_size is not None:
+            result["file_size"] = file.declared_size
+        return _ok(result)
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        """The file route: the body streamed in chunks, each counted once written to the socket."""
+        if request.match_info["bot_token"] != f"bot{self.token}":
+            return web.Response(status=401, text="Unauthorized")
+        file = self._files_by_path.get(request.match_info["file_path"])
+        if file is None:
+            return web.Response(status=404, text="Not Found")
+        file.downloads += 1
+        self.calls.append(Call("download", {"file_path": file.file_path}, time.monotonic()))
+        await self._notify()
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = file.size
+        await response.prepare(request)
+        if file.hang:
+            # Headers sent, then silence, until the test ends (or `_HANG_S` passes).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._release_hangs.wait(), _HANG_S)
+            return response
+        try:
+            async for chunk in file.chunks():
+                await response.write(chunk)  # waits while the client does not read
+                file.bytes_sent += len(chunk)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client stopped reading: the rest is never sent
+        finally:
+            file.downloads_ended += 1
+            await self._notify()
+        return response
 
     def _shown(self, params: dict[str, Any]) -> tuple[str, str | None] | web.Response:
         """The text a message shows and its parse mode, or the error Telegram answers it with."""
