@@ -42,6 +42,10 @@ _MAX_CONTROL_SHARE: Final = 0.3
 _PREFERRED: Final = "cp1252"
 _PREFERENCE_MARGIN: Final = 0.1
 
+# A UTF-8 file with real multi-byte characters stays UTF-8 with at most one broken byte per this
+# many characters (a log line cut by a crash, a file concatenated from two sources).
+_MAX_REPLACED_PER: Final = 200
+
 # A cut multi-byte character is at most 3 bytes long in the encodings charset_normalizer knows.
 _MAX_PARTIAL_CHARACTER: Final = 3
 
@@ -66,10 +70,24 @@ def _decoded(data: bytes, complete: bool) -> str | None:
         return _decode(data, "utf-8", complete, errors="strict")
     except UnicodeDecodeError:
         pass
+    mostly_utf8 = _mostly_utf8(_decode(data, "utf-8", complete, errors="replace"))
+    if mostly_utf8 is not None:
+        return mostly_utf8
     detected = _detected_encoding(data, complete)
     if detected is None:
         return None
     return _decode(data, detected, complete, errors="replace")
+
+
+def _mostly_utf8(text: str) -> str | None:
+    """`text` (decoded as UTF-8, invalid bytes replaced) when the file is UTF-8 with a few broken
+    bytes: it holds real multi-byte characters and the replacements are rare. A detector would read
+    such a file as a single-byte code page and garble every accented letter ("GrÃ¼ÃŸe")."""
+    replaced = text.count("\ufffd")
+    multibyte = sum(1 for char in text if ord(char) > 0x7F) - replaced
+    if multibyte > 0 and replaced <= max(1, len(text) // _MAX_REPLACED_PER):
+        return text
+    return None
 
 
 def _decode(data: bytes, encoding: str, complete: bool, *, errors: str) -> str:

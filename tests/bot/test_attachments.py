@@ -18,6 +18,7 @@ import pytest
 from PIL import GifImagePlugin, Image, ImageFile
 
 from bot.attachment_images import MAX_DECODED_PIXELS
+from bot.attachment_text import text_of_file
 from bot.attachments import (
     IMAGES_UNSEEN,
     AttachmentLimits,
@@ -648,3 +649,9 @@ def test_human_size(size: int, shown: str) -> None:
 def test_human_sizes_fall_back_to_bytes_when_rounding_hides_the_difference() -> None:
     assert human_sizes(10_000_001, 10_000_000) == ("10,000,001 bytes", "10,000,000 bytes")
     assert human_sizes(12_345_678, 10_000_000) == ("12.3 MB", "10 MB")
+
+
+def test_utf8_with_a_few_broken_bytes_stays_utf8() -> None:
+    data = ("Grüße aus Köln, café crème. " * 20).encode() + b"\xff broken \xc3 end\n"
+    text = text_of_file(data, complete=True)
+    assert text is not None and text.startswith("Grüße aus Köln") and text.count("\ufffd") == 2
