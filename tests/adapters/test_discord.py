@@ -64,7 +64,11 @@ async def start_adapter(fake: FakeDiscord, make_engine: EngineFactory) -> AsyncI
     adapters: list[DiscordAdapter] = []
 
     async def start(
-        engine: ChatService | None = None, *, last_seen: LastAnsweredIds | None = None, **options: Any
+        engine: ChatService | None = None,
+        *,
+        last_seen: LastAnsweredIds | None = None,
+        attachment_timeout_s: float = 10.0,
+        **options: Any,
     ) -> DiscordAdapter:
         """`options` are `discord:` config keys."""
         options.setdefault("edit_interval_s", 0.2)
@@ -77,7 +81,11 @@ async def start_adapter(fake: FakeDiscord, make_engine: EngineFactory) -> AsyncI
             **options,
         )
         adapter = DiscordAdapter(
-            config, engine or await make_engine(), guild_ready_timeout_s=0.05, last_seen=last_seen
+            config,
+            engine or await make_engine(),
+            guild_ready_timeout_s=0.05,
+            last_seen=last_seen,
+            attachment_timeout_s=attachment_timeout_s,
         )
         adapters.append(adapter)
         await adapter.start()

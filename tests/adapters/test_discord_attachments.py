@@ -18,16 +18,16 @@ from typing import Any, TypeVar
 
 import pytest
 from PIL import Image
-from pydantic import SecretStr
 
 from adapters.discord import DiscordAdapter
-from bot.config import DiscordConfig
 from bot.errors import AttachmentUnavailable
 from bot.events import ChatEvent
-from bot.ports import ChatService, Conversation, SamplingOverrides
-from bot.reply import CutReason, Reply
+from bot.ports import ChatService
+from bot.reply import Reply
+from tests.adapters import test_discord
+from tests.adapters.doubles import ForwardingService
 from tests.adapters.remote_model import RemoteModel, remote_model
-from tests.adapters.test_discord import ADMIN_IN_CONFIG, DM, GENERAL, OTHER, TOKEN, mention, replies
+from tests.adapters.test_discord import DM, GENERAL, OTHER, TOKEN, mention, replies
 from tests.bot.doubles import SlowEchoBackend
 from tests.conftest import EngineFactory
 from tests.fakes.discord_server import FakeDiscord
@@ -35,6 +35,7 @@ from tests.fakes.waiting import wait_until
 
 T = TypeVar("T")
 StartAdapter = Callable[..., Awaitable[DiscordAdapter]]
+start_adapter = test_discord.start_adapter  # the fixture, used here with this module's `fake`
 LINES = b"a line of a very long log file\n"
 
 
@@ -44,45 +45,12 @@ async def fake() -> AsyncIterator[FakeDiscord]:
         yield server
 
 
-@pytest.fixture
-async def start_adapter(fake: FakeDiscord, make_engine: EngineFactory) -> AsyncIterator[StartAdapter]:
-    """Start adapters against the fake (each with its own engine unless one is given)."""
-    adapters: list[DiscordAdapter] = []
-
-    async def start(
-        engine: ChatService | None = None, *, attachment_timeout_s: float = 10.0, **options: Any
-    ) -> DiscordAdapter:
-        """`options` are `discord:` config keys."""
-        options.setdefault("edit_interval_s", 0.2)
-        options.setdefault("ready_timeout_s", 10.0)
-        config = DiscordConfig(
-            token=SecretStr(TOKEN),
-            admins=(ADMIN_IN_CONFIG,),
-            api_base=fake.api_base,
-            gateway_url=fake.gateway_url,
-            **options,
-        )
-        adapter = DiscordAdapter(
-            config,
-            engine or await make_engine(),
-            guild_ready_timeout_s=0.05,
-            attachment_timeout_s=attachment_timeout_s,
-        )
-        adapters.append(adapter)
-        await adapter.start()
-        return adapter
-
-    yield start
-    for adapter in adapters:
-        await adapter.stop()
-
-
-class RecordsChanges:
+class RecordsChanges(ForwardingService):
     """A `ChatService` double: messages go to `engine`; edits and deletes are only recorded (what
     the adapter hands over is the question here; the real engine's part is tested below)."""
 
     def __init__(self, engine: ChatService) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.events: list[ChatEvent] = []
         self.edits: list[ChatEvent] = []
         self.deletes: list[tuple[str, list[str]]] = []
@@ -98,15 +66,6 @@ class RecordsChanges:
     def delete(self, channel_key: str, platform_message_ids: Sequence[str]) -> asyncio.Task[int]:
         self.deletes.append((channel_key, list(platform_message_ids)))
         return asyncio.get_running_loop().create_task(_result(len(platform_message_ids)))
-
-    def move_channel(self, old_key: str, new_key: str) -> asyncio.Task[None]:
-        return self.engine.move_channel(old_key, new_key)
-
-    def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
-        return self.engine.complete(conversation, overrides, user_key)
-
-    def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
-        return self.engine.stop(channel_key, reason)
 
 
 async def _result(value: T) -> T:

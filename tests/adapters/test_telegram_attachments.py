@@ -9,7 +9,7 @@ import asyncio
 import io
 import logging
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -24,11 +24,11 @@ from adapters.telegram_format import visible_text
 from bot.config import ChatConfig, TelegramConfig
 from bot.errors import AttachmentUnavailable
 from bot.events import ChatEvent
-from bot.ports import ChatService, Conversation, SamplingOverrides
-from bot.reply import CutReason, Reply
+from bot.ports import ChatService
 from storage.db import Database
 from storage.inbox import UpdateInbox
 from storage.repository import ChatRepository
+from tests.adapters.doubles import ForwardingService
 from tests.adapters.remote_model import remote_model
 from tests.adapters.test_telegram import ports
 from tests.conftest import EngineFactory
@@ -294,15 +294,12 @@ async def test_an_edit_replaces_the_stored_text_and_is_not_answered(
     assert await user_rows(database, USER) == ["I like coffee", "what do I like?"]
 
 
-class EditsNeverFinish:
+class EditsNeverFinish(ForwardingService):
     """The engine, except that an edit never finishes: the process "dies" while applying it."""
 
     def __init__(self, engine: ChatService) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.edits: list[ChatEvent] = []
-
-    def handle(self, event: ChatEvent) -> Reply:
-        return self.engine.handle(event)
 
     def edit(self, event: ChatEvent) -> asyncio.Task[bool]:
         self.edits.append(event)
@@ -311,18 +308,6 @@ class EditsNeverFinish:
     async def _forever(self) -> bool:
         await asyncio.Event().wait()  # cancelled when the adapter stops
         return False
-
-    def delete(self, channel_key: str, platform_message_ids: Sequence[str]) -> asyncio.Task[int]:
-        return self.engine.delete(channel_key, platform_message_ids)
-
-    def move_channel(self, old_key: str, new_key: str) -> asyncio.Task[None]:
-        return self.engine.move_channel(old_key, new_key)
-
-    def complete(self, conversation: Conversation, overrides: SamplingOverrides, user_key: str) -> Reply:
-        return self.engine.complete(conversation, overrides, user_key)
-
-    def stop(self, channel_key: str, reason: CutReason = CutReason.STOPPED) -> bool:
-        return self.engine.stop(channel_key, reason)
 
 
 async def test_an_edit_left_pending_by_a_crash_is_applied_at_the_next_start(
