@@ -15,10 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from adapters.downloads import download_start
-from bot.errors import AttachmentUnavailable
 from bot.events import Download, Downloaded
-
-_SHUTTING_DOWN = "the Discord connection is shutting down"
 
 
 class AttachmentFetcher:
@@ -38,15 +35,7 @@ class AttachmentFetcher:
     async def fetch(self, url: str, limit: int) -> Downloaded:
         """At most `limit` bytes of the file at `url`. Raises `AttachmentUnavailable` (also once
         the adapter stopped: a reply still reading a file then says the file was unavailable)."""
-        if self._client.is_closed:
-            raise AttachmentUnavailable(_SHUTTING_DOWN)
-        try:
-            return await download_start(self._client, url, limit, self._timeout_s)
-        except RuntimeError:
-            # httpx's answer to a client closed while the download ran.
-            if not self._client.is_closed:
-                raise
-            raise AttachmentUnavailable(_SHUTTING_DOWN) from None
+        return await download_start(self._client, url, limit, self._timeout_s)
 
     async def aclose(self) -> None:
         """Close the HTTP client (idempotent)."""

@@ -23,6 +23,7 @@ from bot.events import Downloaded
 
 logger = logging.getLogger(__name__)
 
+SHUTTING_DOWN = "the bot is shutting down"
 _CHUNK_BYTES = 64 * 1024
 _UNCOMPRESSED = {"Accept-Encoding": "identity"}
 
@@ -31,14 +32,22 @@ async def download_start(client: httpx.AsyncClient, url: str, limit: int, timeou
     """At most `limit` bytes from the start of the file at `url` (see `Downloaded`).
 
     Raises `AttachmentUnavailable` on a timeout (`timeout_s` for the whole download), an HTTP
-    error status or a broken connection."""
+    error status, a broken connection, or a client closed before or during the download (the
+    adapter stopped while a reply was still reading a file)."""
     if limit < 0:
         raise ValueError("limit must not be negative")
+    if client.is_closed:
+        raise AttachmentUnavailable(SHUTTING_DOWN)
     try:
         async with asyncio.timeout(timeout_s):
             return await _read_start(client, url, limit)
     except TimeoutError:
         raise AttachmentUnavailable(f"the download did not finish within {timeout_s:g} s") from None
+    except RuntimeError:
+        # httpx's answer to a client closed while the download ran.
+        if not client.is_closed:
+            raise
+        raise AttachmentUnavailable(SHUTTING_DOWN) from None
     except httpx.HTTPStatusError as error:
         raise AttachmentUnavailable(f"the server answered {error.response.status_code}") from None
     except httpx.HTTPError as error:

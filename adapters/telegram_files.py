@@ -23,7 +23,7 @@ import httpx
 from telegram import Bot, File, Message, PhotoSize
 from telegram.error import BadRequest, TelegramError
 
-from adapters.downloads import download_start
+from adapters.downloads import SHUTTING_DOWN, download_start
 from bot.errors import AttachmentUnavailable
 from bot.events import Attachment, Download, Downloaded
 
@@ -133,8 +133,8 @@ class TelegramFileDownload:
         """At most `limit` bytes of the file; `AttachmentUnavailable` with a reason a user may
         read when Telegram refuses the file (over 20 MB), the deadline passes or the download fails."""
         files = self.files
-        if files.client.is_closed:
-            raise AttachmentUnavailable("the bot is shutting down")
+        if files.client.is_closed:  # before getFile: nothing to ask Telegram for
+            raise AttachmentUnavailable(SHUTTING_DOWN)
         try:
             # One deadline for both: the download's own (as long) cannot pass before this one.
             async with asyncio.timeout(files.timeout_s):
