@@ -12,6 +12,7 @@ from telegram.constants import ChatType, MessageEntityType, MessageLimit
 
 from adapters.splitting import split_reply
 from adapters.telegram_files import FileDownloads, attachments_of, no_downloads
+from bot.config import ChatConfig
 from bot.events import ChatEvent
 
 PLATFORM = "telegram"
@@ -21,8 +22,8 @@ MESSAGE_LIMIT: int = MessageLimit.MAX_TEXT_LENGTH  # 4096
 
 AdminLookup = Callable[[int, int], bool]
 
-# What `to_event` offers photos up to without the adapter's limits (`chat.max_image_bytes`).
-DEFAULT_MAX_IMAGE_BYTES = 10_000_000
+# What `to_event` offers photos up to without the adapter's limits: `chat.max_image_bytes`' default.
+DEFAULT_MAX_IMAGE_BYTES: int = ChatConfig().max_image_bytes
 
 
 def to_event(
