@@ -19,9 +19,6 @@ from bot.sanitize import clip, sanitize_text
 
 logger = logging.getLogger(__name__)
 
-DELETE_BATCH = 100
-"""Ids per `Repository.delete_messages` call: a Discord bulk delete sends at most 100."""
-
 
 class MessageEdits:
     """Applies edits and deletes to the repository (called in the channel's turn)."""
@@ -63,15 +60,15 @@ class MessageEdits:
     async def delete(self, channel_key: str, platform_message_ids: Sequence[str]) -> int:
         """Delete these user messages and the bot's replies to them; how many stored messages went.
         Raises `StorageError`."""
-        ids = list(dict.fromkeys(message_id for message_id in platform_message_ids if message_id))
+        ids = [message_id for message_id in platform_message_ids if message_id]
         deleted = 0
-        for start in range(0, len(ids), DELETE_BATCH):
+        if ids:
             # Held like a reply's store: no process writes the channel between a question and its
-            # answer, so "the next message" is the answer to delete with it.
+            # answer, so "the next message" is the answer to delete with it. Any number of ids is
+            # one call: the repository bounds its statements and dedupes itself.
             async with self._locks.hold(channel_key):
-                batch = ids[start : start + DELETE_BATCH]
-                deleted += await self._repository.delete_messages(channel_key, batch)
+                deleted = await self._repository.delete_messages(channel_key, ids)
         if deleted:
             self._drop_contexts(channel_key)
-        logger.info("%d of %d deleted messages were stored in %s", deleted, len(ids), redact(channel_key))
+        logger.info("%d stored messages deleted for %d ids in %s", deleted, len(ids), redact(channel_key))
         return deleted
