@@ -713,8 +713,13 @@ async def test_replies_waiting_in_the_models_queue_show_their_place_until_their_
         lambda: fake.texts(333) == ["⏳ #1 in line"] and fake.texts(111) == ["echo[0]: first"]
     )
     assert fake.texts(GROUP) == ["⏳ #1 in line"]  # it left the line: the place stays until its text
-    typing_333 = [c.at for c in fake.calls_to("sendChatAction") if int(c.params["chat_id"]) == 333]
-    assert max(typing_333) > first_notice  # typing goes on under the placeholder
+
+    def typing_333() -> list[float]:
+        return [c.at for c in fake.calls_to("sendChatAction") if int(c.params["chat_id"]) == 333]
+
+    # Typing goes on under the placeholder (every typing_interval_s: waited for, not assumed to
+    # have come already, as a loaded machine may not have sent the next one yet).
+    await fake.wait_for(lambda: max(typing_333()) > first_notice)
 
     backend.release("second")
     await fake.wait_for(
